@@ -1,0 +1,3 @@
+from artclf.cli import main
+
+raise SystemExit(main())

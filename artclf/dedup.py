@@ -1,0 +1,277 @@
+"""``artclf dedup --work WORK``: near-duplicate groups across all artists; one copy kept per group.
+
+The Kaggle set holds the same painting photographed twice (another colour cast, another
+crop). Three detectors, joined by union-find: exact copies (sha256), near copies
+(perceptual hash, mirrored too), re-photographs (CNN embedding cosine similarity, across
+all artists). Each group keeps its largest image; a group whose members carry different
+artists is a possible mislabel and is kept out of training unless ``--keep-mislabeled``.
+
+Writes ``group`` and ``keep`` into ``WORK/manifest.jsonl`` and ``WORK/dedup/``:
+``groups.json``, ``report.json``, ``group_<id>.png`` montages of the largest groups.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from artclf import features, manifest, montage, phash
+from artclf.atomic import write_json
+from artclf.config import arg, stage_main
+from artclf.errors import ArtclfError
+from artclf.groups import connected_groups, same_value_pairs
+from artclf.neighbors import pairs_above, topk_similar
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    work: Path = field(default=Path("work"), metadata=arg("work folder holding manifest.jsonl"))
+    data_dir: Path | None = field(
+        default=None, metadata=arg("data set root (default: from ingest_report.json)")
+    )
+    arch: str = field(
+        default="resnet50", metadata=arg("torchvision model for embeddings (global-pool features)")
+    )
+    weights: str = field(
+        default="IMAGENET1K_V2",
+        metadata=arg(
+            "torchvision weights name, a local file, or none "
+            "(none: hashes only; random CNN features carry no signal)"
+        ),
+    )
+    image_size: int = field(default=224, metadata=arg("px the whole image is resized to for the CNN"))
+    cnn_threshold: float = field(
+        default=0.90, metadata=arg("cosine similarity at or above which images are copies")
+    )
+    hash_threshold: int = field(
+        default=20, metadata=arg(f"max Hamming distance of the {phash.BITS}-bit hashes")
+    )
+    neighbors: int = field(default=10, metadata=arg("nearest neighbours searched per image"))
+    batch_size: int = field(default=32, metadata=arg("images per CNN batch"))
+    workers: int = field(default=min(4, os.cpu_count() or 1), metadata=arg("DataLoader worker processes"))
+    part: int | None = field(
+        default=None, metadata=arg("compute features of this part only (0-based), then stop")
+    )
+    num_parts: int = field(default=1, metadata=arg("number of parts (SLURM array / Indexed Job size)"))
+    merge: bool = field(default=False, metadata=arg("fold WORK/dedup/parts/* into the cache, then group"))
+    keep_mislabeled: bool = field(default=False, metadata=arg("keep one image of groups that span artists"))
+    montages: int = field(default=6, metadata=arg("montage PNGs of the largest groups (0 disables)"))
+
+    def __post_init__(self) -> None:
+        if not 0 < self.cnn_threshold <= 1:
+            raise ValueError(f"--cnn-threshold must be in (0, 1], got {self.cnn_threshold}")
+        if not 0 <= self.hash_threshold < phash.BITS // 2:
+            raise ValueError(f"--hash-threshold must be in [0, {phash.BITS // 2}), got {self.hash_threshold}")
+        if self.part is not None and not 0 <= self.part < self.num_parts:
+            raise ValueError(f"--part must be in [0, --num-parts={self.num_parts}), got {self.part}")
+        if self.part is not None and self.merge:
+            raise ValueError("--part and --merge exclude each other: compute parts first, then merge once")
+        if min(self.neighbors, self.batch_size, self.num_parts, self.image_size) < 1 or self.workers < 0:
+            raise ValueError(
+                "--neighbors, --batch-size, --num-parts, --image-size must be >= 1, --workers >= 0"
+            )
+
+    @property
+    def use_cnn(self) -> bool:
+        return self.weights.lower() != "none"
+
+
+def _model(cfg: DedupConfig) -> tuple[torch.nn.Module | None, dict | None]:
+    if not cfg.use_cnn:
+        warnings.warn(
+            "--weights none: CNN detector off, re-photographs are found by hashes only", stacklevel=2
+        )
+        return None, None
+    from artclf.weights import build
+
+    model = build(cfg.arch, cfg.weights, num_classes=0).eval()
+    ident = {"arch": cfg.arch, "weights": cfg.weights, "image_size": cfg.image_size}
+    if Path(cfg.weights).is_file():
+        st = Path(cfg.weights).stat()
+        ident["file"] = {"bytes": st.st_size, "mtime": int(st.st_mtime)}
+    return model, ident
+
+
+def _data_dir(cfg: DedupConfig) -> Path:
+    if cfg.data_dir is not None:
+        return cfg.data_dir
+    report = cfg.work / "ingest_report.json"
+    if not report.is_file():
+        raise ArtclfError(f"{report}: not found; run `artclf ingest` first or pass --data-dir")
+    return Path(json.loads(report.read_text())["data_dir"])
+
+
+def find_pairs(
+    h: np.ndarray, hf: np.ndarray, e: np.ndarray | None, cfg: DedupConfig
+) -> dict[str, np.ndarray]:
+    """Candidate copy pairs over unique images, per detector (hash, cnn)."""
+    k = cfg.neighbors
+    min_dot = phash.BITS - 2 * cfg.hash_threshold
+    s, i = topk_similar(h, h, k, exclude_self=True)
+    sf, i_f = topk_similar(hf, h, k)  # a mirrored copy matches the original's mirrored hash
+    out = {"hash": np.concatenate([pairs_above(s, i, min_dot), pairs_above(sf, i_f, min_dot)])}
+    if e is not None:
+        s, i = topk_similar(e, e, k, exclude_self=True)
+        out["cnn"] = pairs_above(s, i, cfg.cnn_threshold)
+    return out
+
+
+def assign(rows: list[dict], groups: np.ndarray, keep_mislabeled: bool) -> list[dict]:
+    """Write ``group``/``keep`` into usable ``rows``: keep the largest of each group; mislabels
+    (members of different artists) keep nothing unless asked. Returns multi-member groups."""
+    members: dict[int, list[dict]] = {}
+    for r, g in zip(rows, groups, strict=True):
+        r["group"], r["keep"] = int(g), False
+        members.setdefault(int(g), []).append(r)
+    multi = []
+    for g, ms in members.items():
+        best = max(ms, key=lambda r: (r["width"] * r["height"], r["bytes"], r["path"]))
+        artists = sorted({r["artist"] for r in ms})
+        if len(artists) == 1 or keep_mislabeled:
+            best["keep"] = True
+        if len(ms) > 1:
+            multi.append(
+                {
+                    "group": g,
+                    "size": len(ms),
+                    "artists": artists,
+                    "mislabel": len(artists) > 1,
+                    "kept": best["path"] if best["keep"] else None,
+                    "members": ms,
+                }
+            )
+    multi.sort(key=lambda m: (-m["size"], m["group"]))
+    return multi
+
+
+def dedup(cfg: DedupConfig) -> dict | None:
+    start = time.perf_counter()
+    rows = manifest.read_manifest(cfg.work)
+    ok = manifest.usable(rows)
+    data_dir, out = _data_dir(cfg), cfg.work / "dedup"
+    model, model_id = _model(cfg)
+    feats = features.Features.load(out, model_id)
+    if cfg.merge:
+        print(f"dedup: merged {features.merge_parts(out, feats)} parts")
+    keys = sorted({r["sha256"] for r in ok})
+    path_of = {r["sha256"]: data_dir / r["path"] for r in ok}
+    if cfg.part is not None:
+        keys = keys[cfg.part :: cfg.num_parts]
+    todo = feats.missing(keys)
+    if todo:
+        features.compute(
+            feats,
+            todo,
+            [path_of[k] for k in todo],
+            model,
+            cfg.image_size,
+            cfg.batch_size,
+            cfg.workers,
+            save_to=None if cfg.part is not None else out,
+        )
+    if cfg.part is not None:
+        dest = features.part_path(out, cfg.part, cfg.num_parts)
+        features.save_part(dest, feats, keys)
+        print(f"dedup: part {cfg.part}/{cfg.num_parts}: {len(keys)} images -> {dest}")
+        return None
+    if todo or cfg.merge:
+        feats.save(out)
+    t_feat = time.perf_counter() - start
+
+    h, hf, e = feats.arrays(keys)
+    pairs = find_pairs(h, hf, e, cfg)
+    index = {k: i for i, k in enumerate(keys)}
+    row_pairs = [
+        (index[ok[a]["sha256"]], index[ok[b]["sha256"]])
+        for a, b in same_value_pairs([r["sha256"] for r in ok])
+    ]
+    unique_groups = connected_groups(len(keys), np.concatenate(list(pairs.values())))
+    groups = unique_groups[[index[r["sha256"]] for r in ok]]
+    multi = assign(ok, groups, cfg.keep_mislabeled)
+    for r in rows:
+        if r["status"] != manifest.OK:
+            r["group"], r["keep"] = None, False
+    manifest.write_manifest(cfg.work, rows)
+
+    report = _report(
+        cfg,
+        ok,
+        multi,
+        {"exact": len(row_pairs), **{d: len(p) for d, p in pairs.items()}},
+        {"features": round(t_feat, 2), "total": round(time.perf_counter() - start, 2)},
+    )
+    write_json(out / "report.json", report)
+    write_json(out / "groups.json", [_group_json(m, feats) for m in multi])
+    shown = montage.write_montages(multi[: cfg.montages], data_dir, out, feats)
+    _print_summary(report, shown)
+    return report
+
+
+def _group_json(m: dict, feats: features.Features) -> dict:
+    kept_sha = next(r["sha256"] for r in m["members"] if r["path"] == (m["kept"] or m["members"][0]["path"]))
+    members = []
+    for r in m["members"]:
+        sim, how = feats.similarity(kept_sha, r["sha256"])
+        members.append(
+            {
+                "path": r["path"],
+                "artist": r["artist"],
+                "keep": r["keep"],
+                "similarity": round(sim, 4),
+                "by": how,
+                "width": r["width"],
+                "height": r["height"],
+            }
+        )
+    return {**{k: m[k] for k in ("group", "size", "artists", "mislabel", "kept")}, "members": members}
+
+
+def _report(cfg: DedupConfig, ok: list[dict], multi: list[dict], pairs: dict, seconds: dict) -> dict:
+    dropped = Counter(r["artist"] for r in ok if not r["keep"])
+    return {
+        "images": len(ok),
+        "kept": sum(r["keep"] for r in ok),
+        "dropped": sum(dropped.values()),
+        "groups": len(multi),
+        "images_in_groups": sum(m["size"] for m in multi),
+        "largest_groups": [m["size"] for m in multi[:10]],
+        "mislabel_groups": [{"group": m["group"], "artists": m["artists"]} for m in multi if m["mislabel"]],
+        "dropped_per_artist": dict(dropped.most_common()),
+        "pairs": pairs,
+        "detectors": {
+            "arch": cfg.arch if cfg.use_cnn else None,
+            "weights": cfg.weights,
+            "cnn_threshold": cfg.cnn_threshold if cfg.use_cnn else None,
+            "hash_threshold": cfg.hash_threshold,
+            "neighbors": cfg.neighbors,
+        },
+        "seconds": seconds,
+    }
+
+
+def _print_summary(report: dict, montages: list[Path]) -> None:
+    print(
+        f"dedup: {report['images']} images, {report['groups']} duplicate groups "
+        f"({report['images_in_groups']} images), {report['dropped']} dropped, "
+        f"{len(report['mislabel_groups'])} possible mislabels; pairs {report['pairs']}"
+    )
+    top = ", ".join(f"{a} {n}" for a, n in list(report["dropped_per_artist"].items())[:8])
+    print(f"  dropped per artist: {top or 'none'}")
+    if montages:
+        print(f"  montages: {montages[0].parent}/group_*.png ({len(montages)})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(DedupConfig, dedup, "artclf dedup", __doc__, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

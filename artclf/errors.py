@@ -1,0 +1,9 @@
+"""The one exception type a stage raises for bad input or a bad environment.
+
+Its message names the file (or value), the cause and, where there is one, the fix; the
+CLI prints it on one line and exits 1. Anything else is a bug and keeps its traceback.
+"""
+
+
+class ArtclfError(Exception):
+    """Bad input, missing file, unusable configuration: the user can fix it."""

@@ -1,0 +1,58 @@
+"""``WORK/manifest.jsonl``: one JSON object per source file; every stage after ingest reads it.
+
+Fields (DESIGN.md): ``path`` (relative to the data set root), ``artist``, ``label``,
+``width``, ``height`` (as displayed, after EXIF orientation), ``mode``, ``format``, ``orientation``
+(the EXIF tag, 1 when upright),
+``bytes``, ``sha256``, ``status`` (``ok`` or why the file is unusable); dedup adds
+``group`` and ``keep``, split adds ``split``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from artclf.atomic import write_jsonl
+from artclf.errors import ArtclfError
+
+FILENAME = "manifest.jsonl"
+OK = "ok"
+
+
+def manifest_path(work: Path) -> Path:
+    return Path(work) / FILENAME
+
+
+def read_manifest(work: Path) -> list[dict]:
+    """All rows of ``WORK/manifest.jsonl``; a clear error when it is missing or damaged."""
+    path = manifest_path(work)
+    if not path.is_file():
+        raise ArtclfError(f"{path}: not found; run `artclf ingest DATA_DIR --work {work}` first")
+    rows = []
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ArtclfError(f"{path}:{n}: not valid JSON ({e.msg}); rerun `artclf ingest`") from None
+    return rows
+
+
+def write_manifest(work: Path, rows: list[dict]) -> Path:
+    """Atomically replace ``WORK/manifest.jsonl`` (rows sorted by path, so reruns diff cleanly)."""
+    path = manifest_path(work)
+    write_jsonl(path, sorted(rows, key=lambda r: r["path"]))
+    return path
+
+
+def usable(rows: list[dict]) -> list[dict]:
+    """Rows whose file can be trained on (status ``ok``)."""
+    return [r for r in rows if r["status"] == OK]
+
+
+def manifest_sha256(work: Path) -> str:
+    """Hash of the manifest file, recorded by later stages to tie their outputs to it."""
+    return hashlib.sha256(manifest_path(work).read_bytes()).hexdigest()

@@ -1,0 +1,476 @@
+"""`artclf sample-data DIR`: a synthetic data set in the Kaggle "Best Artworks of All Time" layout.
+
+Writes ``DIR/artists.csv`` (the real 50 artists; ``paintings`` = files in the artist's folder) and
+``DIR/images/images/<Artist_Name>/<Artist_Name>_<n>.jpg`` (n from 1), ``max(4, round(real * scale))``
+files per artist. Every artist has a procedural style (palette, stroke kind, size and direction,
+composition, grain, softness) so a small CNN can tell the 50 apart; every image varies within it.
+Like the real download it holds near-duplicates (mostly in the big classes, a few filed under two
+artists) and, unless ``--no-quirks``, its odd files: Dürer's folder with a decomposed umlaut plus a
+byte-identical mojibake copy ``Albrecht_Du╠êrer``, grayscale, CMYK, EXIF-rotated, PNG-named-.jpg,
+truncated and zero-byte files, and a stray ``Thumbs.db``. Same seed, same bytes, whatever ``--workers``.
+
+``DIR/sample_truth.json`` lists what was planted (paths relative to DIR, forward slashes)::
+
+    {"seed": 0, "scale": 0.05, "max_side": 384, "quirks": true,
+     "counts":  {artist name: files in its primary folder, copies and odd files included},
+     "folders": {artist name: "images/images/<folder>"},
+     "duplicate_groups": [{"cross_artist": bool,
+                           "members": [{"path", "artist", "kind": "original" | "resize_reencode" |
+                                        "color_cast" | "grayscale" | "flip" | "crop"}]}],
+     "odd_files": [{"path", "artist", "kind": "grayscale" | "cmyk" | "exif_rotated" | "png_as_jpg" |
+                    "truncated" | "zero_bytes" | "not_an_image", "usable": bool}],
+     "duplicate_folder": {"path", "copy_of", "files"} | null}
+
+Each group has one ``original``; a ``cross_artist`` group is one painting filed under two artists (a
+mislabel). Odd files lie in primary folders only; the duplicate folder repeats Dürer's files. No later
+stage reads the truth file; tests and benchmarks do.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import csv
+import io
+import math
+import os
+import shutil
+import tempfile
+import time
+import unicodedata
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps
+
+from artclf.artists import ARTISTS, CSV_COLUMNS
+from artclf.atomic import write_json
+from artclf.config import arg, stage_main
+from artclf.errors import ArtclfError
+
+IMAGES = "images/images"
+DURER = [a.name for a in ARTISTS].index("Albrecht Dürer")
+DURER_NFD = unicodedata.normalize("NFD", "Albrecht_Dürer")
+DURER_MOJIBAKE = DURER_NFD.encode("utf-8").decode("cp437")  # how a cp437 unzip shows it: Albrecht_Du╠êrer
+COPY_KINDS = ("resize_reencode", "color_cast", "grayscale", "flip", "crop")
+COPY_P = (0.25, 0.25, 0.15, 0.10, 0.25)
+ODD_KINDS = ("grayscale", "cmyk", "exif_rotated", "png_as_jpg", "truncated", "zero_bytes", "not_an_image")
+UNUSABLE = ("truncated", "zero_bytes", "not_an_image")
+# stroke kind -> (count, size) factors: many small dots, few big circles
+STROKES = {"lines": (1, 0.5), "dabs": (1.2, 1), "rects": (0.6, 1.3), "circles": (0.5, 1.2), "dots": (3, 0.3)}
+LAYOUTS = ("horizon", "blob", "grid", "diagonal")
+TONES = (0.2, 0.55, 0.9)  # background brightness: dark, mid, light
+# RNG stream tags: every random draw comes from SeedSequence([seed, tag, artist, number, k]).
+STYLE, PAINT, COPY, PLAN, JUNK = range(5)
+
+
+@dataclass(frozen=True)
+class SampleDataConfig:
+    out: Path = field(metadata=arg("output folder (Kaggle layout); must not exist or be empty", True))
+    scale: float = field(default=0.05, metadata=arg("fraction of the real per-artist counts (at least 4)"))
+    seed: int = field(default=0, metadata=arg("random seed; the same seed gives byte-identical files"))
+    max_side: int = field(default=384, metadata=arg("cap on the longer image side, px (0 = real sizes)"))
+    quirks: bool = field(default=True, metadata=arg("plant the real set's odd files (--no-quirks: clean)"))
+    workers: int = field(default=0, metadata=arg("worker processes (0 = all usable CPUs); same output"))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))
+        if not self.scale > 0:
+            raise ValueError(f"scale must be > 0 (fraction of the real counts), got {self.scale}")
+        if self.max_side != 0 and self.max_side < 32:
+            raise ValueError(f"max_side must be 0 (real sizes) or at least 32 px, got {self.max_side}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0 = all CPUs), got {self.workers}")
+
+
+@dataclass(frozen=True)
+class Style:
+    palette: tuple[tuple[float, float, float], ...]  # HSV: two background colours, then strokes
+    stroke: str  # key of STROKES
+    layout: str  # one of LAYOUTS
+    anchor: float  # horizon height / blob size / grid cells / diagonal position, 0..1
+    angle: float  # dominant stroke direction, radians
+    spread: float  # std of the stroke direction, radians
+    size: float  # stroke size, fraction of the shorter side
+    density: int  # strokes per image
+    grain: float  # noise std, grey levels
+    grain_px: int  # noise cell at 384 px (scales with the image)
+    blur: float  # box blur radius, fraction of the shorter side (0 = crisp)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One painting and every file made from it: outputs[0] is the painting, the rest are copies."""
+
+    artist: int
+    number: int
+    outputs: tuple[tuple[str, str, int], ...]  # (path relative to DIR, kind, artist)
+
+
+def rng_for(seed: int, tag: int, artist: int = 0, number: int = 0, k: int = 0) -> np.random.Generator:
+    """Independent stream per (purpose, artist, painting, copy): output does not depend on worker count."""
+    return np.random.default_rng([seed, tag, artist, number, k])
+
+
+def make_styles(seed: int) -> list[Style]:
+    """One style per artist. Stroke kind x layout x tone is a distinct combination for every artist and
+    hues are spread evenly, so any two artists differ on several axes at once."""
+    rng = rng_for(seed, STYLE)
+    combos = [(s, la, t) for s in STROKES for la in LAYOUTS for t in TONES]
+    picks = rng.permutation(len(combos))[: len(ARTISTS)]
+    hues = ((np.arange(len(ARTISTS)) / len(ARTISTS) + rng.random()) % 1.0)[rng.permutation(len(ARTISTS))]
+    styles = []
+    for i, a in enumerate(ARTISTS):
+        r = rng_for(seed, STYLE, zlib.crc32(a.name.encode()), 1)
+        stroke, layout, tone = combos[picks[i]]
+        count_f, size_f = STROKES[stroke]
+        styles.append(Style(
+            palette=_palette(float(hues[i]), tone, r), stroke=stroke, layout=layout,
+            anchor=float(r.uniform(0.25, 0.75)), angle=float(r.uniform(0, math.pi)),
+            spread=float(r.choice([0.08, 0.3, 1.5])), size=float(r.uniform(0.015, 0.05) * size_f),
+            density=int(r.uniform(100, 280) * count_f), grain=float(r.choice([2.0, 6.0, 12.0])),
+            grain_px=int(r.choice([1, 2, 4])), blur=float(r.choice([0.0, 0.0, 0.004, 0.01])),
+        ))
+    return styles
+
+
+def _palette(hue: float, tone: float, rng: np.random.Generator) -> tuple[tuple[float, float, float], ...]:
+    offsets = ((0.0, 0.06, -0.06), (0.0, 0.5, 0.45), (0.0, 0.33, 0.67), (0.04, 0.5, -0.1))[rng.integers(4)]
+    sat = rng.uniform(0.45, 0.95)
+    # Strokes contrast with the background: light on dark, dark on light, either on mid.
+    lo, hi = (0.6, 1.0) if tone < 0.4 else (0.1, 0.5) if tone > 0.7 else (0.1, 1.0)
+    tone_b = float(np.clip(tone + rng.choice([-0.15, 0.15]), 0.05, 1.0))
+    hsv = [(hue, sat * 0.6, tone), ((hue + offsets[1]) % 1, sat * 0.5, tone_b)]
+    return tuple(hsv + [((hue + o) % 1, sat, float(rng.uniform(lo, hi))) for o in offsets])
+
+
+def _colours(style: Style, rng: np.random.Generator) -> np.ndarray:
+    """The artist's palette as this painting uses it: hue, saturation and light shifted a little."""
+    hsv = np.array(style.palette) + [rng.normal(0, 0.012), 0, rng.normal(0, 0.06)]  # hues lie 0.02 apart
+    hsv[:, 1] *= rng.uniform(0.7, 1.2)
+    return np.array([colorsys.hsv_to_rgb(h % 1, min(s, 1), np.clip(v, 0, 1)) for h, s, v in hsv]) * 255
+
+
+def image_size(rng: np.random.Generator, max_side: int) -> tuple[int, int]:
+    """(width, height): aspect 0.6-1.6; real sizes are mostly 0.3-1.2 MP, now and then up to 3 MP."""
+    ar = math.exp(rng.uniform(math.log(0.6), math.log(1.6)))
+    if max_side:
+        long = rng.uniform(0.6, 1.0) * max_side
+        w, h = (long, long / ar) if ar >= 1 else (long * ar, long)
+    else:
+        mp = np.clip(rng.lognormal(math.log(0.62), 0.33), 0.25, 1.2)
+        if rng.random() < 0.03:
+            mp = rng.uniform(1.2, 3.0)
+        w = math.sqrt(mp * 1e6 * ar)
+        h = w / ar
+    return max(16, round(w)), max(16, round(h))
+
+
+def paint(style: Style, size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
+    """One painting in ``style``: layout, a few large shapes (its subject), strokes, softness, grain.
+
+    What marks the artist (stroke kind, palette family, direction, grain) stays; what a painting is
+    of (composition, subject, which colours dominate, stroke size and density) changes, so that two
+    paintings of one artist are no closer than real ones are and only real copies look alike.
+    """
+    w, h = size
+    s = min(w, h)
+    pal = _colours(style, rng)
+    bg = pal[:2] if rng.random() < 0.7 else pal[rng.permutation(len(pal))[:2]]
+    layout = style.layout if rng.random() < 0.6 else LAYOUTS[rng.integers(len(LAYOUTS))]
+    img = _background(layout, style.anchor, bg, w, h, rng)
+    draw = ImageDraw.Draw(img)
+    n_shapes = int(rng.integers(1, 5))
+    under = int(rng.integers(0, n_shapes + 1))
+    _shapes(draw, pal, under, w, h, rng)  # the subject: some shapes under the strokes ...
+    _strokes(draw, style, pal[2:], w, h, rng)
+    _shapes(draw, pal, n_shapes - under, w, h, rng)  # ... and some over them, leaving calm areas
+    if style.blur:
+        img = img.filter(ImageFilter.BoxBlur(max(1, round(style.blur * s))))
+    cell, grain = max(1, round(style.grain_px * s / 384)), style.grain * rng.uniform(0.4, 1.2)
+    noise = np.clip(128 + rng.normal(0, grain, (h // cell + 1, w // cell + 1)), 0, 255).astype(np.uint8)
+    noise_img = Image.fromarray(noise).resize((w, h), Image.Resampling.BILINEAR).convert("RGB")
+    return ImageChops.add(img, noise_img, 1.0, -128)  # canvas grain, in C
+
+
+def _shapes(draw: ImageDraw.ImageDraw, pal: np.ndarray, n: int, w: int, h: int,
+            rng: np.random.Generator) -> None:
+    """Large ellipses and pentagons in the palette's colours: what the painting is of."""
+    for _ in range(n):
+        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), min(w, h) * rng.uniform(0.1, 0.35)
+        col = tuple(np.clip(pal[rng.integers(len(pal))] + rng.normal(0, 20, 3), 0, 255).astype(int).tolist())
+        if rng.random() < 0.5:
+            draw.ellipse([cx - r, cy - r * 1.4, cx + r, cy + r * 1.4], fill=col)
+        else:
+            radii, turn = rng.uniform(0.4, 1.0, 5) * r, rng.uniform(0, 2 * math.pi)
+            draw.polygon([(cx + q * math.cos(turn + k * 1.2566), cy + q * math.sin(turn + k * 1.2566))
+                          for k, q in enumerate(radii)], fill=col)
+
+
+def _strokes(draw: ImageDraw.ImageDraw, style: Style, pal: np.ndarray, w: int, h: int,
+             rng: np.random.Generator) -> None:
+    """The artist's hand: strokes of one kind and direction, bunched where this painting is busy."""
+    n = int(style.density * rng.uniform(0.4, 1.6))
+    centres = rng.random((int(rng.integers(1, 4)), 2))
+    xy = centres[rng.integers(len(centres), size=n)] + rng.normal(0, 1, (n, 2)) * rng.uniform(0.1, 0.35)
+    xy = np.where(rng.random((n, 1)) < 0.3, rng.random((n, 2)), xy)  # a third anywhere
+    xs, ys = (xy[:, 0] * w).tolist(), (xy[:, 1] * h).tolist()
+    rs = (style.size * min(w, h) * rng.lognormal(0, 0.35) * rng.lognormal(0, 0.3, n)).tolist()
+    angles = (style.angle + rng.normal(0, 0.25) + rng.normal(0, style.spread, n)).tolist()
+    weights = rng.dirichlet(np.ones(len(pal)))  # which colours dominate this painting
+    cols = np.clip(pal[rng.choice(len(pal), n, p=weights)] + rng.normal(0, 12, (n, 3)), 0, 255).astype(int)
+    for x, y, r, t, c in zip(xs, ys, rs, angles, map(tuple, cols.tolist()), strict=True):
+        dx, dy = math.cos(t) * r, math.sin(t) * r
+        if style.stroke == "lines":
+            draw.line([x - 4 * dx, y - 4 * dy, x + 4 * dx, y + 4 * dy], fill=c, width=max(1, int(r / 3)))
+        elif style.stroke == "dabs":
+            draw.line([x - dx, y - dy, x + dx, y + dy], fill=c, width=max(1, int(r)))
+        elif style.stroke == "rects":
+            draw.polygon([(x + 1.2 * a * dx - 0.5 * b * dy, y + 1.2 * a * dy + 0.5 * b * dx)
+                          for a, b in ((-1, -1), (1, -1), (1, 1), (-1, 1))], fill=c)
+        else:  # circles and dots
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=c)
+
+
+def _background(layout: str, anchor: float, pal: np.ndarray, w: int, h: int,
+                rng: np.random.Generator) -> Image.Image:
+    a, b = (tuple(int(v) for v in np.clip(c + rng.normal(0, 6, 3), 0, 255)) for c in pal)
+    if layout == "grid":  # tiles of the two colours, drawn small and scaled up
+        n = int(3 + 6 * anchor) + int(rng.integers(-1, 2))
+        tiles = np.where(rng.random((n, n, 1)) < 0.5, pal[0], pal[1]) + rng.normal(0, 10, (n, n, 3))
+        tiles = np.clip(tiles, 0, 255).astype(np.uint8)
+        return Image.fromarray(tiles).resize((w, h), Image.Resampling.NEAREST)
+    img = Image.new("RGB", (w, h), a)
+    draw = ImageDraw.Draw(img)
+    t = float(np.clip(anchor + rng.normal(0, 0.1), 0.1, 0.9))
+    if layout == "horizon":
+        draw.rectangle([0, t * h, w, h], fill=b)
+    elif layout == "blob":
+        cx, cy, r = w * rng.normal(0.5, 0.1), h * rng.normal(0.5, 0.1), min(w, h) * (0.15 + 0.3 * t)
+        draw.ellipse([cx - r * rng.uniform(0.8, 1.3), cy - r, cx + r * rng.uniform(0.8, 1.3), cy + r], fill=b)
+    else:  # diagonal
+        draw.polygon([(0, h), (w * 2 * t, h), (0, h * (2 * t - 1))], fill=b)
+    return img
+
+
+def copy_of(img: Image.Image, kind: str, rng: np.random.Generator) -> tuple[Image.Image, int]:
+    """The painting "photographed again" by one transform chain -> (image, JPEG quality)."""
+    w, h = img.size
+    if kind == "resize_reencode":
+        f = rng.uniform(0.6, 0.9)
+        return img.resize((round(w * f), round(h * f)), Image.Resampling.BICUBIC), int(rng.integers(60, 86))
+    if kind == "color_cast":
+        return _cast(img, rng, 0.10, 0.15), int(rng.integers(80, 96))
+    if kind == "grayscale":  # stored as RGB: the mode-L files are the odd files
+        return ImageOps.grayscale(img).convert("RGB"), int(rng.integers(80, 96))
+    if kind == "flip":
+        return ImageOps.mirror(img), int(rng.integers(80, 96))
+    left, top, right, bottom = rng.uniform(0.03, 0.10, 4)  # crop: a re-photograph, framed and lit anew
+    box = (round(left * w), round(top * h), round(w * (1 - right)), round(h * (1 - bottom)))
+    out, f = _cast(img.crop(box), rng, 0.03, 0.06), rng.uniform(0.7, 1.2)
+    size = (round(out.width * f), round(out.height * f))
+    return out.resize(size, Image.Resampling.BICUBIC), int(rng.integers(70, 91))
+
+
+def _cast(img: Image.Image, rng: np.random.Generator, lo: float, hi: float) -> Image.Image:
+    """Per-channel gain of +-lo..hi, a gamma and a brightness shift, as one lookup table."""
+    gains = 1 + rng.choice([-1, 1], 3) * rng.uniform(lo, hi, 3)
+    gamma, lift = rng.uniform(0.85, 1.15), rng.uniform(-0.06, 0.06)
+    x = np.arange(256) / 255.0
+    lut = np.concatenate([np.clip(255 * ((x * g) ** gamma + lift), 0, 255) for g in gains])
+    return img.point(lut.round().astype(int).tolist())
+
+
+def _save(img: Image.Image, path: Path, kind: str, quality: int, rng: np.random.Generator) -> None:
+    """Write ``img`` as ``kind``: a plain JPEG, or one of the odd files of the real set."""
+    opts = {"quality": quality, "subsampling": 2, "optimize": False}  # fixed options: same bytes every run
+    if kind == "grayscale":
+        img.convert("L").save(path, "JPEG", **opts)
+    elif kind == "cmyk":
+        img.convert("CMYK").save(path, "JPEG", **opts)
+    elif kind == "exif_rotated":  # stored rotated; Orientation 6/8 tells exif_transpose how to turn it back
+        tag = int(rng.choice([6, 8]))
+        exif = Image.Exif()
+        exif[0x0112] = tag
+        img.transpose(Image.Transpose.ROTATE_90 if tag == 6 else Image.Transpose.ROTATE_270).save(
+            path, "JPEG", exif=exif.tobytes(), **opts)
+    elif kind == "png_as_jpg":
+        img.save(path, "PNG", compress_level=6)
+    elif kind == "truncated":
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", **opts)
+        path.write_bytes(buf.getvalue()[: int(len(buf.getvalue()) * 0.6)])
+    else:
+        img.save(path, "JPEG", **opts)
+
+
+def make_files(root: str, seed: int, max_side: int, styles: Sequence[Style], job: Job) -> None:
+    """Worker: paint one painting, write it and its copies (each from its own RNG stream)."""
+    rng = rng_for(seed, PAINT, job.artist, job.number)
+    img = paint(styles[job.artist], image_size(rng, max_side), rng)
+    for k, (rel, kind, _) in enumerate(job.outputs):
+        crng = rng_for(seed, COPY, job.artist, job.number, k)
+        if k == 0:
+            _save(img, Path(root, rel), kind, int(crng.integers(85, 96)), crng)
+        else:
+            copy, quality = copy_of(img, kind, crng)
+            _save(copy, Path(root, rel), "original", quality, crng)
+
+
+def plan(cfg: SampleDataConfig) -> tuple[list[Job], list[tuple[str, str, int]], dict]:
+    """Decide every file before drawing any: names, odd files, copies -> (jobs, extra files, truth)."""
+    rng = rng_for(cfg.seed, PLAN)
+    counts = [max(4, round(a.paintings * cfg.scale)) for a in ARTISTS]
+    folders = [f"{IMAGES}/{a.folder}" for a in ARTISTS]
+    odd: list[list[str]] = [[] for _ in ARTISTS]
+    others = [i for i in range(len(ARTISTS)) if i != DURER]
+    if cfg.quirks:
+        folders[DURER] = f"{IMAGES}/{DURER_NFD}"
+        odd[DURER] = ["grayscale"] * min(2, counts[DURER] - 2)  # Dürer's engravings are grayscale
+        hosts = rng.choice(others, len(ODD_KINDS), replace=False).tolist()
+        for i, kind in zip(hosts, ODD_KINDS, strict=True):
+            odd[i].append(kind)
+    # Cross-artist duplicates (the real set's possible mislabels): (source artist, target artist).
+    pairs = rng.choice(others, (int(rng.integers(1, 4)), 2), replace=False).tolist()
+    outputs: dict[tuple[int, int], list[tuple[str, str, int]]] = {}
+    extras, spare, incoming = [], {}, {}
+    for i in range(len(ARTISTS)):
+        slots = _slots(counts[i], odd[i], [t for _, t in pairs].count(i), [s for s, _ in pairs].count(i),
+                       ARTISTS[i].paintings, rng)
+        name = folders[i].rsplit("/", 1)[1]
+        paths = [f"{folders[i]}/{name}_{j + 1}.jpg" for j in range(len(slots))]
+        if "not_an_image" in odd[i]:
+            extras.append((f"{folders[i]}/Thumbs.db", "not_an_image", i))
+        for j, kind in enumerate(slots):
+            if kind == "zero_bytes":
+                extras.append((paths[j], kind, i))
+            elif kind not in ("copy", "xcopy"):
+                outputs[(i, j + 1)] = [(paths[j], kind, i)]
+        plain = [j + 1 for j, kind in enumerate(slots) if kind == "original"]
+        rng.shuffle(plain)
+        copies = [paths[j] for j, kind in enumerate(slots) if kind == "copy"]
+        while copies:  # groups of 2, now and then 3
+            take = 2 if len(copies) >= 2 and rng.random() < 0.25 else 1
+            outputs[(i, plain.pop())] += [(p, _copy_kind(rng), i) for p in copies[:take]]
+            copies = copies[take:]
+        spare[i] = plain
+        incoming[i] = [paths[j] for j, kind in enumerate(slots) if kind == "xcopy"]
+    for s, t in pairs:
+        outputs[(s, spare[s].pop())].append((incoming[t].pop(), _copy_kind(rng), t))
+    jobs = [Job(i, n, tuple(o)) for (i, n), o in sorted(outputs.items())]
+    return jobs, extras, _truth(cfg, counts, folders, jobs, extras)
+
+
+def _copy_kind(rng: np.random.Generator) -> str:
+    return str(rng.choice(COPY_KINDS, p=COPY_P))
+
+
+def _slots(n: int, odd: list[str], n_in: int, n_out: int, real: int, rng: np.random.Generator) -> list[str]:
+    """What each numbered file of one artist is, in file order: original, copy, xcopy or an odd kind."""
+    odd_jpg = [k for k in odd if k != "not_an_image"]  # the stray file has no number but counts
+    free = n - len(odd) - n_in
+    # Copies sit mostly in the big classes: ~11 % of the files at the top, in proportion below 450.
+    rate = 0.11 * min(1.0, real / 450)
+    k = min(int(rate * n + rng.random()), max(0, (free - n_out - 1) // 2))  # leave originals for all groups
+    slots = odd_jpg + ["xcopy"] * n_in + ["copy"] * k + ["original"] * (free - k)
+    return [slots[j] for j in rng.permutation(len(slots))]
+
+
+def _truth(cfg: SampleDataConfig, counts: list[int], folders: list[str], jobs: list[Job],
+           extras: list[tuple[str, str, int]]) -> dict:
+    names = [a.name for a in ARTISTS]
+    files = [o for j in jobs for o in j.outputs[:1]] + extras
+    odd = sorted((p, k, i) for p, k, i in files if k in ODD_KINDS)
+    groups = [{"cross_artist": len({i for _, _, i in j.outputs}) > 1,
+               "members": [{"path": p, "artist": names[i], "kind": "original" if m == 0 else k}
+                           for m, (p, k, i) in enumerate(j.outputs)]} for j in jobs if len(j.outputs) > 1]
+    return {
+        "seed": cfg.seed, "scale": cfg.scale, "max_side": cfg.max_side, "quirks": cfg.quirks,
+        "counts": dict(zip(names, counts, strict=True)), "folders": dict(zip(names, folders, strict=True)),
+        "duplicate_groups": groups,
+        "odd_files": [{"path": p, "artist": names[i], "kind": k, "usable": k not in UNUSABLE}
+                      for p, k, i in odd],
+        "duplicate_folder": ({"path": f"{IMAGES}/{DURER_MOJIBAKE}", "copy_of": folders[DURER],
+                              "files": counts[DURER]} if cfg.quirks else None),
+    }
+
+
+def generate(cfg: SampleDataConfig) -> dict:
+    """Write the data set into a temp folder beside ``cfg.out``, then rename it into place; -> truth."""
+    start = time.perf_counter()
+    _refuse_full(cfg.out)
+    styles = make_styles(cfg.seed)
+    jobs, extras, truth = plan(cfg)
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cfg.out.name}.", suffix=".tmp", dir=cfg.out.parent))
+    try:
+        tmp.chmod(0o755)
+        for folder in truth["folders"].values():
+            (tmp / folder).mkdir(parents=True)
+        _run(partial(make_files, str(tmp), cfg.seed, cfg.max_side, styles), jobs, cfg.workers)
+        for rel, kind, i in extras:  # a zero-byte .jpg, or junk behind an OLE header like a real Thumbs.db
+            junk = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + rng_for(cfg.seed, JUNK, i).bytes(2048)
+            (tmp / rel).write_bytes(b"" if kind == "zero_bytes" else junk)
+        if truth["duplicate_folder"]:  # the real zip holds Dürer twice, once under a mojibake name
+            src, dst = tmp / truth["duplicate_folder"]["copy_of"], tmp / truth["duplicate_folder"]["path"]
+            dst.mkdir()
+            for f in sorted(src.iterdir()):
+                shutil.copyfile(f, dst / f.name.replace(DURER_NFD, DURER_MOJIBAKE, 1))
+        _write_csv(tmp / "artists.csv", truth["counts"])
+        write_json(tmp / "sample_truth.json", truth)
+        _refuse_full(cfg.out)
+        if cfg.out.exists():
+            cfg.out.rmdir()
+        os.rename(tmp, cfg.out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    groups = truth["duplicate_groups"]
+    n_files = sum(truth["counts"].values()) + (truth["duplicate_folder"] or {}).get("files", 0)
+    print(f"sample-data: {n_files} files for {len(ARTISTS)} artists "
+          f"({sum(len(g['members']) - 1 for g in groups)} copies in {len(groups)} duplicate groups, "
+          f"{len(truth['odd_files'])} odd files, {int(cfg.quirks)} duplicate folder) "
+          f"-> {cfg.out} in {time.perf_counter() - start:.1f} s")
+    return truth
+
+
+def _refuse_full(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ArtclfError(f"{out}: exists and is not an empty folder; choose a new path or remove it")
+
+
+def _run(fn: Callable[[Job], None], jobs: list[Job], workers: int) -> None:
+    if not workers:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if workers == 1 or len(jobs) < 32:
+        for job in jobs:
+            fn(job)
+        return
+    with get_context().Pool(workers) as pool:
+        for _ in pool.imap_unordered(fn, jobs, chunksize=max(1, len(jobs) // (workers * 16))):
+            pass
+
+
+def _write_csv(path: Path, counts: dict[str, int]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for i, a in enumerate(ARTISTS):
+            bio = (f"{a.name} ({a.years}), {a.nationality.replace(',', '-')} painter; "
+                   f"{a.genre.replace(',', ', ')}. A \"synthetic\" bio by artclf sample-data.")
+            writer.writerow([i, a.name, a.years, a.genre, a.nationality, bio,
+                             f"http://en.wikipedia.org/wiki/{a.folder}", counts[a.name]])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return stage_main(SampleDataConfig, generate, "artclf sample-data", __doc__, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,132 @@
+"""dedup on the sample set against its planted truth; parts + merge equal one pass; the cache is
+reused; mislabels are kept out; missing weights give the offline error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from artclf import features, manifest
+from artclf.dedup import DedupConfig, dedup
+from artclf.ingest import IngestConfig, ingest
+from bench.dedup_quality import score
+from tests.conftest import run_cli
+from tests.mobilenet_weights import convert
+
+
+@pytest.fixture(scope="module")
+def mobilenet(tmp_path_factory):
+    return convert(tmp_path_factory.mktemp("weights") / "mobilenet_v2.pt")
+
+
+@pytest.fixture(scope="module")
+def quality_set(tmp_path_factory):
+    """Scale 0.1 (the issue's floor for quality figures): about 850 images."""
+    from artclf.sample_data import SampleDataConfig, generate
+
+    root = tmp_path_factory.mktemp("q")
+    generate(SampleDataConfig(out=root / "data", scale=0.1, seed=3, max_side=192))
+    ingest(IngestConfig(data_dir=root / "data", work=root / "work", workers=2))
+    return root
+
+
+def fresh_work(src, dest):
+    """A copy of an ingested work folder without dedup outputs."""
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("dedup"))
+    return dest
+
+
+def test_hashes_alone_find_whole_picture_copies(quality_set, tmp_path):
+    work = fresh_work(quality_set / "work", tmp_path / "w")
+    dedup(DedupConfig(work=work, weights="none", workers=2, montages=1))
+    truth = json.loads((quality_set / "data/sample_truth.json").read_text())
+    s = score(truth, manifest.read_manifest(work))
+    print(json.dumps(s, indent=1))
+    assert s["precision"] >= 0.95
+    assert s["recall_whole_picture"] >= 0.90
+
+
+@pytest.mark.slow
+def test_mobilenet_features_find_every_kind_of_copy(quality_set, mobilenet, tmp_path):
+    work = fresh_work(quality_set / "work", tmp_path / "w")
+    dedup(DedupConfig(work=work, arch="mobilenet_v2", weights=str(mobilenet), workers=2, montages=0))
+    truth = json.loads((quality_set / "data/sample_truth.json").read_text())
+    s = score(truth, manifest.read_manifest(work))
+    print(json.dumps(s, indent=1))
+    assert s["precision"] >= 0.95
+    assert s["recall"] >= 0.90
+
+
+def test_parts_then_merge_equal_one_pass(sample_dir, mobilenet, tmp_path):
+    work = tmp_path / "w"
+    ingest(IngestConfig(data_dir=sample_dir, work=work, workers=1))
+    single = fresh_work(work, tmp_path / "single")
+    common = dict(arch="mobilenet_v2", weights=str(mobilenet), workers=0, montages=0)
+    dedup(DedupConfig(work=single, **common))
+    for part in range(3):
+        res = run_cli("dedup", "--work", work, "--part", part, "--num-parts", 3, *_flags(common))
+        assert res.returncode == 0, res.stderr
+    dedup(DedupConfig(work=work, merge=True, **common))
+    strip = [{k: r.get(k) for k in ("path", "group", "keep")} for r in manifest.read_manifest(work)]
+    assert strip == [{k: r.get(k) for k in ("path", "group", "keep")} for r in manifest.read_manifest(single)]
+    a = features.Features.load(work / "dedup", _model_id(common))
+    b = features.Features.load(single / "dedup", _model_id(common))
+    keys = sorted(b.hash)
+    assert sorted(a.hash) == keys
+    for x, y in zip(a.arrays(keys), b.arrays(keys), strict=True):
+        np.testing.assert_allclose(x, y, atol=2e-3)  # fp16 storage
+
+
+def _flags(common: dict) -> list[str]:
+    return ["--arch", common["arch"], "--weights", common["weights"], "--workers", "0", "--montages", "0"]
+
+
+def _model_id(common: dict) -> dict:
+    from pathlib import Path
+
+    st = Path(common["weights"]).stat()
+    return {"arch": common["arch"], "weights": common["weights"], "image_size": 224,
+            "file": {"bytes": st.st_size, "mtime": int(st.st_mtime)}}
+
+
+def test_rerun_reuses_the_cache(sample_dir, tmp_path, monkeypatch):
+    work = tmp_path / "w"
+    ingest(IngestConfig(data_dir=sample_dir, work=work, workers=1))
+    first = dedup(DedupConfig(work=work, weights="none", workers=0, montages=0))
+
+    def boom(*a, **k):
+        raise AssertionError("features recomputed although cached")
+
+    monkeypatch.setattr(features, "compute", boom)
+    again = dedup(DedupConfig(work=work, weights="none", workers=0, montages=0))
+    assert {k: again[k] for k in ("groups", "dropped")} == {k: first[k] for k in ("groups", "dropped")}
+
+
+def test_cross_artist_groups_are_reported_and_kept_out(quality_set, tmp_path):
+    work = fresh_work(quality_set / "work", tmp_path / "w")
+    report = dedup(DedupConfig(work=work, weights="none", workers=2, montages=0))
+    truth = json.loads((quality_set / "data/sample_truth.json").read_text())
+    rows = {r["path"]: r for r in manifest.read_manifest(work)}
+    cross = [g for g in truth["duplicate_groups"] if g["cross_artist"]]
+    assert cross, "the sample set plants cross-artist groups"
+    for g in cross:
+        members = [rows[m["path"]] for m in g["members"]]
+        if len({r["group"] for r in members}) == 1:  # found: then nothing of it is trained on
+            assert not any(r["keep"] for r in members)
+            assert {"group": members[0]["group"], "artists": sorted({r["artist"] for r in members})} in report[
+                "mislabel_groups"]
+    groups = json.loads((work / "dedup/groups.json").read_text())
+    assert all(sum(m["keep"] for m in g["members"]) == (0 if g["mislabel"] else 1) for g in groups)
+    assert list((work / "dedup").glob("group_*.png")) == []
+
+
+def test_missing_pretrained_weights_is_a_clear_error(sample_dir, tmp_path):
+    work = tmp_path / "w"
+    ingest(IngestConfig(data_dir=sample_dir, work=work, workers=1))
+    res = run_cli("dedup", "--work", work, env={"TORCH_HOME": str(tmp_path / "th")})
+    assert res.returncode == 1
+    assert f"{tmp_path}/th/hub/checkpoints/resnet50-11ad3fa6.pth" in res.stderr
+    assert "artclf weights fetch" in res.stderr and "--weights PATH" in res.stderr

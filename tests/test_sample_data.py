@@ -1,0 +1,214 @@
+"""`artclf sample-data`: Kaggle layout, scaled counts, determinism, and that the truth file is true."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from artclf import sample_data
+from artclf.artists import ARTISTS, CSV_COLUMNS, fold
+from artclf.sample_data import SampleDataConfig, generate
+
+SCALE, MAX_SIDE = 0.02, 96
+DURER_NFD = unicodedata.normalize("NFD", "Albrecht_Dürer")
+MOJIBAKE = "Albrecht_Du╠êrer"  # written out, not derived the way the module derives it
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("sample") / "kaggle"
+    truth = generate(SampleDataConfig(out=out, scale=SCALE, max_side=MAX_SIDE, seed=3))
+    assert json.loads((out / "sample_truth.json").read_text(encoding="utf-8")) == truth
+    return out, truth
+
+
+def read_csv(root: Path) -> list[dict]:
+    with open(root / "artists.csv", newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == CSV_COLUMNS
+        return list(reader)
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def odd_paths(truth: dict) -> set[str]:
+    return {o["path"] for o in truth["odd_files"]}
+
+
+def test_layout_matches_kaggle(sample):
+    root, truth = sample
+    rows = read_csv(root)
+    assert [r["name"] for r in rows] == [a.name for a in ARTISTS]
+    assert [r["id"] for r in rows] == [str(i) for i in range(50)]
+    assert all(r["wikipedia"] == "http://en.wikipedia.org/wiki/" + r["name"].replace(" ", "_") for r in rows)
+    folders = sorted(p.name for p in (root / "images" / "images").iterdir())
+    assert len(folders) == 51 and MOJIBAKE in folders and DURER_NFD in folders
+    # Every csv name maps to exactly one primary folder by the ASCII fold; Dürer also to the mojibake one.
+    by_fold = {fold(r["name"]): r["name"] for r in rows}
+    assert {fold(f) for f in folders} == set(by_fold)
+    assert {f for f in folders if fold(f) == "Albrecht_Durer"} == {DURER_NFD, MOJIBAKE}
+    for folder in folders:
+        names = sorted(p.name for p in (root / "images" / "images" / folder).iterdir())
+        jpgs = [n for n in names if n.endswith(".jpg")]
+        assert set(names) - set(jpgs) <= {"Thumbs.db"}
+        numbers = sorted(int(re.fullmatch(re.escape(folder) + r"_(\d+)\.jpg", n).group(1)) for n in jpgs)
+        assert numbers == list(range(1, len(jpgs) + 1)), folder
+
+
+def test_counts_follow_the_scaled_real_distribution(sample):
+    root, truth = sample
+    for row, artist in zip(read_csv(root), ARTISTS, strict=True):
+        folder = root / truth["folders"][artist.name]
+        n_files = len(list(folder.iterdir()))
+        assert n_files == max(4, round(artist.paintings * SCALE)) == int(row["paintings"])
+        assert n_files == truth["counts"][artist.name]
+    assert truth["folders"]["Albrecht Dürer"] == f"images/images/{DURER_NFD}"
+
+
+def test_same_seed_same_bytes_any_worker_count(tmp_path):
+    def run(name: str, seed: int, workers: int) -> dict[str, str]:
+        generate(SampleDataConfig(out=tmp_path / name, scale=0.01, max_side=64, seed=seed, workers=workers))
+        return file_hashes(tmp_path / name)
+
+    a, b, c = run("a", 7, 1), run("b", 7, 2), run("c", 8, 2)
+    assert a == b
+    images = [p for p in a if p.endswith(".jpg") and a[p] != hashlib.sha256(b"").hexdigest()]
+    assert sum(a[p] != c.get(p) for p in images) > 0.9 * len(images)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
+
+
+def test_every_file_not_listed_as_odd_is_a_plain_rgb_jpeg(sample):
+    root, truth = sample
+    odd = odd_paths(truth)
+    copies = {m["path"] for g in truth["duplicate_groups"] for m in g["members"] if m["kind"] != "original"}
+    for path in (root / "images" / "images").rglob("*"):
+        rel = path.relative_to(root).as_posix().replace(MOJIBAKE, DURER_NFD)
+        if path.is_dir() or rel in odd:
+            continue
+        with Image.open(path) as im:
+            assert (im.format, im.mode) == ("JPEG", "RGB"), rel
+            im.load()
+            if rel not in copies:  # copies are resized and cropped; paintings keep the drawn size
+                assert 0.6 - 0.03 <= im.width / im.height <= 1.6 + 0.03, rel
+                assert MAX_SIDE * 0.6 - 1 <= max(im.size) <= MAX_SIDE, rel
+
+
+def test_odd_files_are_what_the_truth_says(sample):
+    root, truth = sample
+    assert {o["kind"] for o in truth["odd_files"]} == {
+        "grayscale", "cmyk", "exif_rotated", "png_as_jpg", "truncated", "zero_bytes", "not_an_image"}
+    assert sum(o["artist"] == "Albrecht Dürer" and o["kind"] == "grayscale" for o in truth["odd_files"]) == 2
+    for odd in truth["odd_files"]:
+        path, kind = root / odd["path"], odd["kind"]
+        assert path.is_file() and odd["usable"] == (kind not in ("truncated", "zero_bytes", "not_an_image"))
+        assert fold(path.parent.name) == fold(odd["artist"])
+        if kind == "zero_bytes":
+            assert path.stat().st_size == 0
+        elif kind == "not_an_image":
+            with pytest.raises(UnidentifiedImageError):
+                Image.open(path)
+        elif kind == "truncated":
+            with Image.open(path) as im, pytest.raises(OSError):
+                im.load()
+        else:
+            with Image.open(path) as im:
+                im.load()
+                want = {"grayscale": ("JPEG", "L"), "cmyk": ("JPEG", "CMYK"), "png_as_jpg": ("PNG", "RGB"),
+                        "exif_rotated": ("JPEG", "RGB")}[kind]
+                assert (im.format, im.mode) == want and path.suffix == ".jpg"
+                if kind == "exif_rotated":
+                    assert im.getexif().get(0x0112) in (6, 8)
+                    assert_upright(ImageOps.exif_transpose(im), odd, truth["seed"])
+
+
+def assert_upright(img: Image.Image, odd: dict, seed: int) -> None:
+    """Redraw the painting from its RNG stream: exif_transpose must give it back the right way up."""
+    artist = [a.name for a in ARTISTS].index(odd["artist"])
+    rng = sample_data.rng_for(seed, sample_data.PAINT, artist, int(odd["path"].rsplit("_", 1)[1][:-4]))
+    style = sample_data.make_styles(seed)[artist]
+    upright = np.asarray(sample_data.paint(style, sample_data.image_size(rng, MAX_SIDE), rng), float)
+    assert img.size == upright.shape[1::-1]
+    assert np.abs(np.asarray(img.convert("RGB"), float) - upright).mean() < 15  # JPEG error only
+
+
+def test_duplicate_folder_is_a_byte_copy_of_durer(sample):
+    root, truth = sample
+    dup = truth["duplicate_folder"]
+    assert dup["path"] == f"images/images/{MOJIBAKE}" and dup["copy_of"] == f"images/images/{DURER_NFD}"
+    primary = {p.name.replace(DURER_NFD, MOJIBAKE, 1): p.read_bytes()
+               for p in (root / dup["copy_of"]).iterdir()}
+    copy = {p.name: p.read_bytes() for p in (root / dup["path"]).iterdir()}
+    assert copy == primary and len(copy) == dup["files"] == truth["counts"]["Albrecht Dürer"]
+
+
+def thumb(path: Path, margin: float = 0.0, flip: bool = False) -> np.ndarray:
+    """8x8 grey thumbnail of the image less ``margin`` on each side, mirrored back for flips."""
+    with Image.open(path) as im:
+        w, h = im.size
+        box = (round(margin * w), round(margin * h), round(w * (1 - margin)), round(h * (1 - margin)))
+        small = np.asarray(im.convert("L").crop(box).resize((8, 8), Image.Resampling.BOX), float)
+    return (small[:, ::-1] if flip else small).ravel()
+
+
+def test_duplicate_groups_are_copies_of_their_original(sample):
+    root, truth = sample
+    groups = truth["duplicate_groups"]
+    assert any(g["cross_artist"] for g in groups) and any(not g["cross_artist"] for g in groups)
+    for g in groups:
+        members = g["members"]
+        assert [m["kind"] for m in members].count("original") == 1 and members[0]["kind"] == "original"
+        assert g["cross_artist"] == (len({m["artist"] for m in members}) > 1)
+        original = root / members[0]["path"]
+        for m in members:
+            path = root / m["path"]
+            assert path.is_file() and m["path"] not in odd_paths(truth)
+            assert fold(path.parent.name) == fold(m["artist"])
+            assert m["kind"] in ("original", "resize_reencode", "color_cast", "grayscale", "flip", "crop")
+            # Crops cut 3-10 % per side: compare with the original less the mean cut. Unrelated
+            # paintings of one artist correlate below ~0.3 at this size.
+            margin = 0.065 if m["kind"] == "crop" else 0.0
+            r = np.corrcoef(thumb(original, margin), thumb(path, flip=m["kind"] == "flip"))[0, 1]
+            assert r > (0.6 if m["kind"] == "crop" else 0.9), (m, r)
+
+
+def test_no_quirks_gives_a_clean_set(tmp_path):
+    truth = generate(SampleDataConfig(out=tmp_path / "clean", scale=0.01, max_side=64, quirks=False))
+    assert truth["odd_files"] == [] and truth["duplicate_folder"] is None
+    folders = sorted(p.name for p in (tmp_path / "clean" / "images" / "images").iterdir())
+    assert len(folders) == 50 and "Albrecht_Dürer" in folders  # NFC, like artists.csv
+    for path in (tmp_path / "clean" / "images" / "images").rglob("*.jpg"):
+        with Image.open(path) as im:
+            assert (im.format, im.mode) == ("JPEG", "RGB")
+            im.load()
+
+
+def test_config_rejects_bad_values(tmp_path):
+    for bad in ({"scale": 0}, {"max_side": 8}, {"seed": -1}, {"workers": -2}):
+        with pytest.raises(ValueError):
+            SampleDataConfig(out=tmp_path, **bad)
+
+
+def test_cli(tmp_path):
+    out = tmp_path / "cli"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "artclf.sample_data", str(out), "--scale", "0.01", "--max-side", "64"]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert str(out) in first.stdout and (out / "artists.csv").is_file()
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 1 and str(out) in again.stderr and "not an empty folder" in again.stderr
