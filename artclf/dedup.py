@@ -100,15 +100,6 @@ def _model(cfg: DedupConfig) -> tuple[torch.nn.Module | None, dict | None]:
     return model, ident
 
 
-def _data_dir(cfg: DedupConfig) -> Path:
-    if cfg.data_dir is not None:
-        return cfg.data_dir
-    report = cfg.work / "ingest_report.json"
-    if not report.is_file():
-        raise ArtclfError(f"{report}: not found; run `artclf ingest` first or pass --data-dir")
-    return Path(json.loads(report.read_text())["data_dir"])
-
-
 def find_pairs(
     h: np.ndarray, hf: np.ndarray, e: np.ndarray | None, cfg: DedupConfig
 ) -> dict[str, np.ndarray]:
@@ -156,7 +147,7 @@ def dedup(cfg: DedupConfig) -> dict | None:
     start = time.perf_counter()
     rows = manifest.read_manifest(cfg.work)
     ok = manifest.usable(rows)
-    data_dir, out = _data_dir(cfg), cfg.work / "dedup"
+    data_dir, out = manifest.data_dir(cfg.work, cfg.data_dir), cfg.work / "dedup"
     model, model_id = _model(cfg)
     feats = features.Features.load(out, model_id)
     if cfg.merge:

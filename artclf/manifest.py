@@ -56,3 +56,13 @@ def usable(rows: list[dict]) -> list[dict]:
 def manifest_sha256(work: Path) -> str:
     """Hash of the manifest file, recorded by later stages to tie their outputs to it."""
     return hashlib.sha256(manifest_path(work).read_bytes()).hexdigest()
+
+
+def data_dir(work: Path, override: Path | None = None) -> Path:
+    """The data set root the manifest's paths are relative to (ingest records it)."""
+    if override is not None:
+        return override
+    report = Path(work) / "ingest_report.json"
+    if not report.is_file():
+        raise ArtclfError(f"{report}: not found; run `artclf ingest` first or pass --data-dir")
+    return Path(json.loads(report.read_text())["data_dir"])

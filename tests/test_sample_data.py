@@ -212,3 +212,19 @@ def test_cli(tmp_path):
     assert str(out) in first.stdout and (out / "artists.csv").is_file()
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert again.returncode == 1 and str(out) in again.stderr and "not an empty folder" in again.stderr
+
+
+def test_copies_sit_in_the_big_classes_at_full_scale():
+    """Planning alone (no drawing): ~8-12 % extra copies in the biggest classes, few in the small."""
+    _, _, truth = sample_data.plan(SampleDataConfig(out=Path("unused"), scale=1.0, max_side=0))
+    copies: dict[str, int] = {}
+    for g in truth["duplicate_groups"]:
+        for m in g["members"][1:]:
+            copies[m["artist"]] = copies.get(m["artist"], 0) + 1
+    for big in ("Vincent van Gogh", "Edgar Degas", "Pablo Picasso"):
+        assert 0.08 <= copies[big] / truth["counts"][big] <= 0.12, big
+    small = [a.name for a in ARTISTS if a.paintings < 100]
+    assert sum(copies.get(a, 0) for a in small) / sum(truth["counts"][a] for a in small) < 0.03
+    assert any(len(g["members"]) == 3 for g in truth["duplicate_groups"])
+    assert 1 <= sum(g["cross_artist"] for g in truth["duplicate_groups"]) <= 3
+    assert sum(truth["counts"].values()) == sum(a.paintings for a in ARTISTS)  # 8,446, as the real set

@@ -1,0 +1,354 @@
+"""artclf.storage against a local folder and a real S3 server (SeaweedFS, see tests/s3server.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import socket
+import struct
+import threading
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import webdataset as wds
+from webdataset.gopen import gopen
+
+from artclf import storage
+from artclf.errors import ArtclfError
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """boto3's environment pointed at the test server, restored (with the endpoint) afterwards."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    yield s3_server
+    storage.set_endpoint(None)
+
+
+@pytest.fixture
+def s3_prefix(s3_env) -> str:
+    """A fresh ``s3://bucket/<random>`` prefix per test."""
+    return f"s3://{s3_env.bucket}/{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(params=["local", "s3"])
+def base(request, tmp_path) -> str:
+    return str(tmp_path / "shards") if request.param == "local" else request.getfixturevalue("s3_prefix")
+
+
+def random_file(path: Path, nbytes: int) -> bytes:
+    data = os.urandom(nbytes)
+    path.write_bytes(data)
+    return data
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_join_and_is_s3():
+    assert storage.join("s3://b/p", "x.tar") == "s3://b/p/x.tar"
+    assert storage.join("s3://b/p/", "x.tar") == "s3://b/p/x.tar"
+    assert storage.join("s3://b", "x.tar") == "s3://b/x.tar"
+    assert storage.join("/data/shards", "x.tar") == os.path.join("/data/shards", "x.tar")
+    assert storage.is_s3("s3://b/p") and not storage.is_s3("/s3/b") and not storage.is_s3(Path("s3:"))
+
+
+def test_round_trip(base):
+    a, b, info = (storage.join(base, n) for n in ("train-000000.tar", "train-000001.tar", "_info.json"))
+    assert storage.list_names(base) == []
+    assert not storage.exists(a) and storage.size(a) is None
+    storage.write_bytes(a, b"first")
+    storage.write_bytes(a, b"second version")  # an overwrite replaces
+    storage.write_bytes(b, b"")
+    storage.write_bytes(info, b'{"name": "x"}')
+    storage.write_bytes(storage.join(storage.join(base, "sub"), "nested.tar"), b"not listed")
+    assert storage.read_bytes(a) == b"second version"
+    assert storage.read_bytes(b) == b""
+    assert storage.exists(a) and storage.size(a) == len(b"second version") and storage.size(b) == 0
+    assert storage.list_names(base) == ["_info.json", "train-000000.tar", "train-000001.tar"]
+    assert storage.list_names(base, suffix=".tar") == ["train-000000.tar", "train-000001.tar"]
+    with storage.open_read(a) as f:
+        assert f.read(6) == b"second" and f.read() == b" version"
+    storage.remove(a)
+    storage.remove(a)  # removing what is gone is fine
+    assert not storage.exists(a) and storage.list_names(base, ".tar") == ["train-000001.tar"]
+    with pytest.raises(ArtclfError, match="train-000000.tar: not found"):
+        storage.read_bytes(a)
+
+
+def test_local_writes_leave_no_temp_files(tmp_path):
+    src = tmp_path / "src.bin"
+    data = random_file(src, 3 * MiB + 5)
+    dest = str(tmp_path / "out" / "x.tar")
+    storage.upload_file(src, dest)
+    storage.write_bytes(str(tmp_path / "out" / "y.json"), b"{}")
+    assert Path(dest).read_bytes() == data
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x.tar", "y.json"]
+
+
+def test_upload_file_is_multipart_and_reads_back(s3_env, s3_prefix, tmp_path):
+    src = tmp_path / "big.tar"
+    data = random_file(src, 20 * MiB + 123)
+    url = storage.join(s3_prefix, "big.tar")
+    storage.upload_file(src, url)
+    bucket, key = url[5:].split("/", 1)
+    client = s3_env.client()
+    assert client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"').endswith("-2")  # 16 MiB parts
+    assert client.head_object(Bucket=bucket, Key=key, PartNumber=1)["PartsCount"] == 2
+    assert storage.size(url) == len(data)
+    digest = hashlib.sha256()
+    with storage.open_read(url) as f:
+        while chunk := f.read(3 * MiB + 7):
+            digest.update(chunk)
+    assert digest.hexdigest() == sha(data)
+
+
+def test_open_read_streams(s3_prefix):
+    url = storage.join(s3_prefix, "stream.tar")
+    data = os.urandom(6 * MiB)
+    storage.write_bytes(url, data)
+    with storage.open_read(url) as f:
+        assert f.read(10) == data[:10]
+        assert f.raw._pos <= MiB  # one buffer fetched, not the object
+        assert f.read() == data[10:]
+
+
+def test_errors_name_the_url(s3_prefix):
+    bucket_gone = "s3://artclf-no-such-bucket/x/train-000000.tar"
+    with pytest.raises(ArtclfError, match=f"^{bucket_gone}: bucket does not exist"):
+        storage.read_bytes(bucket_gone)
+    with pytest.raises(ArtclfError, match="bucket does not exist"):
+        storage.list_names("s3://artclf-no-such-bucket/x")
+    with pytest.raises(ArtclfError, match="no bucket"):
+        storage.exists("s3:///x")
+    with pytest.raises(ArtclfError, match="no such file"):
+        storage.upload_file("/nonexistent/x.tar", storage.join(s3_prefix, "x.tar"))
+
+
+@pytest.mark.parametrize("which", ["secret", "access key"])
+def test_wrong_credentials_never_leak(s3_env, s3_prefix, tmp_path, monkeypatch, which):
+    url = storage.join(s3_prefix, "train-000000.tar")
+    storage.write_bytes(url, b"data")
+    wrong_secret, wrong_key = "WrOnGsEcReT" + uuid.uuid4().hex, "AKIAWRONG" + uuid.uuid4().hex[:11].upper()
+    if which == "secret":
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong_secret)
+    else:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", wrong_key)
+    (tmp_path / "f").write_bytes(b"x" * 100)
+    calls = {
+        "exists": lambda: storage.exists(url),
+        "size": lambda: storage.size(url),
+        "read_bytes": lambda: storage.read_bytes(url),
+        "open_read": lambda: storage.open_read(url),
+        "write_bytes": lambda: storage.write_bytes(url, b"x"),
+        "upload_file": lambda: storage.upload_file(tmp_path / "f", url),
+        "list_names": lambda: storage.list_names(s3_prefix),
+        "remove": lambda: storage.remove(url),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ArtclfError) as info:
+            call()
+        msg = str(info.value)
+        assert msg.startswith(s3_prefix) and "access denied" in msg, (name, msg)
+        assert "AWS credentials" in msg, (name, msg)
+        for secret in (wrong_secret, wrong_key, s3_env.secret_key, s3_env.access_key):
+            assert secret not in msg, (name, msg)
+        assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_no_credentials(s3_env, s3_prefix, tmp_path, monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(ArtclfError, match="no usable AWS credentials.*AWS_PROFILE"):
+        storage.read_bytes(storage.join(s3_prefix, "x.tar"))
+
+
+def test_unreachable_endpoint(s3_env, s3_prefix, monkeypatch):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(storage, "S3_MAX_ATTEMPTS", 1)
+    storage.set_endpoint(f"http://127.0.0.1:{port}")
+    with pytest.raises(ArtclfError, match="cannot reach the S3 endpoint.*--endpoint-url"):
+        storage.exists(storage.join(s3_prefix, "x.tar"))
+
+
+def test_set_endpoint_overrides_environment(s3_env, s3_prefix, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: would fail
+    storage.set_endpoint(s3_env.endpoint)
+    storage.write_bytes(storage.join(s3_prefix, "a"), b"a")
+    assert storage.list_names(s3_prefix) == ["a"]
+
+
+# --- webdataset -------------------------------------------------------------------------------
+
+
+def write_shard(path: Path, keys: list[str]) -> dict[str, bytes]:
+    payload = {}
+    with wds.TarWriter(str(path)) as sink:
+        for i, key in enumerate(keys):
+            payload[key] = os.urandom(1000 + 37 * i)
+            sink.write({"__key__": key, "jpg": payload[key], "cls": str(i % 5), "json": {"artist": key}})
+    return payload
+
+
+@pytest.fixture
+def s3_shards(s3_prefix, tmp_path) -> tuple[list[str], dict[str, bytes]]:
+    """Two small shards written by webdataset.TarWriter, uploaded to S3."""
+    urls, payload = [], {}
+    for n in range(2):
+        local = tmp_path / f"train-{n:06d}.tar"
+        payload |= write_shard(local, [f"Artist_{n}_{i:04d}" for i in range(20)])
+        urls.append(storage.join(s3_prefix, local.name))
+        storage.upload_file(local, urls[-1])
+    storage.register_webdataset_s3()
+    return urls, payload
+
+
+def read_samples(urls: list[str]) -> dict[str, bytes]:
+    dataset = wds.WebDataset(urls, shardshuffle=False, nodesplitter=None)
+    return {s["__key__"]: s["jpg"] for s in dataset}
+
+
+def test_webdataset_reads_s3(s3_shards):
+    urls, payload = s3_shards
+    assert read_samples(urls) == payload
+    assert read_samples("s3://" + urls[0][5:].rsplit("-", 1)[0] + "-{000000..000001}.tar") == payload
+    with pytest.raises(ValueError, match="cannot write"):
+        gopen(urls[0], "wb")
+
+
+def test_webdataset_in_forked_dataloader_workers(s3_shards):
+    import torch.utils.data
+
+    urls, payload = s3_shards
+    assert storage.exists(urls[0])  # the parent holds a client before forking
+    dataset = wds.WebDataset(urls, shardshuffle=False, nodesplitter=None).to_tuple("__key__", "jpg")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2, multiprocessing_context="fork")
+    seen = dict(loader)
+    assert seen == payload
+
+
+# --- mid-read failures --------------------------------------------------------------------------
+
+
+class CuttingProxy:
+    """TCP proxy to the S3 server that cuts a connection after N response bytes, ``cuts`` times."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = ("127.0.0.1", urlparse(upstream).port)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.cut_after, self.cuts_left, self.cuts_done, self.reset = 0, 0, 0, False
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def arm(self, after: int, times: int, reset: bool = False) -> None:
+        """Cut the next ``times`` connections after ``after`` response bytes: EOF, or RST if ``reset``."""
+        self.cut_after, self.cuts_left, self.reset = after, times, reset
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, downstream: bool) -> None:
+        sent = 0
+        try:
+            while data := src.recv(1 << 16):
+                if downstream and sent + len(data) > self.cut_after:
+                    with self.lock:
+                        cut = self.cuts_left > 0
+                        self.cuts_left -= cut
+                        self.cuts_done += cut
+                    if cut:
+                        dst.sendall(data[: max(0, self.cut_after - sent)])
+                        if self.reset:  # linger 0: close() sends RST instead of FIN
+                            dst.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                            dst.close()
+                        break
+                dst.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for s in (src, dst):  # shutdown wakes the other direction's recv
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+def proxy(s3_env, monkeypatch):
+    p = CuttingProxy(s3_env.endpoint)
+    monkeypatch.setattr(storage, "RETRY_BACKOFF_S", 0.01)
+    yield p
+    p.close()
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["eof", "rst"])
+def test_broken_stream_is_reopened_at_its_offset(s3_prefix, proxy, reset):
+    url = storage.join(s3_prefix, "train-000000.tar")
+    data = os.urandom(5 * MiB)
+    storage.write_bytes(url, data)
+    storage.set_endpoint(proxy.url)
+    proxy.arm(after=MiB + 1000, times=3, reset=reset)
+    with pytest.warns(UserWarning, match="reopening") as caught:
+        assert sha(storage.read_bytes(url)) == sha(data)
+    assert proxy.cuts_done == 3
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 3 and all(m.startswith(f"{url}: read broke at byte ") for m in messages)
+    assert [m.rsplit(" ", 1)[1] for m in messages] == ["1", "2", "3"]
+
+    proxy.arm(after=300_000, times=100)
+    with pytest.warns(UserWarning), pytest.raises(ArtclfError, match=f"^{url}: read failed at byte .* after 2 retries"):
+        with storage.open_read(url, retries=2) as f:
+            f.read()
+
+
+def test_object_replaced_mid_read_is_an_error(s3_prefix, proxy):
+    url = storage.join(s3_prefix, "train-000000.tar")
+    storage.write_bytes(url, os.urandom(4 * MiB))
+    storage.set_endpoint(proxy.url)
+    proxy.arm(after=2 * MiB, times=1)
+    with storage.open_read(url) as f:
+        f.read(10)
+        storage.write_bytes(url, os.urandom(4 * MiB))  # another connection: not cut
+        with pytest.warns(UserWarning), pytest.raises(ArtclfError, match="changed while it was being read"):
+            f.read()
+
+
+def test_webdataset_shard_broken_mid_read_is_retried(s3_shards, proxy):
+    urls, payload = s3_shards
+    storage.set_endpoint(proxy.url)
+    proxy.arm(after=20_000, times=2)
+    with pytest.warns(UserWarning, match="reopening"):
+        assert read_samples(urls) == payload
+    assert proxy.cuts_done == 2
+
+
+def test_open_read_local(tmp_path):
+    (tmp_path / "a").write_bytes(b"abc")
+    with storage.open_read(str(tmp_path / "a")) as f:
+        assert isinstance(f, io.BufferedIOBase) and f.read() == b"abc"
+    with pytest.raises(ArtclfError, match="not found"):
+        storage.open_read(str(tmp_path / "b"))
