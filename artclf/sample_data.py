@@ -186,7 +186,7 @@ def paint(style: Style, size: tuple[int, int], rng: np.random.Generator) -> Imag
     layout = style.layout if rng.random() < 0.6 else LAYOUTS[rng.integers(len(LAYOUTS))]
     img = _background(layout, style.anchor, bg, w, h, rng)
     draw = ImageDraw.Draw(img)
-    n_shapes = int(rng.integers(1, 5))
+    n_shapes = int(rng.integers(1, 6))
     under = int(rng.integers(0, n_shapes + 1))
     _shapes(draw, pal, under, w, h, rng)  # the subject: some shapes under the strokes ...
     _strokes(draw, style, pal[2:], w, h, rng)
@@ -203,7 +203,7 @@ def _shapes(draw: ImageDraw.ImageDraw, pal: np.ndarray, n: int, w: int, h: int,
             rng: np.random.Generator) -> None:
     """Large ellipses and pentagons in the palette's colours: what the painting is of."""
     for _ in range(n):
-        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), min(w, h) * rng.uniform(0.1, 0.35)
+        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), min(w, h) * rng.uniform(0.1, 0.4)
         col = tuple(np.clip(pal[rng.integers(len(pal))] + rng.normal(0, 20, 3), 0, 255).astype(int).tolist())
         if rng.random() < 0.5:
             draw.ellipse([cx - r, cy - r * 1.4, cx + r, cy + r * 1.4], fill=col)
@@ -242,7 +242,7 @@ def _background(layout: str, anchor: float, pal: np.ndarray, w: int, h: int,
                 rng: np.random.Generator) -> Image.Image:
     a, b = (tuple(int(v) for v in np.clip(c + rng.normal(0, 6, 3), 0, 255)) for c in pal)
     if layout == "grid":  # tiles of the two colours, drawn small and scaled up
-        n = int(3 + 6 * anchor) + int(rng.integers(-1, 2))
+        n = int(rng.integers(2, 6) + 4 * anchor)
         tiles = np.where(rng.random((n, n, 1)) < 0.5, pal[0], pal[1]) + rng.normal(0, 10, (n, n, 3))
         tiles = np.clip(tiles, 0, 255).astype(np.uint8)
         return Image.fromarray(tiles).resize((w, h), Image.Resampling.NEAREST)

@@ -1,32 +1,30 @@
 """Where shards live: one small API over a local folder or an ``s3://bucket/prefix``.
 
-Writes are atomic on both: a local file is written under a temp name and renamed
-(:mod:`artclf.atomic`); an S3 PUT, single or multipart, is only visible once complete.
-S3 goes through boto3 alone. Credentials come from boto3's own chain (environment,
-``~/.aws``, instance role): this module never takes them as arguments and never prints them.
-The endpoint is ``AWS_ENDPOINT_URL`` (boto3 reads it itself) or :func:`set_endpoint` (the
-CLI's ``--endpoint-url``), for MinIO, Ceph, SeaweedFS and other S3-compatible stores.
+Writes are atomic: locally a temp file is renamed (:mod:`artclf.atomic`); an S3 PUT, single or
+multipart, is visible only once complete. S3 goes through boto3, with credentials from its own
+chain (environment, ``~/.aws``, instance role), never taken as arguments nor printed. The endpoint
+is ``AWS_ENDPOINT_URL`` (boto3 reads it) or :func:`set_endpoint` (the CLI's ``--endpoint-url``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import shutil
-import threading
 import time
 import warnings
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import boto3
-import urllib3.exceptions
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, IncompleteReadError
 from botocore.exceptions import ConnectionError as BotoConnectionError
+from urllib3.exceptions import HTTPError as URLLib3Error
 
 from artclf.atomic import atomic_open
 from artclf.errors import ArtclfError
@@ -36,40 +34,22 @@ S3_MAX_ATTEMPTS = 5  # per request, botocore "standard" mode: throttling, 5xx, c
 CONNECT_TIMEOUT_S = 10
 READ_TIMEOUT_S = 60  # per socket read, not per object
 READ_RETRIES = 5  # reopenings of one stream that breaks mid-read (HTTP Range from the offset)
-RETRY_BACKOFF_S = 0.5  # first wait before a reopening; doubles each time, capped at 30 s
+RETRY_BACKOFF_S = 0.5  # wait before the first reopening; doubles each time, capped at 30 s
 # 16 MiB parts: few requests per shard, and S3's 10,000-part limit still allows 160 GB objects.
 TRANSFER = TransferConfig(multipart_threshold=16 * MiB, multipart_chunksize=16 * MiB, max_concurrency=4)
 
-# Errors worth reopening a stream for; a ClientError (403, 404, 412) is an answer, not a glitch.
-_TRANSIENT = (BotoConnectionError, HTTPClientError, IncompleteReadError, urllib3.exceptions.HTTPError, OSError)
-_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "403"}
+# Worth reopening a stream for; a ClientError (403, 404, 412) is an answer, not a glitch.
+_TRANSIENT = (BotoConnectionError, HTTPClientError, IncompleteReadError, URLLib3Error, OSError)
+_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"}
+_DENIED |= {"InvalidToken", "ExpiredToken"}  # temporary (STS, SSO) credentials
 _MISSING = {"NoSuchKey", "NotFound", "404"}
-# Environment that changes which client boto3 builds (endpoint, identity, region).
-_CLIENT_ENV = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_PROFILE",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_CONFIG_FILE",
-    "AWS_SHARED_CREDENTIALS_FILE",
-)
+_SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+# Environment that changes which client boto3 builds: endpoint, identity, region.
+_CLIENT_ENV = _SECRET_ENV + ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_REGION")
+_CLIENT_ENV += ("AWS_DEFAULT_REGION", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
 
 _endpoint: str | None = None
 _clients: dict[tuple, tuple[Any, Any]] = {}  # key -> (boto3 Credentials or None, client)
-_lock = threading.Lock()
-
-
-def _new_lock_in_child() -> None:
-    # A fork taken while another thread held the lock would leave it locked forever in the child.
-    global _lock
-    _lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def is_s3(url: str | os.PathLike) -> bool:
@@ -98,79 +78,61 @@ def _split(url: str) -> tuple[str, str]:
 
 
 def _client_key() -> tuple:
-    # Keyed by pid: a boto3 client must not cross a fork (DataLoader workers build their own).
-    # The environment is part of the key (hashed, so the cache holds no secret) so that a
-    # changed endpoint or identity in os.environ is not served by a stale client.
+    # By pid: a boto3 client must not cross a fork (DataLoader workers build their own). With the
+    # environment, hashed so the cache holds no secret: changed credentials get a new client.
     env = "\0".join(os.environ.get(name, "") for name in _CLIENT_ENV)
     return os.getpid(), _endpoint, hashlib.sha256(env.encode()).hexdigest()
 
 
 def _client() -> Any:
     key = _client_key()
-    entry = _clients.get(key)
-    if entry is None:
-        with _lock:
-            entry = _clients.get(key)
-            if entry is None:
-                entry = _clients[key] = _make_client()
-    return entry[1]
-
-
-def _make_client() -> tuple[Any, Any]:
-    custom = _endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    options: dict[str, Any] = {}
-    if custom:
+    if key not in _clients:  # no lock: threads racing here build equivalent clients, one survives
+        custom = _endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         # S3-compatible stores: virtual-host buckets (bucket.minio:9000) rarely resolve, and
         # botocore >= 1.36 adds CRC checksum trailers that several of them reject.
-        options = {"s3": {"addressing_style": "path"}, "request_checksum_calculation": "when_required"}
-    config = Config(
-        retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
-        connect_timeout=CONNECT_TIMEOUT_S,
-        read_timeout=READ_TIMEOUT_S,
-        **options,
-    )
-    session = boto3.session.Session()  # one per client: boto3's default session is not thread-safe
-    client = session.client("s3", endpoint_url=_endpoint, config=config)
-    # Kept only so _redact knows what to mask; cached by the session, so this costs nothing.
-    return session.get_credentials(), client
+        compat = {"s3": {"addressing_style": "path"}, "request_checksum_calculation": "when_required"}
+        retries = {"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"}
+        timeouts = {"connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S}
+        config = Config(retries=retries, **timeouts, **(compat if custom else {}))
+        session = boto3.session.Session()  # one per client: boto3's default one is not thread-safe
+        client = session.client("s3", endpoint_url=_endpoint, config=config)
+        # The credentials are kept only for _redact; the session has them cached already.
+        _clients[key] = (session.get_credentials(), client)
+    return _clients[key][1]
 
 
 def _redact(text: str) -> str:
-    """Mask any credential the current process knows of, should a message ever echo one."""
-    secrets = [os.environ.get(n, "") for n in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
-    entry = _clients.get(_client_key())
-    creds = entry[0] if entry else None
-    if creds is not None:
-        frozen = creds.get_frozen_credentials()
-        secrets += [frozen.access_key, frozen.secret_key, frozen.token or ""]
+    """Mask every credential this process knows of, should a message ever echo one."""
+    secrets = [os.environ.get(name, "") for name in _SECRET_ENV]
+    creds = _clients.get(_client_key(), (None,))[0]
+    secrets += list(creds.get_frozen_credentials()) if creds is not None else []
     for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
+        text = text.replace(secret, "***") if secret and len(secret) >= 4 else text
     return text
+
+
+def _code(e: BaseException) -> str:
+    return str(e.response.get("Error", {}).get("Code", "?")) if isinstance(e, ClientError) else ""
 
 
 def _error(url: str, e: BaseException) -> ArtclfError:
     """A boto3/botocore exception as one line that names the URL, the cause and the fix."""
     if isinstance(e, S3UploadFailedError) and isinstance(e.__context__, ClientError):
         e = e.__context__  # boto3 raises it inside `except ClientError` without `from`
-    if isinstance(e, ClientError):
-        err = e.response.get("Error", {})
-        code = str(err.get("Code", "?"))
-        if code in _DENIED:
-            msg = f"access denied ({code}): check AWS credentials / AWS_PROFILE and the bucket policy"
-        elif code == "NoSuchBucket":
-            msg = "bucket does not exist (NoSuchBucket)"
-        elif code in _MISSING:
-            msg = f"not found ({code})"
-        elif code in ("PreconditionFailed", "412"):
-            msg = "object changed while it was being read (PreconditionFailed)"
-        else:
-            msg = f"S3 error {code}: {err.get('Message', '')}"
-    elif isinstance(e, BotoCoreError) and "credentials" in type(e).__name__.lower():
-        msg = (
-            f"no usable AWS credentials ({type(e).__name__}): set AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or run where an instance role is attached"
-        )
+    code = _code(e)
+    if code in _DENIED:
+        msg = f"access denied ({code}): check AWS credentials / AWS_PROFILE and the bucket policy"
+    elif code == "NoSuchBucket":
+        msg = "bucket does not exist (NoSuchBucket)"
+    elif code in _MISSING:
+        msg = f"not found ({code})"
+    elif code in ("PreconditionFailed", "412"):
+        msg = "object changed while it was being read (PreconditionFailed)"
+    elif code:
+        msg = f"S3 error {code} ({e})"
+    elif isinstance(e, BotoCoreError) and "Credentials" in type(e).__name__:
+        msg = f"no usable AWS credentials ({type(e).__name__}): set AWS_ACCESS_KEY_ID and "
+        msg += "AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or run where an instance role is attached"
     elif isinstance(e, BotoConnectionError):
         msg = f"cannot reach the S3 endpoint ({e}): check AWS_ENDPOINT_URL / --endpoint-url and the network"
     else:
@@ -178,61 +140,45 @@ def _error(url: str, e: BaseException) -> ArtclfError:
     return ArtclfError(f"{url}: {_redact(msg)}")
 
 
-def _call(url: str, method: str, **kwargs: Any) -> Any:
-    """One S3 API call (botocore retries transient failures) with errors made readable."""
-    try:
-        return getattr(_client(), method)(**kwargs)
-    except (ClientError, BotoCoreError, S3UploadFailedError) as e:
-        raise _error(url, e) from None
-
-
-def _head(url: str) -> dict | None:
+def _call(url: str, method: str, missing_ok: bool = False, **kwargs: Any) -> Any:
+    """One S3 call on ``url``'s object (botocore retries the glitches), errors made readable."""
     bucket, key = _split(url)
     try:
-        return _client().head_object(Bucket=bucket, Key=key)
-    except ClientError as e:
-        if str(e.response.get("Error", {}).get("Code")) in _MISSING:
+        return getattr(_client(), method)(Bucket=bucket, Key=key, **kwargs)
+    except (ClientError, BotoCoreError, S3UploadFailedError) as e:
+        if missing_ok and _code(e) in _MISSING:
             return None
-        raise _error(url, e) from None
-    except BotoCoreError as e:
         raise _error(url, e) from None
 
 
 def exists(url: str | os.PathLike) -> bool:
     """Whether the file or S3 object ``url`` exists."""
-    url = str(url)
-    return _head(url) is not None if is_s3(url) else os.path.isfile(url)
+    return size(url) is not None
 
 
 def size(url: str | os.PathLike) -> int | None:
     """Size in bytes of the file or object ``url``; None when it does not exist."""
     url = str(url)
     if is_s3(url):
-        head = _head(url)
+        head = _call(url, "head_object", missing_ok=True)
         return None if head is None else int(head["ContentLength"])
     return os.path.getsize(url) if os.path.isfile(url) else None
 
 
 def list_names(url: str | os.PathLike, suffix: str = "") -> list[str]:
-    """Sorted names of the files directly under a folder or S3 prefix that end with ``suffix``.
-
-    A folder or prefix that does not exist lists as empty (S3 has no empty prefixes either).
-    """
+    """Sorted names of the files directly under a folder or S3 prefix ending in ``suffix`` ([] if none)."""
     url = str(url)
     if not is_s3(url):
-        if not os.path.isdir(url):
-            return []
-        return sorted(e.name for e in os.scandir(url) if e.is_file() and e.name.endswith(suffix))
+        files = [e.name for e in os.scandir(url) if e.is_file()] if os.path.isdir(url) else []
+        return sorted(n for n in files if n.endswith(suffix))
     bucket, prefix = _split(url)
     prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
-    names = []
     pages = _client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
     try:
-        for page in pages:
-            names += [obj["Key"][len(prefix) :] for obj in page.get("Contents", [])]
+        keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
     except (ClientError, BotoCoreError) as e:
         raise _error(url, e) from None
-    return sorted(n for n in names if n and n.endswith(suffix))
+    return sorted(k[len(prefix) :] for k in keys if len(k) > len(prefix) and k.endswith(suffix))
 
 
 def read_bytes(url: str | os.PathLike) -> bytes:
@@ -245,21 +191,18 @@ def write_bytes(url: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` atomically: readers see the old content or the new, never a part."""
     url = str(url)
     if is_s3(url):
-        bucket, key = _split(url)
-        _call(url, "put_object", Bucket=bucket, Key=key, Body=data)
-    else:
-        with atomic_open(url, "wb") as f:
-            f.write(data)
+        return _call(url, "put_object", Body=data)
+    with atomic_open(url, "wb") as f:
+        f.write(data)
 
 
 def upload_file(local_path: str | os.PathLike, url: str | os.PathLike) -> None:
-    """Copy a local file to ``url`` atomically; multipart (parallel parts) above 16 MiB on S3."""
+    """Copy a local file to ``url`` atomically; on S3 multipart (parallel parts) above 16 MiB."""
     url, local_path = str(url), Path(local_path)
     if not local_path.is_file():
         raise ArtclfError(f"{local_path}: no such file to upload to {url}")
     if is_s3(url):
-        bucket, key = _split(url)
-        _call(url, "upload_file", Filename=str(local_path), Bucket=bucket, Key=key, Config=TRANSFER)
+        _call(url, "upload_file", Filename=str(local_path), Config=TRANSFER)
     elif not (os.path.exists(url) and os.path.samefile(local_path, url)):
         with open(local_path, "rb") as src, atomic_open(url, "wb") as dst:
             shutil.copyfileobj(src, dst, 16 * MiB)
@@ -269,19 +212,16 @@ def remove(url: str | os.PathLike) -> None:
     """Delete a file or object; one that does not exist is not an error."""
     url = str(url)
     if is_s3(url):
-        bucket, key = _split(url)
-        _call(url, "delete_object", Bucket=bucket, Key=key)
+        _call(url, "delete_object")
     else:
         Path(url).unlink(missing_ok=True)
 
 
 def open_read(url: str | os.PathLike, retries: int = READ_RETRIES) -> BinaryIO:
-    """A buffered, forward-only stream of a file or object.
+    """A buffered, forward-only stream of a file or object; on S3 streamed, never held whole.
 
-    On S3 the object is streamed (``get_object()["Body"]``), never held in memory whole. If
-    the connection breaks mid-read, the stream reopens at the current offset with an HTTP
-    ``Range`` (and ``If-Match`` on the ETag, so a replaced object is an error rather than a
-    splice), up to ``retries`` times per stream.
+    A connection that breaks mid-read is reopened at the offset (HTTP ``Range``) up to ``retries``
+    times; ``If-Match`` on the ETag makes an object replaced meanwhile an error, not a splice.
     """
     url = str(url)
     if not is_s3(url):
@@ -297,12 +237,10 @@ class _S3Reader(io.RawIOBase):
 
     def __init__(self, url: str, retries: int) -> None:
         super().__init__()
-        self.url, self.retries = url, retries
-        self._bucket, self._key = _split(url)
-        self._pos, self._failures, self._body = 0, 0, None
+        self.url, self.retries, self._pos, self._failures = url, retries, 0, 0
         # The first request relies on botocore's retries: a missing object or wrong credentials
         # fail here, before webdataset starts reading.
-        head = _call(url, "get_object", Bucket=self._bucket, Key=self._key)
+        head = _call(url, "get_object")
         self._size, self._etag, self._body = int(head["ContentLength"]), head["ETag"], head["Body"]
 
     def readable(self) -> bool:
@@ -312,42 +250,33 @@ class _S3Reader(io.RawIOBase):
         while self._pos < self._size:
             try:
                 if self._body is None:
-                    self._body = self._reopen()
+                    reopened = _call(self.url, "get_object", Range=f"bytes={self._pos}-", IfMatch=self._etag)
+                    self._body = reopened["Body"]
                 data = self._body.read(min(len(buf), self._size - self._pos))
                 if not data:
                     raise OSError("stream ended early")
             except _TRANSIENT as e:
                 self._retry_after(e)
                 continue
-            except (ClientError, BotoCoreError) as e:
-                raise _error(self.url, e) from None
             buf[: len(data)] = data
             self._pos += len(data)
             return len(data)
         return 0
 
-    def _reopen(self) -> Any:
-        # If-Match: a shard replaced since the first byte must fail, not be spliced from two versions.
-        return _client().get_object(
-            Bucket=self._bucket, Key=self._key, Range=f"bytes={self._pos}-", IfMatch=self._etag
-        )["Body"]
-
     def _retry_after(self, e: BaseException) -> None:
         self._drop_body()
         self._failures += 1
-        where = f"byte {self._pos} of {self._size}"
-        cause = _redact(f"{type(e).__name__}: {e}")
+        where, cause = f"byte {self._pos} of {self._size}", _redact(f"{type(e).__name__}: {e}")
         if self._failures > self.retries:
             raise ArtclfError(f"{self.url}: read failed at {where} after {self.retries} retries ({cause})")
-        warnings.warn(f"{self.url}: read broke at {where} ({cause}); reopening, retry {self._failures}")
+        msg = f"{self.url}: read broke at {where} ({cause}); reopening, retry {self._failures}"
+        warnings.warn(msg, stacklevel=3)
         time.sleep(min(RETRY_BACKOFF_S * 2 ** (self._failures - 1), 30.0))
 
     def _drop_body(self) -> None:
         if self._body is not None:
-            try:
+            with contextlib.suppress(Exception):  # a broken connection may fail to close too
                 self._body.close()
-            except Exception:  # a broken connection may fail to close too; it is dropped anyway
-                pass
             self._body = None
 
     def close(self) -> None:
@@ -362,13 +291,12 @@ def _gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any) -> Bin
 
 
 def register_webdataset_s3() -> None:
-    """Make ``webdataset`` open ``s3://`` URLs through :func:`open_read` (boto3, streamed, retried).
+    """Make ``webdataset`` open ``s3://`` URLs with :func:`open_read` (boto3, streamed, retried).
 
-    webdataset 1.0 has no ``s3`` handler; it looks the scheme up in
-    ``webdataset.gopen.gopen_schemes`` at every open, so registering once in the main process
-    covers forked DataLoader workers (Linux's default). Under the "spawn" or "forkserver"
-    start methods, call it in ``worker_init_fn`` too. Calling it again is harmless.
+    webdataset 1.0 has no ``s3`` handler; it looks schemes up in ``webdataset.gopen.gopen_schemes``
+    at each open, so one call in the main process covers forked DataLoader workers (Linux's
+    default). Under "spawn" or "forkserver", call it in ``worker_init_fn`` too. Idempotent.
     """
-    from webdataset.gopen import gopen_schemes  # `webdataset.gopen` is also a function name
+    from webdataset.gopen import gopen_schemes  # `webdataset.gopen` is also a function's name
 
     gopen_schemes["s3"] = _gopen_s3

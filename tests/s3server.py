@@ -157,7 +157,9 @@ def start(workdir: Path) -> tuple[subprocess.Popen, S3Server]:
     config = workdir / "s3.json"
     identity = {"accessKey": access_key, "secretKey": secret_key}
     actions = ["Admin", "Read", "List", "Tagging", "Write"]
-    config.write_text(json.dumps({"identities": [{"name": "artclf", "credentials": [identity], "actions": actions}]}))
+    config.write_text(
+        json.dumps({"identities": [{"name": "artclf", "credentials": [identity], "actions": actions}]})
+    )
     (workdir / "data").mkdir(exist_ok=True)
     # weed falls back to AWS_* variables for credentials; it must use the file alone. Two
     # threads and a soft heap limit keep it light beside the tests on a small CI box.
@@ -167,7 +169,9 @@ def start(workdir: Path) -> tuple[subprocess.Popen, S3Server]:
     for attempt in range(3):  # a port taken between our probe and weed's bind: try new ones
         cmd = _command(weed, workdir, config)
         with open(log, "wb") as out:
-            proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         s3_port = next(a.split("=")[1] for a in cmd if a.startswith("-s3.port="))
         server = S3Server(f"http://127.0.0.1:{s3_port}", "artclf-test", access_key, secret_key, log)
         try:

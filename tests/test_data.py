@@ -1,0 +1,81 @@
+"""The input pipeline with 2 real ranks × 2 workers (gloo on CPU): equal train batch counts per
+rank, every eval key exactly once; and the transforms against torchvision's reference."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from artclf.data import steps_per_epoch
+from artclf.transforms import Normalize, Preprocess, eval_image, normalize, train_image
+from tests.conftest import REPO
+from tests.test_shard import expected, shards, work  # noqa: F401  (module fixtures)
+
+
+def accelerate_cpu(nproc: int, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N` (really N processes)."""
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", str(nproc), "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", *args]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_two_ranks_two_workers(work, shards, tmp_path):  # noqa: F811
+    out = tmp_path / "ranks.json"
+    res = accelerate_cpu(2, "tests/dist_data.py", str(shards), str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    ranks = json.loads(out.read_text())
+    assert [r["rank"] for r in ranks] == [0, 1] and {r["world"] for r in ranks} == {2}
+    info = json.loads((shards / "_info.json").read_text())
+    steps = steps_per_epoch(info["splits"]["train"]["num_samples"], 2, 4)
+    assert ranks[0]["train_batches"] == ranks[1]["train_batches"] == [4] * steps
+    keys = ranks[0]["val_keys"] + ranks[1]["val_keys"]
+    assert sorted(keys) == sorted(expected(work)["val"])  # each exactly once
+
+
+def square_picture(size: int = 90) -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+
+
+def test_flip_only_for_chosen_classes():
+    im = square_picture()
+    pre = Preprocess(image_size=90, resize=90)
+    full = dict(scale=(1.0, 1.0), ratio=(1.0, 1.0))  # the crop is the whole picture
+    plain = np.asarray(im).transpose(2, 0, 1)
+    rng = random.Random(0)
+    never = [train_image(im, pre, False, rng, **full).numpy() for _ in range(20)]
+    assert all((x == plain).all() for x in never)
+    some = [train_image(im, pre, True, rng, **full).numpy() for _ in range(20)]
+    mirrored = sum((x == plain[:, :, ::-1]).all() for x in some)
+    assert 3 <= mirrored <= 17 and mirrored + sum((x == plain).all() for x in some) == 20
+
+
+def test_eval_image_matches_torchvision_resize_centercrop():
+    im = Image.fromarray(np.random.default_rng(1).integers(0, 255, (300, 200, 3), dtype=np.uint8))
+    pre = Preprocess(image_size=64, resize=72)
+    ref = v2.Compose([v2.Resize(72), v2.CenterCrop(64), v2.PILToTensor()])(im)
+    ours = eval_image(im, pre)
+    assert ours.shape == ref.shape == (3, 64, 64) and ours.dtype == torch.uint8
+    assert (ours.float() - ref.float()).abs().mean() < 4  # resampling details differ, geometry must not
+
+
+def test_normalize_layer_equals_torchvision_normalize():
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    ref = v2.Normalize(pre := Preprocess().mean, Preprocess().std)(x.float() / 255)
+    assert pre == (0.485, 0.456, 0.406)
+    torch.testing.assert_close(Normalize()(x), ref, atol=1e-5, rtol=1e-5)
+    im = Image.fromarray(x[0].permute(1, 2, 0).numpy())
+    torch.testing.assert_close(normalize(im), ref[0], atol=1e-5, rtol=1e-5)
