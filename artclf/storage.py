@@ -40,9 +40,6 @@ TRANSFER = TransferConfig(multipart_threshold=16 * MiB, multipart_chunksize=16 *
 
 # Worth reopening a stream for; a ClientError (403, 404, 412) is an answer, not a glitch.
 _TRANSIENT = (BotoConnectionError, HTTPClientError, IncompleteReadError, URLLib3Error, OSError)
-_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"}
-_DENIED |= {"InvalidToken", "ExpiredToken"}  # temporary (STS, SSO) credentials
-_MISSING = {"NoSuchKey", "NotFound", "404"}
 _SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 # Environment that changes which client boto3 builds: endpoint, identity, region.
 _CLIENT_ENV = _SECRET_ENV + ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_REGION")
@@ -77,23 +74,19 @@ def _split(url: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _client_key() -> tuple:
+def _client() -> Any:
     # By pid: a boto3 client must not cross a fork (DataLoader workers build their own). With the
     # environment, hashed so the cache holds no secret: changed credentials get a new client.
     env = "\0".join(os.environ.get(name, "") for name in _CLIENT_ENV)
-    return os.getpid(), _endpoint, hashlib.sha256(env.encode()).hexdigest()
-
-
-def _client() -> Any:
-    key = _client_key()
+    key = (os.getpid(), _endpoint, hashlib.sha256(env.encode()).hexdigest())
     if key not in _clients:  # no lock: threads racing here build equivalent clients, one survives
         custom = _endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         # S3-compatible stores: virtual-host buckets (bucket.minio:9000) rarely resolve, and
         # botocore >= 1.36 adds CRC checksum trailers that several of them reject.
         compat = {"s3": {"addressing_style": "path"}, "request_checksum_calculation": "when_required"}
         retries = {"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"}
-        timeouts = {"connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S}
-        config = Config(retries=retries, **timeouts, **(compat if custom else {}))
+        config = Config(retries=retries, connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S)
+        config = config.merge(Config(**compat)) if custom else config
         session = boto3.session.Session()  # one per client: boto3's default one is not thread-safe
         client = session.client("s3", endpoint_url=_endpoint, config=config)
         # The credentials are kept only for _redact; the session has them cached already.
@@ -104,30 +97,34 @@ def _client() -> Any:
 def _redact(text: str) -> str:
     """Mask every credential this process knows of, should a message ever echo one."""
     secrets = [os.environ.get(name, "") for name in _SECRET_ENV]
-    creds = _clients.get(_client_key(), (None,))[0]
-    secrets += list(creds.get_frozen_credentials()) if creds is not None else []
+    for creds, _ in list(_clients.values()):
+        secrets += list(creds.get_frozen_credentials()) if creds is not None else []
     for secret in secrets:
         text = text.replace(secret, "***") if secret and len(secret) >= 4 else text
     return text
 
 
-def _code(e: BaseException) -> str:
-    return str(e.response.get("Error", {}).get("Code", "?")) if isinstance(e, ClientError) else ""
+def _status(e: BaseException) -> tuple[int, str]:
+    # The HTTP status classifies best: a HEAD answer carries no error code beyond it.
+    if not isinstance(e, ClientError):
+        return 0, ""
+    meta, err = e.response.get("ResponseMetadata", {}), e.response.get("Error", {})
+    return meta.get("HTTPStatusCode", 0), str(err.get("Code", "?"))
 
 
 def _error(url: str, e: BaseException) -> ArtclfError:
     """A boto3/botocore exception as one line that names the URL, the cause and the fix."""
     if isinstance(e, S3UploadFailedError) and isinstance(e.__context__, ClientError):
         e = e.__context__  # boto3 raises it inside `except ClientError` without `from`
-    code = _code(e)
-    if code in _DENIED:
+    status, code = _status(e)
+    if status == 403 or code in ("InvalidToken", "ExpiredToken"):
         msg = f"access denied ({code}): check AWS credentials / AWS_PROFILE and the bucket policy"
     elif code == "NoSuchBucket":
         msg = "bucket does not exist (NoSuchBucket)"
-    elif code in _MISSING:
+    elif status == 404:
         msg = f"not found ({code})"
-    elif code in ("PreconditionFailed", "412"):
-        msg = "object changed while it was being read (PreconditionFailed)"
+    elif status == 412:
+        msg = f"object changed while it was being read ({code})"
     elif code:
         msg = f"S3 error {code} ({e})"
     elif isinstance(e, BotoCoreError) and "Credentials" in type(e).__name__:
@@ -146,7 +143,7 @@ def _call(url: str, method: str, missing_ok: bool = False, **kwargs: Any) -> Any
     try:
         return getattr(_client(), method)(Bucket=bucket, Key=key, **kwargs)
     except (ClientError, BotoCoreError, S3UploadFailedError) as e:
-        if missing_ok and _code(e) in _MISSING:
+        if missing_ok and _status(e)[0] == 404:
             return None
         raise _error(url, e) from None
 
@@ -191,9 +188,10 @@ def write_bytes(url: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` atomically: readers see the old content or the new, never a part."""
     url = str(url)
     if is_s3(url):
-        return _call(url, "put_object", Body=data)
-    with atomic_open(url, "wb") as f:
-        f.write(data)
+        _call(url, "put_object", Body=data)
+    else:
+        with atomic_open(url, "wb") as f:
+            f.write(data)
 
 
 def upload_file(local_path: str | os.PathLike, url: str | os.PathLike) -> None:
@@ -238,8 +236,7 @@ class _S3Reader(io.RawIOBase):
     def __init__(self, url: str, retries: int) -> None:
         super().__init__()
         self.url, self.retries, self._pos, self._failures = url, retries, 0, 0
-        # The first request relies on botocore's retries: a missing object or wrong credentials
-        # fail here, before webdataset starts reading.
+        # Retried by botocore alone: a missing object or bad credentials fail here, at open time.
         head = _call(url, "get_object")
         self._size, self._etag, self._body = int(head["ContentLength"]), head["ETag"], head["Body"]
 

