@@ -13,8 +13,8 @@ import dataclasses
 import json
 import sys
 import types
-import warnings
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar

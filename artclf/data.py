@@ -126,19 +126,33 @@ def steps_per_epoch(num_samples: int, world_size: int, batch_size: int) -> int:
     return max(1, num_samples // (world_size * batch_size))
 
 
-def train_loader(info: dict, pre: Preprocess, batch_size: int, workers: int, rank: int, world_size: int,
-                 epoch: int, seed: int, flip_classes: frozenset[int] = frozenset(),
-                 shuffle_buffer: int = 1000, steps: int | None = None) -> wds.WebLoader:
+def train_loader(
+    info: dict,
+    pre: Preprocess,
+    batch_size: int,
+    workers: int,
+    rank: int,
+    world_size: int,
+    epoch: int,
+    seed: int,
+    flip_classes: frozenset[int] = frozenset(),
+    shuffle_buffer: int = 1000,
+    steps: int | None = None,
+) -> wds.WebLoader:
     """Exactly ``steps`` (default: one pass) batches of ``batch_size`` for this rank and epoch."""
     split = info["splits"]["train"]
     if len(split["urls"]) < world_size * max(1, workers):
-        warnings.warn(f"{len(split['urls'])} train shards for {world_size} ranks × {max(1, workers)} workers: "
-                      "ranks and workers will often read the same shards; pack smaller shards "
-                      "(artclf shard --shard-samples)", stacklevel=2)
+        warnings.warn(
+            f"{len(split['urls'])} train shards for {world_size} ranks × {max(1, workers)} workers: "
+            "ranks and workers will often read the same shards; pack smaller shards "
+            "(artclf shard --shard-samples)",
+            stacklevel=2,
+        )
     epoch_seed = seed * 100_003 + epoch
     pipeline = wds.DataPipeline(
-        wds.ResampledShards(split["urls"], seed=epoch_seed, worker_seed=partial(_worker_seed, rank),
-                            deterministic=True),
+        wds.ResampledShards(
+            split["urls"], seed=epoch_seed, worker_seed=partial(_worker_seed, rank), deterministic=True
+        ),
         _tar_samples,
         wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=epoch_seed * 1000 + rank),
         partial(_decode_train, pre=pre, flip=flip_classes, seed=epoch_seed * 1000 + rank),
@@ -148,8 +162,9 @@ def train_loader(info: dict, pre: Preprocess, batch_size: int, workers: int, ran
     return wds.WebLoader(pipeline, batch_size=None, num_workers=workers).with_epoch(n)
 
 
-def eval_loader(info: dict, split: str, pre: Preprocess, batch_size: int, workers: int, rank: int,
-                world_size: int) -> wds.WebLoader:
+def eval_loader(
+    info: dict, split: str, pre: Preprocess, batch_size: int, workers: int, rank: int, world_size: int
+) -> wds.WebLoader:
     """Every sample of ``split`` exactly once across all ranks (partial last batches)."""
     if split not in info["splits"]:
         raise ArtclfError(f"no '{split}' split in the shard set (has {sorted(info['splits'])})")

@@ -1,7 +1,9 @@
-"""Per-image features for dedup: perceptual hashes and CNN embeddings, cached by sha256.
+"""Per-image features for dedup: perceptual hashes, a small thumbnail and CNN embeddings,
+cached by sha256.
 
-Each image is decoded once (DataLoader workers) into both. The cache lives in
-``WORK/dedup/``: ``hashes.npz`` and ``embeddings.npy`` with ``embeddings.json`` (the keys and
+Each image is decoded once (DataLoader workers) into all three. The cache lives in
+``WORK/dedup/``: ``hashes.npz`` (hashes and thumbnails) and ``embeddings.npy`` with
+``embeddings.json`` (the keys and
 the model that made them); a rerun computes only what is missing, and a killed run loses at
 most one save interval. ``--part i --num-parts n`` writes ``parts/part-i-of-n.npz`` instead,
 for a SLURM array or Kubernetes Indexed Job; ``--merge`` folds the parts into the cache.
@@ -18,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from artclf import phash
+from artclf import alignment, phash
 from artclf.atomic import atomic_open, write_json
 from artclf.errors import ArtclfError
 from artclf.images import open_rgb
@@ -28,29 +30,34 @@ SAVE_EVERY = 2048  # images between cache saves: what a killed run can lose
 
 
 class Features:
-    """Hashes (and embeddings, when a model is used) for a set of sha256 keys."""
+    """Hashes and thumbnails (and embeddings, when a model is used) for a set of sha256 keys."""
 
     def __init__(self, model_id: dict | None) -> None:
         self.model_id = model_id
         self.hash: dict[str, np.ndarray] = {}
         self.flip: dict[str, np.ndarray] = {}
+        self.thumb: dict[str, np.ndarray] = {}
         self.emb: dict[str, np.ndarray] = {}
 
     def missing(self, keys: list[str]) -> list[str]:
         need_emb = self.model_id is not None
         return [k for k in keys if k not in self.hash or (need_emb and k not in self.emb)]
 
-    def add(self, keys: list[str], h: np.ndarray, hf: np.ndarray, e: np.ndarray | None) -> None:
+    def add(
+        self, keys: list[str], h: np.ndarray, hf: np.ndarray, t: np.ndarray, e: np.ndarray | None
+    ) -> None:
         for i, k in enumerate(keys):
-            self.hash[k], self.flip[k] = h[i], hf[i]
+            self.hash[k], self.flip[k], self.thumb[k] = h[i], hf[i], t[i]
             if e is not None:
                 self.emb[k] = e[i]
 
-    def arrays(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def arrays(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """(hashes, mirrored hashes, thumbnails, embeddings or None), rows in ``keys`` order."""
         h = np.stack([self.hash[k] for k in keys])
         hf = np.stack([self.flip[k] for k in keys])
+        t = np.stack([self.thumb[k] for k in keys])
         e = np.stack([self.emb[k] for k in keys]) if self.model_id is not None else None
-        return h, hf, e
+        return h, hf, t, e
 
     def similarity(self, a: str, b: str) -> tuple[float, str]:
         """How alike two images are, for captions: CNN cosine with embeddings, else hash."""
@@ -64,9 +71,9 @@ class Features:
     # --- the cache in WORK/dedup -------------------------------------------------
     def save(self, folder: Path) -> None:
         keys = sorted(self.hash)
-        h, hf, _ = self.arrays(keys)
+        h, hf, t, _ = self.arrays(keys)
         with atomic_open(folder / "hashes.npz", "wb") as f:
-            np.savez(f, keys=np.array(keys), hash=h.astype(np.int8), flip=hf.astype(np.int8))
+            np.savez(f, keys=np.array(keys), hash=h.astype(np.int8), flip=hf.astype(np.int8), thumb=t)
         if self.model_id is not None:
             ekeys = sorted(self.emb)
             with atomic_open(folder / "embeddings.npy", "wb") as f:
@@ -77,9 +84,11 @@ class Features:
     def load(cls, folder: Path, model_id: dict | None) -> Features:
         """The cache, with embeddings only if they were made by the same model."""
         feats = cls(model_id)
-        if (folder / "hashes.npz").is_file():
-            z = np.load(folder / "hashes.npz")
-            feats.add(list(z["keys"]), z["hash"].astype(np.float32), z["flip"].astype(np.float32), None)
+        z = np.load(folder / "hashes.npz") if (folder / "hashes.npz").is_file() else {}
+        if "thumb" in z:  # a cache from before thumbnails were kept is recomputed
+            feats.add(
+                list(z["keys"]), z["hash"].astype(np.float32), z["flip"].astype(np.float32), z["thumb"], None
+            )
         meta = folder / "embeddings.json"
         if model_id is not None and meta.is_file():
             info = json.loads(meta.read_text())
@@ -102,7 +111,7 @@ class _Images(Dataset):
         im = open_rgb(self.paths[i], min_side=self.size)
         h, hf = phash.hash_pair(im)
         x = whole_image(im, self.size) if self.cnn else torch.empty(0)
-        return torch.from_numpy(h), torch.from_numpy(hf), x
+        return torch.from_numpy(h), torch.from_numpy(hf), torch.from_numpy(alignment.thumbnail(im).copy()), x
 
 
 @torch.inference_mode()
@@ -124,12 +133,12 @@ def compute(
         shuffle=False,
     )
     done, since_save = 0, 0
-    for h, hf, x in tqdm(loader, desc="features", unit="batch", mininterval=1.0):
+    for h, hf, t, x in tqdm(loader, desc="features", unit="batch", mininterval=1.0):
         e = None
         if model is not None:
             e = torch.nn.functional.normalize(model(x).flatten(1).float(), dim=1).numpy()
         n = len(h)
-        feats.add(keys[done : done + n], h.numpy(), hf.numpy(), e)
+        feats.add(keys[done : done + n], h.numpy(), hf.numpy(), t.numpy(), e)
         done, since_save = done + n, since_save + n
         if save_to is not None and since_save >= SAVE_EVERY:
             feats.save(save_to)
@@ -141,7 +150,7 @@ def part_path(folder: Path, part: int, num_parts: int) -> Path:
 
 
 def save_part(path: Path, feats: Features, keys: list[str]) -> None:
-    h, hf, e = feats.arrays(keys)
+    h, hf, t, e = feats.arrays(keys)
     extra = {"emb": e.astype(np.float16)} if e is not None else {}
     with atomic_open(path, "wb") as f:
         np.savez(
@@ -149,6 +158,7 @@ def save_part(path: Path, feats: Features, keys: list[str]) -> None:
             keys=np.array(keys),
             hash=h.astype(np.int8),
             flip=hf.astype(np.int8),
+            thumb=t,
             model=np.array(json.dumps(feats.model_id)),
             **extra,
         )
@@ -175,5 +185,7 @@ def merge_parts(folder: Path, feats: Features) -> int:
         if json.loads(str(z["model"])) != feats.model_id:
             raise ArtclfError(f"{f}: made by {json.loads(str(z['model']))}, this run uses {feats.model_id}")
         emb = z["emb"].astype(np.float32) if "emb" in z else None
-        feats.add(list(z["keys"]), z["hash"].astype(np.float32), z["flip"].astype(np.float32), emb)
+        feats.add(
+            list(z["keys"]), z["hash"].astype(np.float32), z["flip"].astype(np.float32), z["thumb"], emb
+        )
     return n

@@ -130,13 +130,21 @@ def make_styles(seed: int) -> list[Style]:
         r = rng_for(seed, STYLE, zlib.crc32(a.name.encode()), 1)
         stroke, layout, tone = combos[picks[i]]
         count_f, size_f = STROKES[stroke]
-        styles.append(Style(
-            palette=_palette(float(hues[i]), tone, r), stroke=stroke, layout=layout,
-            anchor=float(r.uniform(0.25, 0.75)), angle=float(r.uniform(0, math.pi)),
-            spread=float(r.choice([0.08, 0.3, 1.5])), size=float(r.uniform(0.015, 0.05) * size_f),
-            density=int(r.uniform(100, 280) * count_f), grain=float(r.choice([2.0, 6.0, 12.0])),
-            grain_px=int(r.choice([1, 2, 4])), blur=float(r.choice([0.0, 0.0, 0.004, 0.01])),
-        ))
+        styles.append(
+            Style(
+                palette=_palette(float(hues[i]), tone, r),
+                stroke=stroke,
+                layout=layout,
+                anchor=float(r.uniform(0.25, 0.75)),
+                angle=float(r.uniform(0, math.pi)),
+                spread=float(r.choice([0.08, 0.3, 1.5])),
+                size=float(r.uniform(0.015, 0.05) * size_f),
+                density=int(r.uniform(100, 280) * count_f),
+                grain=float(r.choice([2.0, 6.0, 12.0])),
+                grain_px=int(r.choice([1, 2, 4])),
+                blur=float(r.choice([0.0, 0.0, 0.004, 0.01])),
+            )
+        )
     return styles
 
 
@@ -199,8 +207,9 @@ def paint(style: Style, size: tuple[int, int], rng: np.random.Generator) -> Imag
     return ImageChops.add(img, noise_img, 1.0, -128)  # canvas grain, in C
 
 
-def _shapes(draw: ImageDraw.ImageDraw, pal: np.ndarray, n: int, w: int, h: int,
-            rng: np.random.Generator) -> None:
+def _shapes(
+    draw: ImageDraw.ImageDraw, pal: np.ndarray, n: int, w: int, h: int, rng: np.random.Generator
+) -> None:
     """Large ellipses and pentagons in the palette's colours: what the painting is of."""
     for _ in range(n):
         cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), min(w, h) * rng.uniform(0.1, 0.4)
@@ -209,12 +218,18 @@ def _shapes(draw: ImageDraw.ImageDraw, pal: np.ndarray, n: int, w: int, h: int,
             draw.ellipse([cx - r, cy - r * 1.4, cx + r, cy + r * 1.4], fill=col)
         else:
             radii, turn = rng.uniform(0.4, 1.0, 5) * r, rng.uniform(0, 2 * math.pi)
-            draw.polygon([(cx + q * math.cos(turn + k * 1.2566), cy + q * math.sin(turn + k * 1.2566))
-                          for k, q in enumerate(radii)], fill=col)
+            draw.polygon(
+                [
+                    (cx + q * math.cos(turn + k * 1.2566), cy + q * math.sin(turn + k * 1.2566))
+                    for k, q in enumerate(radii)
+                ],
+                fill=col,
+            )
 
 
-def _strokes(draw: ImageDraw.ImageDraw, style: Style, pal: np.ndarray, w: int, h: int,
-             rng: np.random.Generator) -> None:
+def _strokes(
+    draw: ImageDraw.ImageDraw, style: Style, pal: np.ndarray, w: int, h: int, rng: np.random.Generator
+) -> None:
     """The artist's hand: strokes of one kind and direction, bunched where this painting is busy."""
     n = int(style.density * rng.uniform(0.4, 1.6))
     centres = rng.random((int(rng.integers(1, 4)), 2))
@@ -232,14 +247,20 @@ def _strokes(draw: ImageDraw.ImageDraw, style: Style, pal: np.ndarray, w: int, h
         elif style.stroke == "dabs":
             draw.line([x - dx, y - dy, x + dx, y + dy], fill=c, width=max(1, int(r)))
         elif style.stroke == "rects":
-            draw.polygon([(x + 1.2 * a * dx - 0.5 * b * dy, y + 1.2 * a * dy + 0.5 * b * dx)
-                          for a, b in ((-1, -1), (1, -1), (1, 1), (-1, 1))], fill=c)
+            draw.polygon(
+                [
+                    (x + 1.2 * a * dx - 0.5 * b * dy, y + 1.2 * a * dy + 0.5 * b * dx)
+                    for a, b in ((-1, -1), (1, -1), (1, 1), (-1, 1))
+                ],
+                fill=c,
+            )
         else:  # circles and dots
             draw.ellipse([x - r, y - r, x + r, y + r], fill=c)
 
 
-def _background(layout: str, anchor: float, pal: np.ndarray, w: int, h: int,
-                rng: np.random.Generator) -> Image.Image:
+def _background(
+    layout: str, anchor: float, pal: np.ndarray, w: int, h: int, rng: np.random.Generator
+) -> Image.Image:
     a, b = (tuple(int(v) for v in np.clip(c + rng.normal(0, 6, 3), 0, 255)) for c in pal)
     if layout == "grid":  # tiles of the two colours, drawn small and scaled up
         n = int(rng.integers(2, 6) + 4 * anchor)
@@ -299,7 +320,8 @@ def _save(img: Image.Image, path: Path, kind: str, quality: int, rng: np.random.
         exif = Image.Exif()
         exif[0x0112] = tag
         img.transpose(Image.Transpose.ROTATE_90 if tag == 6 else Image.Transpose.ROTATE_270).save(
-            path, "JPEG", exif=exif.tobytes(), **opts)
+            path, "JPEG", exif=exif.tobytes(), **opts
+        )
     elif kind == "png_as_jpg":
         img.save(path, "PNG", compress_level=6)
     elif kind == "truncated":
@@ -341,8 +363,14 @@ def plan(cfg: SampleDataConfig) -> tuple[list[Job], list[tuple[str, str, int]], 
     outputs: dict[tuple[int, int], list[tuple[str, str, int]]] = {}
     extras, spare, incoming = [], {}, {}
     for i in range(len(ARTISTS)):
-        slots = _slots(counts[i], odd[i], [t for _, t in pairs].count(i), [s for s, _ in pairs].count(i),
-                       ARTISTS[i].paintings, rng)
+        slots = _slots(
+            counts[i],
+            odd[i],
+            [t for _, t in pairs].count(i),
+            [s for s, _ in pairs].count(i),
+            ARTISTS[i].paintings,
+            rng,
+        )
         name = folders[i].rsplit("/", 1)[1]
         paths = [f"{folders[i]}/{name}_{j + 1}.jpg" for j in range(len(slots))]
         if "not_an_image" in odd[i]:
@@ -382,22 +410,43 @@ def _slots(n: int, odd: list[str], n_in: int, n_out: int, real: int, rng: np.ran
     return [slots[j] for j in rng.permutation(len(slots))]
 
 
-def _truth(cfg: SampleDataConfig, counts: list[int], folders: list[str], jobs: list[Job],
-           extras: list[tuple[str, str, int]]) -> dict:
+def _truth(
+    cfg: SampleDataConfig,
+    counts: list[int],
+    folders: list[str],
+    jobs: list[Job],
+    extras: list[tuple[str, str, int]],
+) -> dict:
     names = [a.name for a in ARTISTS]
     files = [o for j in jobs for o in j.outputs[:1]] + extras
     odd = sorted((p, k, i) for p, k, i in files if k in ODD_KINDS)
-    groups = [{"cross_artist": len({i for _, _, i in j.outputs}) > 1,
-               "members": [{"path": p, "artist": names[i], "kind": "original" if m == 0 else k}
-                           for m, (p, k, i) in enumerate(j.outputs)]} for j in jobs if len(j.outputs) > 1]
+    groups = [
+        {
+            "cross_artist": len({i for _, _, i in j.outputs}) > 1,
+            "members": [
+                {"path": p, "artist": names[i], "kind": "original" if m == 0 else k}
+                for m, (p, k, i) in enumerate(j.outputs)
+            ],
+        }
+        for j in jobs
+        if len(j.outputs) > 1
+    ]
     return {
-        "seed": cfg.seed, "scale": cfg.scale, "max_side": cfg.max_side, "quirks": cfg.quirks,
-        "counts": dict(zip(names, counts, strict=True)), "folders": dict(zip(names, folders, strict=True)),
+        "seed": cfg.seed,
+        "scale": cfg.scale,
+        "max_side": cfg.max_side,
+        "quirks": cfg.quirks,
+        "counts": dict(zip(names, counts, strict=True)),
+        "folders": dict(zip(names, folders, strict=True)),
         "duplicate_groups": groups,
-        "odd_files": [{"path": p, "artist": names[i], "kind": k, "usable": k not in UNUSABLE}
-                      for p, k, i in odd],
-        "duplicate_folder": ({"path": f"{IMAGES}/{DURER_MOJIBAKE}", "copy_of": folders[DURER],
-                              "files": counts[DURER]} if cfg.quirks else None),
+        "odd_files": [
+            {"path": p, "artist": names[i], "kind": k, "usable": k not in UNUSABLE} for p, k, i in odd
+        ],
+        "duplicate_folder": (
+            {"path": f"{IMAGES}/{DURER_MOJIBAKE}", "copy_of": folders[DURER], "files": counts[DURER]}
+            if cfg.quirks
+            else None
+        ),
     }
 
 
@@ -433,10 +482,12 @@ def generate(cfg: SampleDataConfig) -> dict:
         raise
     groups = truth["duplicate_groups"]
     n_files = sum(truth["counts"].values()) + (truth["duplicate_folder"] or {}).get("files", 0)
-    print(f"sample-data: {n_files} files for {len(ARTISTS)} artists "
-          f"({sum(len(g['members']) - 1 for g in groups)} copies in {len(groups)} duplicate groups, "
-          f"{len(truth['odd_files'])} odd files, {int(cfg.quirks)} duplicate folder) "
-          f"-> {cfg.out} in {time.perf_counter() - start:.1f} s")
+    print(
+        f"sample-data: {n_files} files for {len(ARTISTS)} artists "
+        f"({sum(len(g['members']) - 1 for g in groups)} copies in {len(groups)} duplicate groups, "
+        f"{len(truth['odd_files'])} odd files, {int(cfg.quirks)} duplicate folder) "
+        f"-> {cfg.out} in {time.perf_counter() - start:.1f} s"
+    )
     return truth
 
 
@@ -462,10 +513,22 @@ def _write_csv(path: Path, counts: dict[str, int]) -> None:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
         for i, a in enumerate(ARTISTS):
-            bio = (f"{a.name} ({a.years}), {a.nationality.replace(',', '-')} painter; "
-                   f"{a.genre.replace(',', ', ')}. A \"synthetic\" bio by artclf sample-data.")
-            writer.writerow([i, a.name, a.years, a.genre, a.nationality, bio,
-                             f"http://en.wikipedia.org/wiki/{a.folder}", counts[a.name]])
+            bio = (
+                f"{a.name} ({a.years}), {a.nationality.replace(',', '-')} painter; "
+                f'{a.genre.replace(",", ", ")}. A "synthetic" bio by artclf sample-data.'
+            )
+            writer.writerow(
+                [
+                    i,
+                    a.name,
+                    a.years,
+                    a.genre,
+                    a.nationality,
+                    bio,
+                    f"http://en.wikipedia.org/wiki/{a.folder}",
+                    counts[a.name],
+                ]
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,10 +45,14 @@ RECORDS = "_shards"
 class ShardConfig:
     work: Path = field(default=Path("work"), metadata=arg("work folder holding manifest.jsonl (after split)"))
     out: str = field(default="shards", metadata=arg("folder or s3://bucket/prefix for the shards"))
-    data_dir: Path | None = field(default=None, metadata=arg("data set root (default: from ingest_report.json)"))
+    data_dir: Path | None = field(
+        default=None, metadata=arg("data set root (default: from ingest_report.json)")
+    )
     store_size: int = field(default=576, metadata=arg("px of the shorter side as stored (never upscaled)"))
     quality: int = field(default=90, metadata=arg("JPEG quality of the stored images"))
-    shard_samples: int = field(default=100, metadata=arg("samples per shard (more shards than ranks × workers)"))
+    shard_samples: int = field(
+        default=100, metadata=arg("samples per shard (more shards than ranks × workers)")
+    )
     seed: int = field(default=0, metadata=arg("order of samples across shards"))
     workers: int = field(default=0, metadata=arg("packing processes (0 = all cores)"))
     part: int | None = field(default=None, metadata=arg("pack only shards i, i+n, … (0-based), then stop"))
@@ -97,8 +101,11 @@ def encode(path: Path, store_size: int, quality: int) -> tuple[bytes, tuple[int,
     im = open_rgb(path, min_side=store_size)
     scale = store_size / min(im.size)
     if scale < 1:
-        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
-                       Image.Resampling.BICUBIC, reducing_gap=3.0)
+        im = im.resize(
+            (max(1, round(im.width * scale)), max(1, round(im.height * scale))),
+            Image.Resampling.BICUBIC,
+            reducing_gap=3.0,
+        )
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=quality, optimize=False)
     return buf.getvalue(), im.size
@@ -129,15 +136,32 @@ def write_shard(job: Job) -> dict:
         with open(local, "wb") as f, wds.TarWriter(f, encoder=False, mtime=0) as w:
             for r in job.samples:
                 jpg, stored = encode(job.data_dir / r["path"], job.store_size, job.quality)
-                meta = {"artist": r["artist"], "path": r["path"], "width": r["width"], "height": r["height"],
-                        "group": r["group"], "stored": list(stored)}
-                w.write({"__key__": sample_key(r["path"]), "jpg": jpg, "cls": str(r["label"]).encode(),
-                         "json": json.dumps(meta, ensure_ascii=False).encode()})
+                meta = {
+                    "artist": r["artist"],
+                    "path": r["path"],
+                    "width": r["width"],
+                    "height": r["height"],
+                    "group": r["group"],
+                    "stored": list(stored),
+                }
+                w.write(
+                    {
+                        "__key__": sample_key(r["path"]),
+                        "jpg": jpg,
+                        "cls": str(r["label"]).encode(),
+                        "json": json.dumps(meta, ensure_ascii=False).encode(),
+                    }
+                )
         data = local.read_bytes()
         storage.upload_file(local, job.url)
-    record = {"name": job.url.rsplit("/", 1)[-1], "num_samples": len(job.samples), "bytes": len(data),
-              "sha256": hashlib.sha256(data).hexdigest(), "plan": job.plan_hash,
-              "keys": [sample_key(r["path"]) for r in job.samples]}
+    record = {
+        "name": job.url.rsplit("/", 1)[-1],
+        "num_samples": len(job.samples),
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "plan": job.plan_hash,
+        "keys": [sample_key(r["path"]) for r in job.samples],
+    }
     storage.write_bytes(job.record_url, json.dumps(record).encode())
     return record
 
@@ -166,9 +190,21 @@ def _jobs(cfg: ShardConfig, layout: dict[str, list[list[dict]]], data_dir: Path)
     for split, shards in layout.items():
         for j, samples in enumerate(shards):
             name = f"{split}-{j:06d}.tar"
-            jobs.append((split, Job(storage.join(cfg.out, name), storage.join(cfg.out, f"{RECORDS}/{name}.json"),
-                                    samples, data_dir, cfg.store_size, cfg.quality,
-                                    _plan_hash(samples, cfg_key), cfg.endpoint_url)))
+            jobs.append(
+                (
+                    split,
+                    Job(
+                        storage.join(cfg.out, name),
+                        storage.join(cfg.out, f"{RECORDS}/{name}.json"),
+                        samples,
+                        data_dir,
+                        cfg.store_size,
+                        cfg.quality,
+                        _plan_hash(samples, cfg_key),
+                        cfg.endpoint_url,
+                    ),
+                )
+            )
     return jobs
 
 
@@ -190,7 +226,9 @@ def pack(cfg: ShardConfig, jobs: list[Job]) -> list[dict]:
     return records  # type: ignore[return-value]
 
 
-def write_info(cfg: ShardConfig, split_jobs: list[tuple[str, Job]], records: list[dict], names: list[str]) -> dict:
+def write_info(
+    cfg: ShardConfig, split_jobs: list[tuple[str, Job]], records: list[dict], names: list[str]
+) -> dict:
     splits: dict[str, dict] = {}
     for (split, _), rec in zip(split_jobs, records, strict=True):
         s = splits.setdefault(split, {"num_samples": 0, "filenames": [], "shard_lengths": []})
@@ -198,8 +236,12 @@ def write_info(cfg: ShardConfig, split_jobs: list[tuple[str, Job]], records: lis
         s["filenames"].append(rec["name"])
         s["shard_lengths"].append(rec["num_samples"])
     info = {
-        "name": Path(str(cfg.work)).name or "artclf", "version": __version__, "splits": splits,
-        "classes": names, "store_size": cfg.store_size, "quality": cfg.quality,
+        "name": Path(str(cfg.work)).name or "artclf",
+        "version": __version__,
+        "splits": splits,
+        "classes": names,
+        "store_size": cfg.store_size,
+        "quality": cfg.quality,
         "shards": {r["name"]: {k: r[k] for k in ("num_samples", "bytes", "sha256")} for r in records},
         "manifest_sha256": manifest.manifest_sha256(cfg.work),
     }
@@ -218,14 +260,18 @@ def shard(cfg: ShardConfig) -> dict | None:
     if not any(r.get("split") for r in rows):
         raise ArtclfError(f"{manifest.manifest_path(cfg.work)}: no split field; run `artclf split` first")
     names = class_names(sorted({r["artist"] for r in manifest.usable(rows)}))
-    split_jobs = _jobs(cfg, plan(rows, cfg.shard_samples, cfg.seed), manifest.data_dir(cfg.work, cfg.data_dir))
+    split_jobs = _jobs(
+        cfg, plan(rows, cfg.shard_samples, cfg.seed), manifest.data_dir(cfg.work, cfg.data_dir)
+    )
     mine = [i for i in range(len(split_jobs)) if cfg.part is None or i % cfg.num_parts == cfg.part]
     if cfg.merge:
         records = [existing_record(job) for _, job in split_jobs]
         missing = [job.url for (_, job), r in zip(split_jobs, records, strict=True) if r is None]
         if missing:
-            raise ArtclfError(f"--merge: {len(missing)} shard(s) missing or incomplete, e.g. {missing[:3]}; "
-                              "rerun the parts that wrote them")
+            raise ArtclfError(
+                f"--merge: {len(missing)} shard(s) missing or incomplete, e.g. {missing[:3]}; "
+                "rerun the parts that wrote them"
+            )
     else:
         records = pack(cfg, [split_jobs[i][1] for i in mine])
         if cfg.part is not None:
@@ -234,8 +280,10 @@ def shard(cfg: ShardConfig) -> dict | None:
     info = write_info(cfg, split_jobs, records, names)
     counts = {s: v["num_samples"] for s, v in info["splits"].items()}
     files = {s: len(v["filenames"]) for s, v in info["splits"].items()}
-    print(f"shard: {counts} samples in {files} shards at {cfg.store_size} px in "
-          f"{time.perf_counter() - start:.1f}s -> {storage.join(cfg.out, INFO)}")
+    print(
+        f"shard: {counts} samples in {files} shards at {cfg.store_size} px in "
+        f"{time.perf_counter() - start:.1f}s -> {storage.join(cfg.out, INFO)}"
+    )
     return info
 
 

@@ -94,7 +94,7 @@ def verify(url: str) -> dict:
         raise ArtclfError(f"{info_url}: not found; is {url} a shard folder written by `artclf shard`?")
     info = json.loads(storage.read_bytes(info_url))
     bad, total = 0, 0
-    for split, s in info["splits"].items():
+    for s in info["splits"].values():
         for name, length in zip(s["filenames"], s["shard_lengths"], strict=True):
             expected = {**info["shards"][name], "num_samples": length}
             problems = verify_shard(storage.join(url, name), expected, len(info["classes"]))

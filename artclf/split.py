@@ -85,7 +85,9 @@ def check_no_leak(rows: list[dict]) -> None:
             seen[r["group"]].add(r["split"])
     leaks = {g: sorted(s) for g, s in seen.items() if len(s) > 1}
     if leaks:
-        raise ArtclfError(f"leaky split refused: duplicate group(s) in several splits: {dict(list(leaks.items())[:5])}")
+        raise ArtclfError(
+            f"leaky split refused: duplicate group(s) in several splits: {dict(list(leaks.items())[:5])}"
+        )
 
 
 def split(cfg: SplitConfig) -> dict:
@@ -102,17 +104,24 @@ def split(cfg: SplitConfig) -> dict:
     used = [r for r in rows if r.get("keep")]
     counts = {n: Counter(r["artist"] for r in used if r["split"] == n) for n in NAMES[: len(cfg.ratios)]}
     summary = {
-        "ratios": list(cfg.ratios), "seed": cfg.seed, "two_way": len(cfg.ratios) == 2,
+        "ratios": list(cfg.ratios),
+        "seed": cfg.seed,
+        "two_way": len(cfg.ratios) == 2,
         "images": {n: sum(c.values()) for n, c in counts.items()},
         "per_artist": {a: {n: counts[n][a] for n in counts} for a in sorted({r["artist"] for r in used})},
         "manifest_sha256": manifest.manifest_sha256(cfg.work),
     }
     write_json(cfg.work / "split.json", summary)
     if summary["two_way"]:
-        print("split: warning: two-way split: the model is chosen and scored on the same 'val' images, "
-              "so its score is optimistic (the published 0.87/0.84 was measured this way)", file=sys.stderr)
-    print(f"split: {summary['images']} kept images, {len(summary['per_artist'])} artists, "
-          f"no duplicate group straddles splits -> {path}")
+        print(
+            "split: warning: two-way split: the model is chosen and scored on the same 'val' images, "
+            "so its score is optimistic (the published 0.87/0.84 was measured this way)",
+            file=sys.stderr,
+        )
+    print(
+        f"split: {summary['images']} kept images, {len(summary['per_artist'])} artists, "
+        f"no duplicate group straddles splits -> {path}"
+    )
     return summary
 
 

@@ -42,14 +42,23 @@ def to_uint8_tensor(im: Image.Image) -> torch.Tensor:
 def eval_image(im: Image.Image, pre: Preprocess) -> torch.Tensor:
     """Shorter side to ``pre.resize``, centre crop ``pre.image_size``: evaluate, predict, serve."""
     scale = pre.resize / min(im.size)
-    im = im.resize((max(pre.image_size, round(im.width * scale)), max(pre.image_size, round(im.height * scale))),
-                   Image.Resampling.BILINEAR, reducing_gap=2.0)
+    im = im.resize(
+        (max(pre.image_size, round(im.width * scale)), max(pre.image_size, round(im.height * scale))),
+        Image.Resampling.BILINEAR,
+        reducing_gap=2.0,
+    )
     left, top = (im.width - pre.image_size) // 2, (im.height - pre.image_size) // 2
     return to_uint8_tensor(im.crop((left, top, left + pre.image_size, top + pre.image_size)))
 
 
-def train_image(im: Image.Image, pre: Preprocess, flip: bool, rng: random.Random,
-                scale: tuple[float, float] = (0.5, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+def train_image(
+    im: Image.Image,
+    pre: Preprocess,
+    flip: bool,
+    rng: random.Random,
+    scale: tuple[float, float] = (0.5, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
     """Random crop of ``scale`` of the area and ``ratio`` aspect, resized to ``image_size``;
     mirrored with probability 1/2 when ``flip`` (only the classes chosen for flipping)."""
     w, h = im.size
@@ -72,11 +81,16 @@ def train_image(im: Image.Image, pre: Preprocess, flip: bool, rng: random.Random
 class Normalize(nn.Module):
     """uint8 (or float 0..255) images -> ImageNet-normalised float; the model's first layer."""
 
-    def __init__(self, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
+    def __init__(
+        self, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
+    ) -> None:
         super().__init__()
         self.register_buffer("scale", 1 / (255 * torch.tensor(std).view(1, -1, 1, 1)), persistent=False)
-        self.register_buffer("shift", -torch.tensor(mean).view(1, -1, 1, 1) / torch.tensor(std).view(1, -1, 1, 1),
-                             persistent=False)
+        self.register_buffer(
+            "shift",
+            -torch.tensor(mean).view(1, -1, 1, 1) / torch.tensor(std).view(1, -1, 1, 1),
+            persistent=False,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.scale.dtype) * self.scale + self.shift

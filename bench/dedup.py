@@ -44,9 +44,15 @@ def search_child(n: int, dim: int, k: int) -> dict:
     topk_similar(x, x, k, exclude_self=True)
     dt = time.perf_counter() - t
     peak = rss_mib()
-    return {"n": n, "dim": dim, "seconds": round(dt, 2), "images_per_s": round(n / dt, 1),
-            "peak_mib": round(peak, 1), "above_baseline_mib": round(peak - base, 1),
-            "embeddings_mib": round(x.nbytes / 2**20, 1)}
+    return {
+        "n": n,
+        "dim": dim,
+        "seconds": round(dt, 2),
+        "images_per_s": round(n / dt, 1),
+        "peak_mib": round(peak, 1),
+        "above_baseline_mib": round(peak - base, 1),
+        "embeddings_mib": round(x.nbytes / 2**20, 1),
+    }
 
 
 def feature_rate(arch: str, weights: str, images: int) -> dict:
@@ -58,8 +64,11 @@ def feature_rate(arch: str, weights: str, images: int) -> dict:
     from artclf.weights import build
 
     with tempfile.TemporaryDirectory() as tmp:
-        generate(SampleDataConfig(out=Path(tmp) / "d", scale=images / 8446 * 1.2, seed=1, max_side=1024,
-                                  quirks=False))
+        generate(
+            SampleDataConfig(
+                out=Path(tmp) / "d", scale=images / 8446 * 1.2, seed=1, max_side=1024, quirks=False
+            )
+        )
         paths = sorted((Path(tmp) / "d/images/images").rglob("*.jpg"))[:images]
         model = build(arch, weights, num_classes=0).eval() if weights != "none" else None
         feats = features.Features({"arch": arch} if model is not None else None)
@@ -67,23 +76,35 @@ def feature_rate(arch: str, weights: str, images: int) -> dict:
         t = time.perf_counter()
         features.compute(feats, keys, paths, model, 224, 32, 2, save_to=None)
         dt = time.perf_counter() - t
-    return {"arch": arch if model is not None else "hashes only", "images": len(paths),
-            "images_per_s": round(len(paths) / dt, 1), "threads": torch.get_num_threads()}
+    return {
+        "arch": arch if model is not None else "hashes only",
+        "images": len(paths),
+        "images_per_s": round(len(paths) / dt, 1),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000,10000,100000")
-    ap.add_argument("--dim", type=int, default=2048, help="embedding width (resnet50: 2048, mobilenet_v2: 1280)")
+    ap.add_argument(
+        "--dim", type=int, default=2048, help="embedding width (resnet50: 2048, mobilenet_v2: 1280)"
+    )
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--images", type=int, default=256, help="images for the feature-extraction rate")
-    ap.add_argument("--weights", default=None, help="mobilenet_v2 state dict for the CNN rate (tests/mobilenet_weights.py)")
+    ap.add_argument(
+        "--weights",
+        default=None,
+        help="mobilenet_v2 state dict for the CNN rate (tests/mobilenet_weights.py)",
+    )
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         print(json.dumps(search_child(a.child, a.dim, a.k)))
         return
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}"
+    )
     rates = [feature_rate("mobilenet_v2", "none", a.images)]
     if a.weights:
         rates.append(feature_rate("mobilenet_v2", a.weights, a.images))
@@ -91,16 +112,24 @@ def main() -> None:
         print(f"features  {r['arch']:<14} {r['images']} images  {r['images_per_s']:8.1f} img/s")
     rows = []
     for n in map(int, a.sizes.split(",")):
-        out = subprocess.run([sys.executable, "-m", "bench.dedup", "--child", str(n), "--dim", str(a.dim),
-                              "--k", str(a.k)], check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.dedup", "--child", str(n), "--dim", str(a.dim), "--k", str(a.k)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         r = rows[-1]
-        print(f"search    N={n:>7} dim={a.dim}  {r['seconds']:8.1f} s  {r['images_per_s']:8.1f} img/s  "
-              f"peak {r['peak_mib']:8.1f} MiB  (+{r['above_baseline_mib']:.1f} MiB, embeddings {r['embeddings_mib']} MiB)")
+        print(
+            f"search    N={n:>7} dim={a.dim}  {r['seconds']:8.1f} s  {r['images_per_s']:8.1f} img/s  "
+            f"peak {r['peak_mib']:8.1f} MiB  (+{r['above_baseline_mib']:.1f} MiB, embeddings {r['embeddings_mib']} MiB)"
+        )
     first = rows[0]
     for r in rows[1:]:
-        print(f"ratio N {r['n'] / first['n']:6.0f}x: memory above baseline {r['above_baseline_mib'] / max(first['above_baseline_mib'], 1e-9):6.1f}x, "
-              f"time {r['seconds'] / max(first['seconds'], 1e-9):8.1f}x")
+        print(
+            f"ratio N {r['n'] / first['n']:6.0f}x: memory above baseline {r['above_baseline_mib'] / max(first['above_baseline_mib'], 1e-9):6.1f}x, "
+            f"time {r['seconds'] / max(first['seconds'], 1e-9):8.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -35,9 +35,12 @@ def score(truth: dict, rows: list[dict]) -> dict:
     pred = _pairs(list(by_group.values()))
     hit = true & pred
     out = {
-        "true_pairs": len(true), "predicted_pairs": len(pred), "correct": len(hit),
+        "true_pairs": len(true),
+        "predicted_pairs": len(pred),
+        "correct": len(hit),
         "precision": len(hit) / len(pred) if pred else 1.0,
-        "recall": len(hit) / len(true) if true else 1.0, "recall_by_kind": {},
+        "recall": len(hit) / len(true) if true else 1.0,
+        "recall_by_kind": {},
     }
     for k in sorted({v for v in kind.values() if v != "original"}):
         # a pair belongs to a kind when one side is a copy of that kind

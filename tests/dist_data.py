@@ -1,6 +1,6 @@
 """Run under `accelerate launch` by tests/test_data.py: counts what each rank's loaders yield.
 
-    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 tests/dist_data.py SHARDS OUT.json
+ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 tests/dist_data.py SHARDS OUT.json
 """
 
 from __future__ import annotations

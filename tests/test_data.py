@@ -25,8 +25,22 @@ from tests.test_shard import expected, shards, work  # noqa: F401  (module fixtu
 def accelerate_cpu(nproc: int, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N` (really N processes)."""
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", str(nproc), "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", *args]
+    cmd = [
+        accelerate,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(nproc),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+        *args,
+    ]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 

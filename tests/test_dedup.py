@@ -88,8 +88,12 @@ def _model_id(common: dict) -> dict:
     from pathlib import Path
 
     st = Path(common["weights"]).stat()
-    return {"arch": common["arch"], "weights": common["weights"], "image_size": 224,
-            "file": {"bytes": st.st_size, "mtime": int(st.st_mtime)}}
+    return {
+        "arch": common["arch"],
+        "weights": common["weights"],
+        "image_size": 224,
+        "file": {"bytes": st.st_size, "mtime": int(st.st_mtime)},
+    }
 
 
 def test_rerun_reuses_the_cache(sample_dir, tmp_path, monkeypatch):
@@ -116,8 +120,10 @@ def test_cross_artist_groups_are_reported_and_kept_out(quality_set, tmp_path):
         members = [rows[m["path"]] for m in g["members"]]
         if len({r["group"] for r in members}) == 1:  # found: then nothing of it is trained on
             assert not any(r["keep"] for r in members)
-            assert {"group": members[0]["group"], "artists": sorted({r["artist"] for r in members})} in report[
-                "mislabel_groups"]
+            assert {
+                "group": members[0]["group"],
+                "artists": sorted({r["artist"] for r in members}),
+            } in report["mislabel_groups"]
     groups = json.loads((work / "dedup/groups.json").read_text())
     assert all(sum(m["keep"] for m in g["members"]) == (0 if g["mislabel"] else 1) for g in groups)
     assert list((work / "dedup").glob("group_*.png")) == []

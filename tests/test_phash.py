@@ -26,8 +26,12 @@ def paintings(sample_dir: Path) -> list[Image.Image]:
     truth = json.loads((sample_dir / "sample_truth.json").read_text())
     planted = {m["path"] for g in truth["duplicate_groups"] for m in g["members"]}
     planted |= {o["path"] for o in truth["odd_files"]}
-    files = [p for folder in truth["folders"].values() for p in sorted((sample_dir / folder).iterdir())
-             if p.relative_to(sample_dir).as_posix() not in planted]
+    files = [
+        p
+        for folder in truth["folders"].values()
+        for p in sorted((sample_dir / folder).iterdir())
+        if p.relative_to(sample_dir).as_posix() not in planted
+    ]
     return [Image.open(f).convert("RGB") for f in files[:: max(1, len(files) // 12)][:12]]
 
 

@@ -42,8 +42,11 @@ def read_csv(root: Path) -> list[dict]:
 
 
 def file_hashes(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def odd_paths(truth: dict) -> set[str]:
@@ -111,7 +114,14 @@ def test_every_file_not_listed_as_odd_is_a_plain_rgb_jpeg(sample):
 def test_odd_files_are_what_the_truth_says(sample):
     root, truth = sample
     assert {o["kind"] for o in truth["odd_files"]} == {
-        "grayscale", "cmyk", "exif_rotated", "png_as_jpg", "truncated", "zero_bytes", "not_an_image"}
+        "grayscale",
+        "cmyk",
+        "exif_rotated",
+        "png_as_jpg",
+        "truncated",
+        "zero_bytes",
+        "not_an_image",
+    }
     assert sum(o["artist"] == "Albrecht Dürer" and o["kind"] == "grayscale" for o in truth["odd_files"]) == 2
     for odd in truth["odd_files"]:
         path, kind = root / odd["path"], odd["kind"]
@@ -128,8 +138,12 @@ def test_odd_files_are_what_the_truth_says(sample):
         else:
             with Image.open(path) as im:
                 im.load()
-                want = {"grayscale": ("JPEG", "L"), "cmyk": ("JPEG", "CMYK"), "png_as_jpg": ("PNG", "RGB"),
-                        "exif_rotated": ("JPEG", "RGB")}[kind]
+                want = {
+                    "grayscale": ("JPEG", "L"),
+                    "cmyk": ("JPEG", "CMYK"),
+                    "png_as_jpg": ("PNG", "RGB"),
+                    "exif_rotated": ("JPEG", "RGB"),
+                }[kind]
                 assert (im.format, im.mode) == want and path.suffix == ".jpg"
                 if kind == "exif_rotated":
                     assert im.getexif().get(0x0112) in (6, 8)
@@ -150,8 +164,9 @@ def test_duplicate_folder_is_a_byte_copy_of_durer(sample):
     root, truth = sample
     dup = truth["duplicate_folder"]
     assert dup["path"] == f"images/images/{MOJIBAKE}" and dup["copy_of"] == f"images/images/{DURER_NFD}"
-    primary = {p.name.replace(DURER_NFD, MOJIBAKE, 1): p.read_bytes()
-               for p in (root / dup["copy_of"]).iterdir()}
+    primary = {
+        p.name.replace(DURER_NFD, MOJIBAKE, 1): p.read_bytes() for p in (root / dup["copy_of"]).iterdir()
+    }
     copy = {p.name: p.read_bytes() for p in (root / dup["path"]).iterdir()}
     assert copy == primary and len(copy) == dup["files"] == truth["counts"]["Albrecht Dürer"]
 

@@ -80,8 +80,9 @@ def test_tar_lists_the_same_members(work, shards):
     for split_name, s in info["splits"].items():
         keys = []
         for name, length in zip(s["filenames"], s["shard_lengths"], strict=True):
-            names = subprocess.run(["tar", "-tf", str(shards / name)], check=True, capture_output=True,
-                                   text=True).stdout.split()
+            names = subprocess.run(
+                ["tar", "-tf", str(shards / name)], check=True, capture_output=True, text=True
+            ).stdout.split()
             assert len(names) == 3 * length
             stems = {n.rsplit(".", 1)[0] for n in names}
             assert {f"{k}.{e}" for k in stems for e in ("cls", "jpg", "json")} == set(names)
@@ -92,7 +93,9 @@ def test_tar_lists_the_same_members(work, shards):
 def test_info_json_schema(work, shards):
     info = json.loads((shards / "_info.json").read_text())
     assert {"name", "splits", "classes", "store_size", "shards", "manifest_sha256"} <= set(info)
-    assert info["classes"] == class_names(sorted({r["artist"] for r in manifest.usable(manifest.read_manifest(work))}))
+    assert info["classes"] == class_names(
+        sorted({r["artist"] for r in manifest.usable(manifest.read_manifest(work))})
+    )
     assert info["store_size"] == 96 and info["manifest_sha256"] == manifest.manifest_sha256(work)
     for split_name, s in info["splits"].items():
         assert s["num_samples"] == sum(s["shard_lengths"]) == len(expected(work)[split_name])
@@ -112,10 +115,25 @@ def test_rerun_keeps_complete_shards(work, shards, capsys):
 
 def test_sigkill_then_rerun_gives_sound_shards(work, tmp_path):
     out = tmp_path / "s"
-    cmd = [sys.executable, "-m", "artclf", "shard", "--work", str(work), "--out", str(out),
-           "--store-size", "96", "--shard-samples", "2", "--workers", "1"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "artclf",
+        "shard",
+        "--work",
+        str(work),
+        "--out",
+        str(out),
+        "--store-size",
+        "96",
+        "--shard-samples",
+        "2",
+        "--workers",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 120
     while len(list((out / "_shards").glob("*.json")) if (out / "_shards").is_dir() else []) < 3:
         assert time.time() < deadline and proc.poll() is None, "packer ended before it could be killed"
@@ -173,8 +191,18 @@ def test_corrupt_sample_reported_by_verify_and_skipped_by_the_pipeline(shards, t
 
 def test_s3_round_trip(work, s3_server, tmp_path, monkeypatch):
     url = f"s3://{s3_server.bucket}/shards-{tmp_path.name}"
-    res = run_cli("shard", "--work", work, "--out", url, "--store-size", "96", "--shard-samples", "16",
-                  env=s3_server.env())
+    res = run_cli(
+        "shard",
+        "--work",
+        work,
+        "--out",
+        url,
+        "--store-size",
+        "96",
+        "--shard-samples",
+        "16",
+        env=s3_server.env(),
+    )
     assert res.returncode == 0, res.stderr
     assert s3_server.secret_key not in res.stdout + res.stderr
     res = run_cli("shard", "--verify", url, env=s3_server.env())

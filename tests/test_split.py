@@ -21,10 +21,19 @@ def make_rows(sizes: dict[str, int], dup_every: int = 3) -> list[dict]:
         for i in range(n):
             members = 3 if i % dup_every == 0 else 1
             for m in range(members):
-                rows.append({"path": f"{artist}/{i}_{m}.jpg", "artist": artist, "status": "ok",
-                             "group": group, "keep": m == 0})
+                rows.append(
+                    {
+                        "path": f"{artist}/{i}_{m}.jpg",
+                        "artist": artist,
+                        "status": "ok",
+                        "group": group,
+                        "keep": m == 0,
+                    }
+                )
             group += 1
-    rows.append({"path": "zz/broken.jpg", "artist": "A", "status": "zero bytes", "group": None, "keep": False})
+    rows.append(
+        {"path": "zz/broken.jpg", "artist": "A", "status": "zero bytes", "group": None, "keep": False}
+    )
     return rows
 
 
