@@ -13,8 +13,8 @@ def rephotograph(
     im: Image.Image, crop: tuple[float, float, float, float], gain=(1.1, 0.95, 0.9)
 ) -> Image.Image:
     w, h = im.size
-    l, t, r, b = crop
-    out = im.crop((round(l * w), round(t * h), round(w - r * w), round(h - b * h))).resize(
+    left, top, right, bottom = crop
+    out = im.crop((round(left * w), round(top * h), round(w - right * w), round(h - bottom * h))).resize(
         (w * 3 // 4, h * 3 // 4)
     )
     arr = np.asarray(out, dtype=np.float32) * np.array(gain, dtype=np.float32) + 8

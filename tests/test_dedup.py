@@ -60,11 +60,12 @@ def test_mobilenet_features_find_every_kind_of_copy(quality_set, mobilenet, tmp_
     assert s["recall"] >= 0.90
 
 
+@pytest.mark.slow
 def test_parts_then_merge_equal_one_pass(sample_dir, mobilenet, tmp_path):
     work = tmp_path / "w"
     ingest(IngestConfig(data_dir=sample_dir, work=work, workers=1))
     single = fresh_work(work, tmp_path / "single")
-    common = dict(arch="mobilenet_v2", weights=str(mobilenet), workers=0, montages=0)
+    common = dict(arch="mobilenet_v2", weights=str(mobilenet), workers=0, montages=0, image_size=128)
     dedup(DedupConfig(work=single, **common))
     for part in range(3):
         res = run_cli("dedup", "--work", work, "--part", part, "--num-parts", 3, *_flags(common))
@@ -81,7 +82,8 @@ def test_parts_then_merge_equal_one_pass(sample_dir, mobilenet, tmp_path):
 
 
 def _flags(common: dict) -> list[str]:
-    return ["--arch", common["arch"], "--weights", common["weights"], "--workers", "0", "--montages", "0"]
+    return ["--arch", common["arch"], "--weights", common["weights"], "--workers", "0", "--montages", "0",
+            "--image-size", str(common["image_size"])]
 
 
 def _model_id(common: dict) -> dict:
