@@ -82,8 +82,18 @@ def test_parts_then_merge_equal_one_pass(sample_dir, mobilenet, tmp_path):
 
 
 def _flags(common: dict) -> list[str]:
-    return ["--arch", common["arch"], "--weights", common["weights"], "--workers", "0", "--montages", "0",
-            "--image-size", str(common["image_size"])]
+    return [
+        "--arch",
+        common["arch"],
+        "--weights",
+        common["weights"],
+        "--workers",
+        "0",
+        "--montages",
+        "0",
+        "--image-size",
+        str(common["image_size"]),
+    ]
 
 
 def _model_id(common: dict) -> dict:
@@ -93,7 +103,7 @@ def _model_id(common: dict) -> dict:
     return {
         "arch": common["arch"],
         "weights": common["weights"],
-        "image_size": 224,
+        "image_size": common["image_size"],
         "file": {"bytes": st.st_size, "mtime": int(st.st_mtime)},
     }
 
