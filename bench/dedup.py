@@ -102,9 +102,7 @@ def main() -> None:
     if a.child:
         print(json.dumps(search_child(a.child, a.dim, a.k)))
         return
-    print(
-        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}"
-    )
+    print(f"# {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
     rates = [feature_rate("mobilenet_v2", "none", a.images)]
     if a.weights:
         rates.append(feature_rate("mobilenet_v2", a.weights, a.images))
@@ -112,23 +110,21 @@ def main() -> None:
         print(f"features  {r['arch']:<14} {r['images']} images  {r['images_per_s']:8.1f} img/s")
     rows = []
     for n in map(int, a.sizes.split(",")):
-        out = subprocess.run(
-            [sys.executable, "-m", "bench.dedup", "--child", str(n), "--dim", str(a.dim), "--k", str(a.k)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
-        r = rows[-1]
+        cmd = [sys.executable, "-m", "bench.dedup", "--child", str(n), "--dim", str(a.dim), "--k", str(a.k)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        rows.append(r)
         print(
             f"search    N={n:>7} dim={a.dim}  {r['seconds']:8.1f} s  {r['images_per_s']:8.1f} img/s  "
-            f"peak {r['peak_mib']:8.1f} MiB  (+{r['above_baseline_mib']:.1f} MiB, embeddings {r['embeddings_mib']} MiB)"
+            f"peak {r['peak_mib']:8.1f} MiB, +{r['above_baseline_mib']:.1f} MiB over start-up "
+            f"({r['above_baseline_mib'] / n * 1000:.1f} MiB per 1k images; embeddings alone "
+            f"{r['embeddings_mib'] / n * 1000:.1f})"
         )
-    first = rows[0]
     for r in rows[1:]:
+        growth = r["above_baseline_mib"] / max(rows[0]["above_baseline_mib"], 1e-9)
         print(
-            f"ratio N {r['n'] / first['n']:6.0f}x: memory above baseline {r['above_baseline_mib'] / max(first['above_baseline_mib'], 1e-9):6.1f}x, "
-            f"time {r['seconds'] / max(first['seconds'], 1e-9):8.1f}x"
+            f"N x{r['n'] / rows[0]['n']:.0f}: memory x{growth:.1f}, "
+            f"time x{r['seconds'] / rows[0]['seconds']:.1f}"
         )
 
 
