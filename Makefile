@@ -32,6 +32,8 @@ demo: $(DEMO)/data/artists.csv
 	$(BIN)/artclf eda --work $(DEMO)/work
 	$(BIN)/artclf dedup --work $(DEMO)/work $(DEMO_DEDUP_FLAGS)
 	$(BIN)/artclf split --work $(DEMO)/work
+	$(BIN)/artclf shard --work $(DEMO)/work --out $(DEMO)/shards --shard-samples 32
+	$(BIN)/artclf shard --verify $(DEMO)/shards
 	@echo
 	@echo "demo results:"
 	@echo "  data set (Kaggle layout)  $(DEMO)/data"
@@ -41,6 +43,7 @@ demo: $(DEMO)/data/artists.csv
 	@echo "  duplicate groups          $(DEMO)/work/dedup/{groups.json,report.json}"
 	@echo "  montages of the largest   $$(ls $(DEMO)/work/dedup/group_*.png | head -3 | tr '\n' ' ')..."
 	@echo "  split                     $(DEMO)/work/split.json (and the split field of the manifest)"
+	@echo "  WebDataset shards         $(DEMO)/shards/{train,val,test}-*.tar, $(DEMO)/shards/_info.json"
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
