@@ -32,8 +32,7 @@ from torch.utils.data import get_worker_info
 
 from artclf import storage
 from artclf.errors import ArtclfError
-from artclf.images import open_rgb
-from artclf.transforms import Preprocess, eval_image, train_image
+from artclf.transforms import Preprocess, decode, eval_image, train_image
 
 
 @dataclass
@@ -82,7 +81,7 @@ def _decode(sample: dict, make_tensor) -> tuple:
         if "__error__" in sample:
             raise OSError(sample["__error__"])
         label = int(sample["cls"])
-        return make_tensor(open_rgb(sample["jpg"]), label), label, key
+        return make_tensor(decode(sample["jpg"]), label), label, key
     except Exception:  # a corrupt sample is counted by the caller, never fatal
         return None, -1, key
 
@@ -105,8 +104,10 @@ def _batches(items: Iterator[tuple], batch_size: int, partial_last: bool) -> Ite
         yield Batch(torch.empty(0, 3, 0, 0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), [], failed)
 
 
-def _train_tensor(im, label: int, pre: Preprocess, flip: frozenset[int], rng: random.Random) -> torch.Tensor:
-    return train_image(im, pre, label in flip, rng)
+def _train_tensor(
+    x: torch.Tensor, label: int, pre: Preprocess, flip: frozenset[int], rng: random.Random
+) -> torch.Tensor:
+    return train_image(x, pre, label in flip, rng)
 
 
 def _decode_train(src: Iterator[dict], pre: Preprocess, flip: frozenset[int], seed: int) -> Iterator[tuple]:
@@ -118,7 +119,7 @@ def _decode_train(src: Iterator[dict], pre: Preprocess, flip: frozenset[int], se
 
 def _decode_eval(src: Iterator[dict], pre: Preprocess) -> Iterator[tuple]:
     for sample in src:
-        yield _decode(sample, lambda im, _label: eval_image(im, pre))
+        yield _decode(sample, lambda x, _label: eval_image(x, pre))
 
 
 def steps_per_epoch(num_samples: int, world_size: int, batch_size: int) -> int:

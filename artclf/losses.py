@@ -2,7 +2,7 @@
 
 Soft-F1 is macro F1 with soft counts from the softmax, summed over the *global* batch: at 8
 images per GPU most classes are absent from a rank's batch, and a per-rank soft-F1 is mostly
-that floor (docs/design.md, "Pitfalls"). The counts go through the autograd-aware all-reduce.
+that floor (../shared/DESIGN.md, "Pitfalls"). The counts go through the autograd-aware all-reduce.
 
 Distributed semantics (W ranks, equal per-rank batches, DDP averaging gradients by 1/W):
 
@@ -43,13 +43,19 @@ def _all_reduce_sum(t: Tensor) -> Tensor:
         return all_reduce(t, op=dist.ReduceOp.SUM)
 
 
+def _at_least_fp32(x: Tensor) -> Tensor:
+    """fp16/bf16 → float32; float64 stays (gradcheck in the tests needs it)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def soft_counts(logits: Tensor, targets: Tensor, num_classes: int) -> Tensor:
     """Soft TP, FP, FN per class of one batch, float32, shape [3, C].
 
     ``targets`` holds class indices [N] or per-class target probabilities [N, C].
     """
-    p = torch.softmax(logits.float(), dim=1)
-    y = F.one_hot(targets.long(), num_classes).float() if targets.ndim == 1 else targets.float()
+    p = torch.softmax(_at_least_fp32(logits), dim=1)
+    y = F.one_hot(targets.long(), num_classes) if targets.ndim == 1 else targets
+    y = y.to(p.dtype)
     tp = (p * y).sum(0)
     fp = (p * (1 - y)).sum(0)
     fn = ((1 - p) * y).sum(0)
@@ -73,7 +79,7 @@ def soft_f1_loss(
     (Published soft-F1 losses differ here; many average over all C classes.) If no class is
     present at all (an empty batch), the loss is 1 with zero gradient.
 
-    Computed in float32 with autocast off, so fp16/bf16 logits do not round the counts.
+    Computed in float32 (float64 stays) with autocast off, so fp16/bf16 logits do not round the counts.
     """
     if distributed is None:
         distributed = _world_size() > 1
@@ -83,7 +89,8 @@ def soft_f1_loss(
             counts = _all_reduce_sum(counts)
         tp, fp, fn = counts
         f1 = 2 * tp / (2 * tp + fp + fn + eps)
-        # Support TP+FN is the same on every rank after the all-reduce, so every rank masks alike.
+        # TP+FN is the support Σy (exactly 0 for an absent class); after the all-reduce it is the
+        # same on every rank, so every rank leaves out the same classes.
         present = (tp + fn) > 0
         return 1 - (f1 * present).sum() / present.sum().clamp(min=1)
 
@@ -103,7 +110,8 @@ def combined_loss(
     soft-F1 all-reduce runs even when ``f1_weight`` is 0, so every rank issues the same
     collectives whatever its configuration.
     """
-    ce = F.cross_entropy(logits.float(), targets if targets.ndim == 1 else targets.float())
+    x = _at_least_fp32(logits)
+    ce = F.cross_entropy(x, targets if targets.ndim == 1 else targets.to(x.dtype))
     f1 = soft_f1_loss(logits, targets, num_classes, distributed=distributed)
     loss = ce_weight * ce + f1_weight * f1
     return loss, {"ce": ce.detach(), "soft_f1": f1.detach()}

@@ -17,7 +17,15 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from artclf.data import steps_per_epoch
-from artclf.transforms import Normalize, Preprocess, eval_image, normalize, train_image
+from artclf.transforms import (
+    Normalize,
+    Preprocess,
+    decode,
+    eval_image,
+    normalize,
+    to_uint8_tensor,
+    train_image,
+)
 from tests.conftest import REPO
 from tests.test_shard import expected, shards, work  # noqa: F401  (module fixtures)
 
@@ -70,18 +78,20 @@ def test_flip_only_for_chosen_classes():
     full = dict(scale=(1.0, 1.0), ratio=(1.0, 1.0))  # the crop is the whole picture
     plain = np.asarray(im).transpose(2, 0, 1)
     rng = random.Random(0)
-    never = [train_image(im, pre, False, rng, **full).numpy() for _ in range(20)]
+    x = to_uint8_tensor(im)
+    never = [train_image(x, pre, False, rng, **full).numpy() for _ in range(20)]
     assert all((x == plain).all() for x in never)
-    some = [train_image(im, pre, True, rng, **full).numpy() for _ in range(20)]
+    some = [train_image(x, pre, True, rng, **full).numpy() for _ in range(20)]
     mirrored = sum((x == plain[:, :, ::-1]).all() for x in some)
     assert 3 <= mirrored <= 17 and mirrored + sum((x == plain).all() for x in some) == 20
 
 
-def test_eval_image_matches_torchvision_resize_centercrop():
-    im = Image.fromarray(np.random.default_rng(1).integers(0, 255, (300, 200, 3), dtype=np.uint8))
+def test_eval_image_matches_pillow_resize_centercrop():
+    rng = np.random.default_rng(1)
+    im = Image.fromarray(rng.integers(0, 255, (30, 20, 3), dtype=np.uint8)).resize((200, 300))  # smooth-ish
     pre = Preprocess(image_size=64, resize=72)
-    ref = v2.Compose([v2.Resize(72), v2.CenterCrop(64), v2.PILToTensor()])(im)
-    ours = eval_image(im, pre)
+    ref = v2.Compose([v2.Resize(72), v2.CenterCrop(64), v2.PILToTensor()])(im)  # Pillow's resampling
+    ours = eval_image(to_uint8_tensor(im), pre)
     assert ours.shape == ref.shape == (3, 64, 64) and ours.dtype == torch.uint8
     assert (ours.float() - ref.float()).abs().mean() < 4  # resampling details differ, geometry must not
 
@@ -93,3 +103,17 @@ def test_normalize_layer_equals_torchvision_normalize():
     torch.testing.assert_close(Normalize()(x), ref, atol=1e-5, rtol=1e-5)
     im = Image.fromarray(x[0].permute(1, 2, 0).numpy())
     torch.testing.assert_close(normalize(im), ref[0], atol=1e-5, rtol=1e-5)
+
+
+def test_decode_matches_pillow_for_jpeg_and_handles_other_formats(tmp_path):
+    import io
+
+    im = square_picture(64)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=95)
+    ref = to_uint8_tensor(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    assert (decode(buf.getvalue()).int() - ref.int()).abs().max() <= 2  # libjpeg-turbo, two IDCT paths
+    png = io.BytesIO()
+    im.convert("L").save(png, "PNG")
+    gray = decode(png.getvalue())
+    assert gray.shape == (3, 64, 64) and (gray[0] == gray[1]).all()
