@@ -78,6 +78,7 @@ def build_parser(cls: type, prog: str, description: str | None) -> argparse.Argu
                 kwargs["nargs"] = "?"
         else:
             name = ["--" + f.name.replace("_", "-")]
+            kwargs["required"] = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -130,12 +131,13 @@ def stage_main(
     description: str | None,
     argv: Sequence[str] | None = None,
 ) -> int:
-    """The body of every stage's ``main``: parse, run, turn ArtclfError into exit 1."""
+    """The body of every stage's ``main``: parse, run, turn ArtclfError into exit 1; an int
+    that ``run`` returns is the exit code (the trainer's 75 after a preemption)."""
     cfg = parse(cls, argv, prog, description)
     warnings.formatwarning = lambda msg, *_args, **_kw: f"{prog}: warning: {msg}\n"
     try:
-        run(cfg)
+        result = run(cfg)
     except ArtclfError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
-    return 0
+    return result if isinstance(result, int) else 0

@@ -38,8 +38,11 @@ def topk_similar(
                 cols = rows + qs - bs
                 ok = (cols >= 0) & (cols < s.shape[1])
                 s[rows[ok], cols[ok]] = -torch.inf
-            cand_s = torch.cat([best_s, s], dim=1)
-            cand_i = torch.cat([best_i, torch.arange(bs, bs + s.shape[1]).expand(len(q), -1)], dim=1)
+            # top-k of this tile first, then merge with the running top-k: temporaries stay
+            # at one block×block tile plus block×2k, whatever N is
+            tile_s, tile_pos = s.topk(min(k_eff, s.shape[1]), dim=1)
+            cand_s = torch.cat([best_s, tile_s], dim=1)
+            cand_i = torch.cat([best_i, tile_pos + bs], dim=1)
             best_s, pos = cand_s.topk(k_eff, dim=1)
             best_i = cand_i.gather(1, pos)
         sims[qs : qs + len(q), :k_eff] = best_s.numpy()

@@ -230,8 +230,12 @@ def write_info(
     cfg: ShardConfig, split_jobs: list[tuple[str, Job]], records: list[dict], names: list[str]
 ) -> dict:
     splits: dict[str, dict] = {}
-    for (split, _), rec in zip(split_jobs, records, strict=True):
-        s = splits.setdefault(split, {"num_samples": 0, "filenames": [], "shard_lengths": []})
+    for (split, job), rec in zip(split_jobs, records, strict=True):
+        s = splits.setdefault(
+            split, {"num_samples": 0, "filenames": [], "shard_lengths": [], "class_counts": [0] * len(names)}
+        )
+        for r in job.samples:  # per-class counts: the trainer picks its flip classes from them
+            s["class_counts"][r["label"]] += 1
         s["num_samples"] += rec["num_samples"]
         s["filenames"].append(rec["name"])
         s["shard_lengths"].append(rec["num_samples"])

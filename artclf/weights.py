@@ -98,16 +98,17 @@ def head_name(model: nn.Module) -> tuple[str, nn.Linear]:
     raise ArtclfError(f"{type(model).__name__}: cannot find its classification layer (fc/classifier/heads)")
 
 
-def build(arch: str, weights: str, num_classes: int | None = None) -> nn.Module:
+def build(arch: str, weights: str | None, num_classes: int | None = None) -> nn.Module:
     """A torchvision model with ``weights`` loaded; its head replaced when ``num_classes``
-    is given, removed (global-pool features out) when it is ``0``."""
+    is given, removed (global-pool features out) when it is ``0``. ``weights=None``: random
+    initialisation without a warning, for a caller that loads its own state dict next."""
     try:
         model = torchvision.models.get_model(arch, weights=None)
     except ValueError:
         raise ArtclfError(
             f"--arch {arch}: not a torchvision model; see torchvision.models.list_models()"
         ) from None
-    sd = state_dict(arch, weights)
+    sd = state_dict(arch, weights) if weights is not None else None
     head, _ = head_name(model)
     if sd is not None:
         missing, unexpected = model.load_state_dict(sd, strict=False)

@@ -5,8 +5,8 @@ peak memory) for N = 1k, 10k and a simulated 100k.
 
 Feature extraction streams through a DataLoader, so its rate does not depend on N; it is
 measured on ``--images`` sample-data images (decode + hashes + CNN at 224 px). The search is
-measured on random unit vectors of the CNN's width, each N in its own process so that the
-peak resident memory (ru_maxrss) belongs to that N alone. Memory should grow linearly:
+measured on random unit vectors of the CNN's width, each N in its own process; the peak
+resident memory (VmHWM, reset after start-up) belongs to that N alone. Memory should grow linearly:
 the N×D embeddings plus O(N·k) results plus one block×block tile, never N×N.
 """
 
@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -26,8 +25,17 @@ from pathlib import Path
 import numpy as np
 
 
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def reset_peak() -> float:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS; returns that RSS in MiB."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_mib("VmRSS")
 
 
 def search_child(n: int, dim: int, k: int) -> dict:
@@ -36,14 +44,14 @@ def search_child(n: int, dim: int, k: int) -> dict:
 
     from artclf.neighbors import topk_similar
 
-    torch.zeros(1)  # count torch's own start-up memory in the baseline
-    base = rss_mib()
+    torch.zeros(1)  # torch's own start-up memory belongs to the baseline
+    base = reset_peak()
     x = np.random.default_rng(0).standard_normal((n, dim), dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     t = time.perf_counter()
     topk_similar(x, x, k, exclude_self=True)
     dt = time.perf_counter() - t
-    peak = rss_mib()
+    peak = _status_mib("VmHWM")
     return {
         "n": n,
         "dim": dim,

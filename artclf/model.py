@@ -1,0 +1,69 @@
+"""The classifier and ``model.pt``: a torchvision backbone behind a normalisation layer.
+
+``model.pt`` holds plain data only (tensors, dicts, lists, strings, numbers), so it loads
+with ``torch.load(weights_only=True)``: a file that carries code is refused, not run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from artclf.atomic import atomic_open
+from artclf.errors import ArtclfError
+from artclf.transforms import Normalize, Preprocess
+from artclf.weights import build
+
+FORMAT = "artclf-model-1"
+
+
+class Classifier(nn.Module):
+    """uint8 (or 0..255 float) NCHW images -> logits; normalisation is part of the model."""
+
+    def __init__(self, net: nn.Module, pre: Preprocess) -> None:
+        super().__init__()
+        self.normalize = Normalize(pre.mean, pre.std)
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))
+
+
+def build_model(arch: str, weights: str | None, num_classes: int, pre: Preprocess) -> Classifier:
+    """``arch`` with ``weights`` (name, file or none) and a fresh ``num_classes`` head."""
+    return Classifier(build(arch, weights, num_classes=num_classes), pre)
+
+
+def save_model(
+    path: Path, model: nn.Module, classes: list[str], pre: Preprocess, arch: str, extra: dict
+) -> None:
+    """Atomically write ``model.pt`` (weights on CPU, classes, preprocessing, recipe)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    blob = {
+        "format": FORMAT,
+        "arch": arch,
+        "classes": list(classes),
+        "preprocess": pre.to_dict(),
+        "state_dict": state,
+        **extra,
+    }
+    with atomic_open(path, "wb") as f:
+        torch.save(blob, f)
+
+
+def load_model(path: Path, map_location: str | torch.device = "cpu") -> tuple[Classifier, dict]:
+    """``model.pt`` -> (model in eval mode, everything else in the file)."""
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise ArtclfError(f"{path}: not found; train first (`artclf train … --run RUN`)") from None
+    except Exception as e:  # pickled code is refused by weights_only
+        raise ArtclfError(f"{path}: not a loadable artclf model ({type(e).__name__}: {e})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ArtclfError(f"{path}: not an artclf model file (format {FORMAT} expected)")
+    pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in blob["preprocess"].items()})
+    model = build_model(blob["arch"], None, len(blob["classes"]), pre)
+    model.load_state_dict(blob["state_dict"])
+    return model.eval(), blob

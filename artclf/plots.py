@@ -1,0 +1,62 @@
+"""Plots of a run, drawn from its files (``history.jsonl``, metrics), never from memory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from artclf.atomic import atomic_open
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig, path: Path) -> None:
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+
+
+def read_history(path: Path) -> list[dict]:
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    )
+
+
+def learning_curve(history: list[dict], path: Path) -> None:
+    """Loss (train, val) and val accuracy / macro F1 per epoch."""
+    plt = _pyplot()
+    ep = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.plot(ep, [h["train_loss"] for h in history], "o-", label="train loss (0.3 CE + 0.7 soft-F1)")
+    a.plot(ep, [h["val_log_loss"] for h in history], "o-", label="val cross-entropy")
+    a.set(xlabel="epoch", ylabel="loss", title="Loss")
+    a.legend()
+    for key, label in (("val_accuracy", "val accuracy"), ("val_macro_f1", "val macro F1")):
+        b.plot(ep, [h[key] for h in history], "o-", label=label)
+    b.set(xlabel="epoch", ylim=(0, 1), title="Validation")
+    b.legend()
+    save(fig, path)
+
+
+def confusion_matrix(cm: list[list[int]], classes: list[str], path: Path, title: str) -> None:
+    """Row-normalised confusion matrix with every class named on both axes."""
+    plt = _pyplot()
+    m = np.asarray(cm, dtype=float)
+    m = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(0.22 * n + 3, 0.22 * n + 2.5))
+    im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), classes, fontsize=7)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.colorbar(im, ax=ax, fraction=0.03, label="fraction of the true class")
+    save(fig, path)
