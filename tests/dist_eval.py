@@ -1,0 +1,35 @@
+"""Run by tests/test_train.py under 1 or 2 processes: evaluate one model.pt on one split.
+
+accelerate launch … tests/dist_eval.py MODEL SHARDS SPLIT OUT.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from accelerate import Accelerator
+
+from artclf.data import eval_loader, read_info
+from artclf.engine import evaluate
+from artclf.model import load_model
+
+
+def main() -> None:
+    model_path, shards, split, out = sys.argv[1:5]
+    acc = Accelerator(cpu=True)
+    model, blob = load_model(model_path)
+    model = acc.prepare(model)
+    info = read_info(shards)
+    from artclf.transforms import Preprocess
+
+    pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in blob["preprocess"].items()})
+    batches = eval_loader(info, split, pre, 4, 1, acc.process_index, acc.num_processes)
+    metrics = evaluate(acc, model, batches, blob["classes"], info["splits"][split]["num_samples"])
+    if acc.is_main_process:
+        with open(out, "w") as f:
+            json.dump({"world": acc.num_processes, **metrics}, f)
+
+
+if __name__ == "__main__":
+    main()
