@@ -33,10 +33,11 @@ from tests.test_shard import expected, shards, work  # noqa: F401  (module fixtu
 def accelerate_cpu(nproc: int, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N` (really N processes)."""
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    # --multi_gpu with ACCELERATE_USE_CPU=1 really starts N CPU processes (gloo); one process: --cpu
     cmd = [
         accelerate,
         "launch",
-        "--multi_gpu",
+        "--multi_gpu" if nproc > 1 else "--cpu",
         "--num_processes",
         str(nproc),
         "--num_machines",

@@ -102,7 +102,7 @@ def test_kill_9_mid_epoch_then_rerun_resumes(shards, tmp_path):  # noqa: F811
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     saved = int(checkpoints(run / "state")[-1].name[5:])
-    res = run_cli(*cmd[3:], timeout=600)
+    res = run_cli("train", *cmd[3:], timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"resuming from {run / 'state'}/step-{saved:08d}" in res.stdout
     assert [r["epoch"] for r in history(run)] == [1, 2]  # each epoch exactly once
@@ -125,26 +125,19 @@ def test_sigterm_saves_within_the_step_and_exits_75(shards, tmp_path):  # noqa: 
     assert saved, "no state saved"
     step = int(saved[-1].name[5:])
     assert f"preempted at step {step} " in out
-    res = run_cli(*cmd[2:], timeout=600)
+    res = run_cli("train", *cmd[3:], timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"step-{step:08d}" in res.stdout and [r["epoch"] for r in history(run)] == [1, 2]
 
 
 def test_weights_missing_local_and_malicious(shards, tmp_path):  # noqa: F811
+    # the default recipe (resnet50, IMAGENET1K_V2) with an empty cache and no internet
     res = run_cli(
-        "train",
-        "--shards",
-        shards,
-        "--run",
-        tmp_path / "r",
-        "--arch",
-        "resnet18",
-        env={"TORCH_HOME": str(tmp_path / "th")},
+        "train", "--shards", shards, "--run", tmp_path / "r", env={"TORCH_HOME": str(tmp_path / "th")}
     )
     assert res.returncode == 1
-    assert (
-        str(tmp_path / "th/hub/checkpoints/resnet18-") in res.stderr and "artclf weights fetch" in res.stderr
-    )
+    assert str(tmp_path / "th/hub/checkpoints/resnet50-11ad3fa6.pth") in res.stderr
+    assert "artclf weights fetch" in res.stderr and "--weights PATH" in res.stderr
     import torchvision
 
     local = tmp_path / "r18.pt"
