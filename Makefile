@@ -43,11 +43,11 @@ demo: $(DEMO)/data/artists.csv $(DEMO)/mobilenet_v2.pt
 	$(BIN)/artclf split --work $(DEMO)/work
 	$(BIN)/artclf shard --work $(DEMO)/work --out $(DEMO)/shards --shard-samples 32
 	$(BIN)/artclf shard --verify $(DEMO)/shards
-	@echo "train: a CPU-sized model (MobileNetV2, ImageNet weights, 112 px, 2 DDP processes on the CPU);"
+	@echo "train: a CPU-sized model (MobileNetV2, ImageNet weights, 128 px, 2 DDP processes on the CPU);"
 	@echo "       the published recipe is ResNet50 at 512 px on GPUs: see README 'train'"
 	$(CPU_DDP) -m artclf.train --shards $(DEMO)/shards --run $(DEMO)/runs/demo \
-	    --arch mobilenet_v2 --weights $(DEMO)/mobilenet_v2.pt --image-size 112 --batch-size 32 \
-	    --epochs 8 --lr 1e-3 --workers 1 --log-every 5
+	    --arch mobilenet_v2 --weights $(DEMO)/mobilenet_v2.pt --image-size 128 --batch-size 32 \
+	    --epochs 15 --lr 1e-3 --workers 1 --log-every 5
 	@$(BIN)/python -c "import json; m = json.load(open('$(DEMO)/runs/demo/val_metrics.json')); \
 	    print('val (best epoch): ' + ', '.join(f'{k} {m[k]:.3f}' for k in \
 	    ('accuracy', 'macro_f1', 'macro_precision', 'macro_recall', 'confidence')))"
