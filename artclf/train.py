@@ -9,6 +9,7 @@ SIGTERM or SIGUSR1 on any rank: every rank stops at the next step, saves, and ex
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -242,13 +243,10 @@ def run(cfg: TrainConfig) -> int:
                     {"config": to_dict(cfg), "epoch": epoch + 1, "val": _scalars(val)},
                 )
                 write_json(cfg.run / "val_metrics.json", {k: v for k, v in val.items() if k != "keys"})
-                plots.confusion_matrix(
-                    val["confusion_matrix"],
-                    classes,
-                    cfg.run / "confusion_matrix.png",
-                    f"val, epoch {epoch + 1}, macro F1 {val['macro_f1']:.3f}",
-                )
-            plots.learning_curve(history, cfg.run / "learning_curve.png")
+                _confusion(writer, cfg.run, classes, epoch + 1, state.step)
+            plots.learning_curve(
+                plots.read_history(cfg.run / "history.jsonl"), cfg.run / "learning_curve.png"
+            )
             acc.print(
                 f"epoch {epoch + 1}/{cfg.epochs}: "
                 + ", ".join(
@@ -301,6 +299,18 @@ def _log(writer, prefix: str, row: dict, step: int) -> None:
         if isinstance(v, int | float):
             writer.add_scalar(f"{prefix}/{k}", v, step)
     writer.flush()
+
+
+def _confusion(writer, run: Path, classes: list[str], epoch: int, step: int) -> None:
+    """confusion_matrix.png from val_metrics.json (the file, not memory), also into TensorBoard."""
+    import numpy as np
+    from PIL import Image
+
+    val = json.loads((run / "val_metrics.json").read_text())
+    title = f"val, epoch {epoch}, macro F1 {val['macro_f1']:.3f}"
+    plots.confusion_matrix(val["confusion_matrix"], classes, run / "confusion_matrix.png", title)
+    with Image.open(run / "confusion_matrix.png") as im:
+        writer.add_image("val/confusion_matrix", np.asarray(im.convert("RGB")), step, dataformats="HWC")
 
 
 def _hparams(writer, cfg: TrainConfig, history: list[dict]) -> None:

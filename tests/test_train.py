@@ -68,6 +68,7 @@ def test_two_process_training_learns_and_logs_once(ddp_run):
         "val/accuracy",
     } <= tags
     assert len(ea.Scalars("val/macro_f1")) == 3
+    assert "val/confusion_matrix" in ea.Tags()["images"]
     for name in ("model.pt", "learning_curve.png", "confusion_matrix.png", "val_metrics.json"):
         assert (run / name).is_file()
 
