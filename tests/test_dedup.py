@@ -39,23 +39,25 @@ def fresh_work(src, dest):
     return dest
 
 
-def test_hashes_alone_find_whole_picture_copies(quality_set, tmp_path):
-    work = fresh_work(quality_set / "work", tmp_path / "w")
-    dedup(DedupConfig(work=work, weights="none", workers=2, montages=1))
+def dedup_score(quality_set, dest, **flags) -> dict:
+    """Run dedup on a fresh copy of the quality set; pairwise scores against its truth."""
+    work = fresh_work(quality_set / "work", dest)
+    dedup(DedupConfig(work=work, workers=2, **flags))
     truth = json.loads((quality_set / "data/sample_truth.json").read_text())
     s = score(truth, manifest.read_manifest(work))
     print(json.dumps(s, indent=1))
+    return s
+
+
+def test_hashes_alone_find_whole_picture_copies(quality_set, tmp_path):
+    s = dedup_score(quality_set, tmp_path / "w", weights="none", montages=1)
     assert s["precision"] >= 0.95
     assert s["recall_whole_picture"] >= 0.90
 
 
 @pytest.mark.slow
 def test_mobilenet_features_find_every_kind_of_copy(quality_set, mobilenet, tmp_path):
-    work = fresh_work(quality_set / "work", tmp_path / "w")
-    dedup(DedupConfig(work=work, arch="mobilenet_v2", weights=str(mobilenet), workers=2, montages=0))
-    truth = json.loads((quality_set / "data/sample_truth.json").read_text())
-    s = score(truth, manifest.read_manifest(work))
-    print(json.dumps(s, indent=1))
+    s = dedup_score(quality_set, tmp_path / "w", arch="mobilenet_v2", weights=str(mobilenet), montages=0)
     assert s["precision"] >= 0.95
     assert s["recall"] >= 0.90
 
