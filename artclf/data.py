@@ -159,7 +159,9 @@ def train_loader(
         partial(_decode_train, pre=pre, flip=flip_classes, seed=epoch_seed * 1000 + rank),
         partial(_batches, batch_size=batch_size, partial_last=False),
     )
-    n = steps or steps_per_epoch(split["num_samples"], world_size, batch_size)
+    n = steps if steps is not None else steps_per_epoch(split["num_samples"], world_size, batch_size)
+    if n < 1:
+        raise ValueError(f"steps must be >= 1, got {n}")
     return wds.WebLoader(pipeline, batch_size=None, num_workers=workers).with_epoch(n)
 
 

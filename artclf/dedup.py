@@ -25,7 +25,7 @@ import torch
 from artclf import alignment, features, manifest, montage, phash
 from artclf.atomic import write_json
 from artclf.config import arg, stage_main
-from artclf.groups import connected_groups, same_value_pairs
+from artclf.groups import connected_groups
 from artclf.neighbors import pairs_above, topk_similar
 
 
@@ -202,10 +202,6 @@ def dedup(cfg: DedupConfig) -> dict | None:
     h, hf, thumbs, e = feats.arrays(keys)
     pairs, rejected = find_pairs(h, hf, thumbs, e, cfg)
     index = {k: i for i, k in enumerate(keys)}
-    row_pairs = [
-        (index[ok[a]["sha256"]], index[ok[b]["sha256"]])
-        for a, b in same_value_pairs([r["sha256"] for r in ok])
-    ]
     unique_groups = connected_groups(len(keys), np.concatenate(list(pairs.values())))
     groups = unique_groups[[index[r["sha256"]] for r in ok]]
     multi = assign(ok, groups, cfg.keep_mislabeled)
@@ -219,7 +215,7 @@ def dedup(cfg: DedupConfig) -> dict | None:
         ok,
         multi,
         {
-            "exact": len(row_pairs),
+            "exact": len(ok) - len(keys),  # files whose bytes another file already has
             **{d: len(p) for d, p in pairs.items()},
             "cnn_rejected_by_alignment": rejected,
         },

@@ -38,15 +38,3 @@ def connected_groups(n: int, pairs: Iterable[tuple[int, int]] | np.ndarray) -> n
         uf.union(int(a), int(b))
     ids: dict[int, int] = {}
     return np.array([ids.setdefault(uf.find(i), len(ids)) for i in range(n)], dtype=np.int64)
-
-
-def same_value_pairs(values: list) -> list[tuple[int, int]]:
-    """Chain pairs joining every run of equal values (exact copies by sha256)."""
-    first: dict = {}
-    pairs = []
-    for i, v in enumerate(values):
-        if v in first:
-            pairs.append((first[v], i))
-        else:
-            first[v] = i
-    return pairs

@@ -181,17 +181,22 @@ def run(cfg: TrainConfig) -> int:
         t0 = time.perf_counter()
         remaining = steps - state.step_in_epoch
         # a resumed epoch reads a fresh stream (seeded by where it resumes) for the steps left
-        batches = train_loader(
-            info,
-            pre,
-            per_device,
-            cfg.workers,
-            acc.process_index,
-            world,
-            epoch,
-            cfg.seed * 1_000_003 + state.step_in_epoch,
-            flips,
-            steps=remaining * cfg.grad_accum,
+        # (none left when a step checkpoint landed on the epoch's last step: go on to evaluation)
+        batches = (
+            train_loader(
+                info,
+                pre,
+                per_device,
+                cfg.workers,
+                acc.process_index,
+                world,
+                epoch,
+                cfg.seed * 1_000_003 + state.step_in_epoch,
+                flips,
+                steps=remaining * cfg.grad_accum,
+            )
+            if remaining > 0
+            else []
         )
         out = train_one_epoch(
             acc,
