@@ -9,9 +9,9 @@ DEMO_MAX_SIDE ?= 384
 # Dedup and training use the ImageNet MobileNetV2 below (ResNet50 weights cannot be downloaded here).
 DEMO_DEDUP_FLAGS ?= --arch mobilenet_v2 --weights $(DEMO)/mobilenet_v2.pt
 
-# 2 real DDP processes on the CPU (gloo): `--cpu --num_processes 2` would start only one.
-CPU_DDP := ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 $(BIN)/accelerate launch --multi_gpu --num_processes 2 \
-    --num_machines 1 --mixed_precision no --dynamo_backend no
+# 2 real DDP processes on the CPU (gloo); launch/cpu_2proc.yaml says why the variable is needed
+# (`--cpu --num_processes 2` would start only one).
+CPU_DDP := ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 $(BIN)/accelerate launch --config_file launch/cpu_2proc.yaml
 
 .PHONY: demo test lint fmt install clean-demo
 

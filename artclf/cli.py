@@ -19,6 +19,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "train": ("artclf.train", "train (run under accelerate launch for DDP)"),
     "evaluate": ("artclf.evaluate", "metrics and plots of a model on a split"),
     "predict": ("artclf.predict", "top-k artists for new images"),
+    "export": ("artclf.export", "ONNX or TorchScript with a parity check"),
     "weights": ("artclf.weights", "fetch pretrained weights into torch hub's cache (login node)"),
 }
 

@@ -1,14 +1,214 @@
-"""`artclf evaluate`: not built yet (issue #7)."""
+"""``artclf evaluate --model RUN/model.pt --shards URL [--split test]``: the honest score of a model.
+
+Also ``accelerate launch -m artclf.evaluate …``: each rank reads its own shards and
+:func:`artclf.engine.evaluate` gathers every sample exactly once, so any process count gives
+the same ``metrics.json``. Writes into ``--out`` (default ``RUN/eval-<split>/``):
+
+    metrics.json        every number of artclf.metrics, plus split, model and sample counts
+    predictions.csv     key, true and predicted class, p(predicted), p(true): one row per image
+    probabilities.npy   the N×C softmax probabilities, rows in predictions.csv order
+    per_class.csv       precision, recall, F1 and support of each class
+    confusion_matrix.png, errors.png (the most confident mistakes), learning_curve.png
+    report.md           the run's config, learning curve, metrics and plots on one page
+
+The default split is ``test``; the trainer chooses its model on ``val`` and never reads test.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import csv
+import io
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from artclf.cli import not_built
+import numpy as np
+import torch
+import webdataset as wds
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+
+from artclf import plots, storage
+from artclf.atomic import atomic_open, write_json
+from artclf.config import arg, stage_main, to_dict
+from artclf.data import eval_loader, read_info
+from artclf.engine import evaluate
+from artclf.model import load_model
+from artclf.transforms import Preprocess, decode
+
+SCALARS = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "top5_accuracy", "confidence", "ece")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    model: Path = field(metadata=arg("model.pt written by artclf train"))
+    shards: str = field(metadata=arg("shard set: folder or s3://bucket/prefix (with _info.json)"))
+    split: str = field(default="test", metadata=arg("split to score (the trainer chose its model on val)"))
+    out: Path | None = field(default=None, metadata=arg("output folder (default: RUN/eval-<split>/)"))
+    batch_size: int = field(default=64, metadata=arg("images per batch, per process"))
+    workers: int = field(default=4, metadata=arg("DataLoader workers per process"))
+    errors: int = field(default=16, metadata=arg("misclassified images in errors.png (0 disables)"))
+    endpoint_url: str | None = field(default=None, metadata=arg("S3 endpoint (default: AWS_ENDPOINT_URL)"))
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.workers < 0 or self.errors < 0:
+            raise ValueError("--batch-size must be >= 1, --workers and --errors >= 0")
+
+
+class _Recorder:
+    """The model as engine.evaluate calls it, keeping this rank's softmax rows for predictions.csv."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.probs = model, []
+
+    def eval(self) -> _Recorder:
+        self.model.eval()
+        return self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        self.probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        return logits
+
+
+def _keyed(batches: Iterable, keys: list[str], labels: list[int]) -> Iterable:
+    for batch in batches:
+        keys += batch.keys
+        labels += batch.labels.tolist()
+        yield batch
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return not_built("evaluate", 7)
+    return stage_main(EvaluateConfig, run, "artclf evaluate", __doc__, argv)
+
+
+def run(cfg: EvaluateConfig) -> int:
+    acc = Accelerator()
+    storage.set_endpoint(cfg.endpoint_url)
+    model, blob = load_model(cfg.model)
+    classes = blob["classes"]
+    pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in blob["preprocess"].items()})
+    info = read_info(cfg.shards)
+    if info["classes"] != classes:
+        acc.print(f"artclf evaluate: warning: {cfg.shards} has other classes than {cfg.model}")
+    out = cfg.out or cfg.model.parent / f"eval-{cfg.split}"
+    acc.print(
+        f"artclf evaluate: {cfg.model} on {cfg.shards} split {cfg.split}, "
+        f"{acc.num_processes} process(es) on {acc.device}, {pre.image_size} px -> {out}"
+    )
+    batches = eval_loader(
+        info, cfg.split, pre, cfg.batch_size, cfg.workers, acc.process_index, acc.num_processes
+    )
+    recorder, keys, labels = _Recorder(model.to(acc.device)), [], []
+    expected = info["splits"][cfg.split]["num_samples"]
+    metrics = evaluate(acc, recorder, _keyed(batches, keys, labels), classes, expected)
+    probs = np.concatenate(recorder.probs) if recorder.probs else np.zeros((0, len(classes)), np.float32)
+    parts = gather_object([(keys, labels, probs)])
+    if not acc.is_main_process:
+        return 0
+    keys = [k for p in parts for k in p[0]]
+    labels = np.array([y for p in parts for y in p[1]], dtype=np.int64)
+    probs = np.concatenate([p[2] for p in parts])
+    assert sorted(keys) == sorted(metrics.pop("keys"))  # the same samples engine.evaluate counted
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = {"split": cfg.split, "model": str(cfg.model), "shards": cfg.shards, **metrics}
+    metrics["world_size"] = acc.num_processes
+    write_json(out / "metrics.json", metrics)
+    _write_predictions(out, keys, labels, probs, classes)
+    _write_per_class(out / "per_class.csv", metrics["per_class"])
+    title = f"{cfg.split}, macro F1 {metrics['macro_f1']:.3f}, accuracy {metrics['accuracy']:.3f}"
+    plots.confusion_matrix(metrics["confusion_matrix"], classes, out / "confusion_matrix.png", title)
+    worst = _worst(keys, labels, probs, cfg.errors)
+    if worst:
+        errors_grid(info["splits"][cfg.split]["urls"], worst, classes, out / "errors.png")
+    history = plots.read_history(cfg.model.parent / "history.jsonl")
+    if history:
+        plots.learning_curve(history, out / "learning_curve.png")
+    _write_report(out, cfg, metrics, blob, bool(history), bool(worst))
+    print("  ".join(f"{k} {metrics[k]:.4f}" for k in SCALARS) + f"  (n={metrics['n']})")
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def _write_predictions(out: Path, keys: list[str], labels: np.ndarray, probs: np.ndarray, classes) -> None:
+    pred = probs.argmax(1)
+    with atomic_open(out / "predictions.csv", "w") as f:
+        w = csv.writer(f)
+        w.writerow(["key", "label", "pred", "true_class", "pred_class", "prob", "true_prob"])
+        for i, key in enumerate(keys):
+            y, p = int(labels[i]), int(pred[i])
+            w.writerow([key, y, p, classes[y], classes[p], f"{probs[i, p]:.6g}", f"{probs[i, y]:.6g}"])
+    with atomic_open(out / "probabilities.npy", "wb") as f:
+        np.save(f, probs.astype(np.float32))
+
+
+def _write_per_class(path: Path, per_class: dict) -> None:
+    with atomic_open(path, "w") as f:
+        w = csv.writer(f)
+        w.writerow(["class", "precision", "recall", "f1", "support"])
+        for name, m in per_class.items():
+            w.writerow([name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", m["support"]])
+
+
+def _worst(
+    keys: list[str], labels: np.ndarray, probs: np.ndarray, n: int
+) -> list[tuple[str, int, int, float]]:
+    """The ``n`` most confident mistakes: (key, true, predicted, p(predicted))."""
+    pred = probs.argmax(1)
+    wrong = np.flatnonzero(pred != labels)
+    wrong = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")][:n]
+    return [(keys[i], int(labels[i]), int(pred[i]), float(probs[i, pred[i]])) for i in wrong]
+
+
+def errors_grid(urls: list[str], worst: list[tuple], classes: list[str], path: Path) -> None:
+    """The images of ``worst`` re-read from the split's shards (one pass, only their JPEGs decoded)."""
+    wanted = {w[0] for w in worst}
+    found: dict[str, torch.Tensor] = {}
+    for sample in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()):
+        if sample["__key__"] in wanted:
+            found[sample["__key__"]] = decode(sample["jpg"])
+            if len(found) == len(wanted):
+                break
+    plt = plots._pyplot()
+    cols = min(4, len(worst))
+    rows = -(-len(worst) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (key, y, p, prob) in zip(axes.flat, worst, strict=False):
+        if key in found:
+            ax.imshow(found[key].permute(1, 2, 0).numpy())
+        ax.set_title(f"true: {classes[y]}\npred: {classes[p]} ({prob:.2f})", fontsize=8)
+    fig.suptitle("most confident mistakes")
+    plots.save(fig, path)
+
+
+def _write_report(
+    out: Path, cfg: EvaluateConfig, metrics: dict, blob: dict, curve: bool, errors: bool
+) -> None:
+    run_cfg = cfg.model.parent / "config.json"
+    recipe = json.loads(run_cfg.read_text())["config"] if run_cfg.is_file() else blob.get("config", {})
+    buf = io.StringIO()
+    w = buf.write
+    w(f"# Evaluation of `{cfg.model}` on the {cfg.split} split\n\n")
+    w(f"{metrics['n']} images from `{cfg.shards}`, {len(metrics['skipped_samples'])} unreadable; ")
+    w(f"model from epoch {blob.get('epoch', '?')} (chosen on val macro F1).\n\n")
+    w("| metric | value |\n| --- | --- |\n")
+    for k in (*SCALARS, "log_loss"):
+        w(f"| {k} | {metrics[k]:.4f} |\n")
+    w("\n![confusion matrix](confusion_matrix.png)\n\n")
+    if errors:
+        w("## Most confident mistakes\n\n![errors](errors.png)\n\n")
+    if curve:
+        w("## Learning curve\n\n![learning curve](learning_curve.png)\n\n")
+    w("Per class: [per_class.csv](per_class.csv); every prediction: [predictions.csv](predictions.csv).\n\n")
+    w("## Run config\n\n| setting | value |\n| --- | --- |\n")
+    for k, v in recipe.items():
+        w(f"| {k} | `{v}` |\n")
+    w(f"\nEvaluation settings: `{json.dumps(to_dict(cfg))}`\n")
+    with atomic_open(out / "report.md", "w") as f:
+        f.write(buf.getvalue())
 
 
 if __name__ == "__main__":
