@@ -84,8 +84,9 @@ def predict(model, pre: Preprocess, classes: list[str], paths: Iterator[Path], t
         yield from flush()
 
 
-def write(results, fmt: str, out=sys.stdout) -> int:
-    """Prints ``results`` in ``fmt`` as they come; returns how many images were printed."""
+def write(results, fmt: str, out=None) -> int:
+    """Prints ``results`` in ``fmt`` (to ``out``, default stdout) as they come; returns the count."""
+    out = out or sys.stdout
     n = 0
     if fmt == "csv":
         w = csv.writer(out)
