@@ -105,6 +105,7 @@ def run(cfg: EvaluateConfig) -> int:
     metrics = evaluate(acc, recorder, _keyed(batches, keys, labels), classes, expected)
     probs = np.concatenate(recorder.probs) if recorder.probs else np.zeros((0, len(classes)), np.float32)
     parts = gather_object([(keys, labels, probs)])
+    acc.end_training()  # the last collective: the main process writes the files alone
     if not acc.is_main_process:
         return 0
     keys = [k for p in parts for k in p[0]]
