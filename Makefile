@@ -51,6 +51,10 @@ demo: $(DEMO)/data/artists.csv $(DEMO)/mobilenet_v2.pt
 	@$(BIN)/python -c "import json; m = json.load(open('$(DEMO)/runs/demo/val_metrics.json')); \
 	    print('val (best epoch): ' + ', '.join(f'{k} {m[k]:.3f}' for k in \
 	    ('accuracy', 'macro_f1', 'macro_precision', 'macro_recall', 'confidence')))"
+	$(BIN)/artclf evaluate --model $(DEMO)/runs/demo/model.pt --shards $(DEMO)/shards --split test --workers 1
+	$(BIN)/artclf predict --model $(DEMO)/runs/demo/model.pt --top-k 3 $(DEMO)/data/images/images/Raphael
+	$(BIN)/artclf export --model $(DEMO)/runs/demo/model.pt --format onnx --out $(DEMO)/runs/demo/model.onnx \
+	    --images $(DEMO)/data/images/images/Claude_Monet
 	@echo
 	@echo "demo results:"
 	@echo "  data set (Kaggle layout)  $(DEMO)/data"
@@ -62,6 +66,8 @@ demo: $(DEMO)/data/artists.csv $(DEMO)/mobilenet_v2.pt
 	@echo "  split                     $(DEMO)/work/split.json (and the split field of the manifest)"
 	@echo "  WebDataset shards         $(DEMO)/shards/{train,val,test}-*.tar, $(DEMO)/shards/_info.json"
 	@echo "  training run              $(DEMO)/runs/demo/{model.pt,history.jsonl,learning_curve.png,confusion_matrix.png}"
+	@echo "  honest test score         $(DEMO)/runs/demo/eval-test/{report.md,metrics.json,confusion_matrix.png,errors.png}"
+	@echo "  ONNX model                $(DEMO)/runs/demo/model.onnx"
 	@echo "  TensorBoard               $(BIN)/tensorboard --logdir $(DEMO)/runs"
 
 lint: $(VENV)/.installed

@@ -20,6 +20,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "evaluate": ("artclf.evaluate", "metrics and plots of a model on a split"),
     "predict": ("artclf.predict", "top-k artists for new images"),
     "export": ("artclf.export", "ONNX or TorchScript with a parity check"),
+    "serve": ("artclf.serve", "prediction service (FastAPI + ONNX Runtime)"),
     "weights": ("artclf.weights", "fetch pretrained weights into torch hub's cache (login node)"),
 }
 

@@ -29,9 +29,12 @@ else:  # pragma: no cover
 C = TypeVar("C")
 
 
-def arg(help: str, positional: bool = False, parse: Callable[[str], Any] | None = None) -> dict:
-    """Field metadata: ``field(default=..., metadata=arg("help with units"))``."""
-    return {"help": help, "positional": positional, "parse": parse}
+def arg(
+    help: str, positional: bool = False, parse: Callable[[str], Any] | None = None, many: bool = False
+) -> dict:
+    """Field metadata: ``field(default=..., metadata=arg("help with units"))``; ``many``: a
+    positional taking one or more values (the field is a tuple of them)."""
+    return {"help": help, "positional": positional, "parse": parse, "many": many}
 
 
 def floats(text: str) -> tuple[float, ...]:
@@ -69,12 +72,15 @@ def build_parser(cls: type, prog: str, description: str | None) -> argparse.Argu
             continue
         tp = _base_type(hints[f.name])
         kwargs: dict[str, Any] = {"help": meta["help"]}
-        if f.default is not dataclasses.MISSING:
+        if f.default is not dataclasses.MISSING and f.default is not None:
             shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
             kwargs["help"] += f" (default: {shown})"
         if meta.get("positional"):
             name = [f.name]
-            if f.default is not dataclasses.MISSING:
+            if meta.get("many"):
+                kwargs["nargs"] = "+"
+                tp = typing.get_args(hints[f.name])[0]  # tuple[Path, ...] -> Path
+            elif f.default is not dataclasses.MISSING:
                 kwargs["nargs"] = "?"
         else:
             name = ["--" + f.name.replace("_", "-")]
@@ -109,9 +115,9 @@ def _from_toml(cls: type, path: Path) -> dict[str, Any]:
 def parse(cls: type[C], argv: Sequence[str] | None, prog: str, description: str | None = None) -> C:
     """Flags (and ``--config``) -> a validated, frozen ``cls``. Exits 2 on bad flags."""
     parser = build_parser(cls, prog, description)
-    ns = vars(parser.parse_args(argv))
+    ns = vars(parser.parse_intermixed_args(argv))  # `IMG --model M IMG2` works too
     values = _from_toml(cls, ns.pop("config")) if "config" in ns else {}
-    values.update(ns)
+    values.update({k: tuple(v) if isinstance(v, list) else v for k, v in ns.items()})
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:

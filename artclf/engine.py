@@ -144,8 +144,11 @@ def _check_finite(acc: Accelerator, loss: torch.Tensor, state) -> None:
 
 
 @torch.inference_mode()
-def evaluate(acc: Accelerator, model, batches: Iterable, classes: list[str], expected: int) -> dict:
-    """Metrics over every sample of the split exactly once, whatever the number of ranks.
+def evaluate(
+    acc: Accelerator, model, batches: Iterable, classes: list[str], expected: int
+) -> tuple[dict, dict]:
+    """Metrics over every sample of the split exactly once, whatever the number of ranks, and
+    the predictions behind them (``keys``, ``labels``, ``probs``; gathered on every rank).
 
     Each rank keeps (key, label, probabilities) of what it read; one ``gather_object`` at the
     end brings them together (ranks may hold different counts, so no per-batch collective).
@@ -183,5 +186,4 @@ def evaluate(acc: Accelerator, model, batches: Iterable, classes: list[str], exp
         )
     metrics = classification_metrics(y, p, classes)
     metrics["skipped_samples"] = skipped
-    metrics["keys"] = all_keys
-    return metrics
+    return metrics, {"keys": all_keys, "labels": y, "probs": p}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +27,6 @@ import numpy as np
 import torch
 import webdataset as wds
 from accelerate import Accelerator
-from accelerate.utils import gather_object
 
 from artclf import plots, storage
 from artclf.atomic import atomic_open, write_json
@@ -56,29 +55,6 @@ class EvaluateConfig:
             raise ValueError("--batch-size must be >= 1, --workers and --errors >= 0")
 
 
-class _Recorder:
-    """The model as engine.evaluate calls it, keeping this rank's softmax rows for predictions.csv."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model, self.probs = model, []
-
-    def eval(self) -> _Recorder:
-        self.model.eval()
-        return self
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.model(x)
-        self.probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-        return logits
-
-
-def _keyed(batches: Iterable, keys: list[str], labels: list[int]) -> Iterable:
-    for batch in batches:
-        keys += batch.keys
-        labels += batch.labels.tolist()
-        yield batch
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     return stage_main(EvaluateConfig, run, "artclf evaluate", __doc__, argv)
 
@@ -88,7 +64,7 @@ def run(cfg: EvaluateConfig) -> int:
     storage.set_endpoint(cfg.endpoint_url)
     model, blob = load_model(cfg.model)
     classes = blob["classes"]
-    pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in blob["preprocess"].items()})
+    pre = Preprocess.from_dict(blob["preprocess"])
     info = read_info(cfg.shards)
     if info["classes"] != classes:
         acc.print(f"artclf evaluate: warning: {cfg.shards} has other classes than {cfg.model}")
@@ -100,18 +76,12 @@ def run(cfg: EvaluateConfig) -> int:
     batches = eval_loader(
         info, cfg.split, pre, cfg.batch_size, cfg.workers, acc.process_index, acc.num_processes
     )
-    recorder, keys, labels = _Recorder(model.to(acc.device)), [], []
     expected = info["splits"][cfg.split]["num_samples"]
-    metrics = evaluate(acc, recorder, _keyed(batches, keys, labels), classes, expected)
-    probs = np.concatenate(recorder.probs) if recorder.probs else np.zeros((0, len(classes)), np.float32)
-    parts = gather_object([(keys, labels, probs)])
+    metrics, preds = evaluate(acc, model.to(acc.device), batches, classes, expected)
     acc.end_training()  # the last collective: the main process writes the files alone
     if not acc.is_main_process:
         return 0
-    keys = [k for p in parts for k in p[0]]
-    labels = np.array([y for p in parts for y in p[1]], dtype=np.int64)
-    probs = np.concatenate([p[2] for p in parts])
-    assert sorted(keys) == sorted(metrics.pop("keys"))  # the same samples engine.evaluate counted
+    keys, labels, probs = preds["keys"], preds["labels"], preds["probs"]
     out.mkdir(parents=True, exist_ok=True)
     metrics = {"split": cfg.split, "model": str(cfg.model), "shards": cfg.shards, **metrics}
     metrics["world_size"] = acc.num_processes

@@ -63,7 +63,7 @@ def load_model(path: Path, map_location: str | torch.device = "cpu") -> tuple[Cl
         raise ArtclfError(f"{path}: not a loadable artclf model ({type(e).__name__}: {e})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ArtclfError(f"{path}: not an artclf model file (format {FORMAT} expected)")
-    pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in blob["preprocess"].items()})
+    pre = Preprocess.from_dict(blob["preprocess"])
     model = build_model(blob["arch"], None, len(blob["classes"]), pre)
     model.load_state_dict(blob["state_dict"])
     return model.eval(), blob

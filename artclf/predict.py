@@ -20,8 +20,7 @@ from pathlib import Path
 
 import torch
 
-from artclf.config import _from_toml, arg, build_parser
-from artclf.errors import ArtclfError
+from artclf.config import arg, stage_main
 from artclf.images import open_rgb
 from artclf.model import load_model
 from artclf.transforms import Preprocess, eval_image, to_uint8_tensor
@@ -33,10 +32,10 @@ FORMATS = ("table", "json", "csv")
 @dataclass(frozen=True)
 class PredictConfig:
     model: Path = field(metadata=arg("model.pt written by artclf train"))
+    inputs: tuple[Path, ...] = field(metadata=arg("images or folders (recursed)", positional=True, many=True))
     top_k: int = field(default=5, metadata=arg("artists listed per image"))
     format: str = field(default="table", metadata=arg("output: table, json or csv"))
     batch_size: int = field(default=16, metadata=arg("images per forward pass"))
-    inputs: tuple[Path, ...] = ()  # the positional IMAGE_OR_DIR… (added to the parser in main)
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.batch_size < 1:
@@ -107,27 +106,12 @@ def write(results, fmt: str, out=None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    prog = "artclf predict"
-    # config.parse has no nargs="+" positionals: the same parser, plus IMAGE_OR_DIR…
-    parser = build_parser(PredictConfig, prog, __doc__)
-    parser.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_DIR", help="images or folders")
-    ns = vars(parser.parse_args(argv))
-    values = _from_toml(PredictConfig, ns.pop("config")) if "config" in ns else {}
-    values.update(ns, inputs=tuple(ns["inputs"]))
-    try:
-        cfg = PredictConfig(**values)
-    except (TypeError, ValueError) as e:
-        parser.error(str(e))
-    try:
-        return run(cfg)
-    except ArtclfError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
+    return stage_main(PredictConfig, run, "artclf predict", __doc__, argv)
 
 
 def run(cfg: PredictConfig) -> int:
     model, blob = load_model(cfg.model)
-    pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in blob["preprocess"].items()})
+    pre = Preprocess.from_dict(blob["preprocess"])
     missing = [p for p in cfg.inputs if not p.exists()]
     for p in missing:
         print(f"artclf predict: skipped {p}: no such file or folder", file=sys.stderr)

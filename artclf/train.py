@@ -224,7 +224,7 @@ def run(cfg: TrainConfig) -> int:
             )
             acc.end_training()
             return EXIT_PREEMPTED
-        val = evaluate(
+        val, _ = evaluate(
             acc,
             model,
             eval_loader(info, "val", pre, per_device, cfg.workers, acc.process_index, world),
@@ -247,7 +247,7 @@ def run(cfg: TrainConfig) -> int:
                     cfg.arch,
                     {"config": to_dict(cfg), "epoch": epoch + 1, "val": _scalars(val)},
                 )
-                write_json(cfg.run / "val_metrics.json", {k: v for k, v in val.items() if k != "keys"})
+                write_json(cfg.run / "val_metrics.json", val)
                 _confusion(writer, cfg.run, classes, epoch + 1, state.step)
             plots.learning_curve(
                 plots.read_history(cfg.run / "history.jsonl"), cfg.run / "learning_curve.png"

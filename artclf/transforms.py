@@ -36,6 +36,11 @@ class Preprocess:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocess:
+        """Inverse of ``to_dict`` (JSON and torch.load give lists back for the tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
 
 def to_uint8_tensor(im: Image.Image) -> torch.Tensor:
     """RGB PIL image -> uint8 CHW tensor."""

@@ -23,12 +23,12 @@ def main() -> None:
     info = read_info(shards)
     from artclf.transforms import Preprocess
 
-    pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in blob["preprocess"].items()})
+    pre = Preprocess.from_dict(blob["preprocess"])
     batches = eval_loader(info, split, pre, 4, 1, acc.process_index, acc.num_processes)
-    metrics = evaluate(acc, model, batches, blob["classes"], info["splits"][split]["num_samples"])
+    metrics, preds = evaluate(acc, model, batches, blob["classes"], info["splits"][split]["num_samples"])
     if acc.is_main_process:
         with open(out, "w") as f:
-            json.dump({"world": acc.num_processes, **metrics}, f)
+            json.dump({"world": acc.num_processes, "keys": preds["keys"], **metrics}, f)
 
 
 if __name__ == "__main__":

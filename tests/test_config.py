@@ -58,7 +58,7 @@ def test_validation_error_exits_2(capsys):
 
 
 def test_unbuilt_stage_says_so_and_exits_2(capsys):
-    assert cli.main(["predict"]) == 2
+    assert cli.main(["serve"]) == 2
     assert "not built yet" in capsys.readouterr().err
 
 
@@ -66,3 +66,16 @@ def test_unknown_stage_and_version(capsys):
     assert cli.main(["nope"]) == 2
     assert cli.main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("artclf ")
+
+
+@dataclass(frozen=True)
+class Many:
+    model: Path = field(metadata=arg("model"))
+    inputs: tuple[Path, ...] = field(metadata=arg("files", positional=True, many=True))
+
+
+def test_positional_with_many_values_becomes_a_tuple():
+    cfg = parse(Many, ["a.jpg", "--model", "m.pt", "b/"], "t")
+    assert cfg == Many(model=Path("m.pt"), inputs=(Path("a.jpg"), Path("b/")))
+    with pytest.raises(SystemExit):
+        parse(Many, ["--model", "m.pt"], "t")  # at least one input

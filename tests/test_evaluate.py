@@ -1,0 +1,114 @@
+"""evaluate: metrics.json against scikit-learn on the saved predictions, the files of the report,
+1 process vs 2 processes (real gloo ranks) give the same metrics.json."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from artclf import evaluate as evaluate_stage
+from artclf.metrics import expected_calibration_error
+from tests.conftest import run_cli
+from tests.test_data import accelerate_cpu
+from tests.test_shard import shards, work  # noqa: F401  (module fixtures)
+from tests.test_train import train_cmd
+
+
+@pytest.fixture(scope="module")
+def tiny_run(shards, tmp_path_factory):  # noqa: F811
+    run = tmp_path_factory.mktemp("eval") / "run"
+    res = run_cli("train", *train_cmd(shards, run, "--batch-size", "16", "--epochs", "1", "--lr", "2e-3")[2:])
+    assert res.returncode == 0, res.stderr[-3000:]
+    return run
+
+
+def evaluate(shards, run, out, *extra):  # noqa: F811
+    return run_cli(
+        "evaluate", "--model", run / "model.pt", "--shards", shards, "--out", out, "--workers", "1", *extra
+    )
+
+
+@pytest.fixture(scope="module")
+def evaluated(shards, tiny_run, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("eval") / "test"
+    res = evaluate(shards, tiny_run, out, "--batch-size", "8")
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out, res
+
+
+def read_predictions(out):
+    with open(out / "predictions.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_metrics_equal_scikit_learn_on_saved_predictions(shards, evaluated):  # noqa: F811
+    out, _ = evaluated
+    m = json.loads((out / "metrics.json").read_text())
+    info = json.loads((shards / "_info.json").read_text())
+    rows = read_predictions(out)
+    probs = np.load(out / "probabilities.npy")
+    y = np.array([int(r["label"]) for r in rows])
+    pred = np.array([int(r["pred"]) for r in rows])
+    C = len(info["classes"])
+    assert m["split"] == "test" and m["n"] == len(rows) == info["splits"]["test"]["num_samples"]
+    assert len({r["key"] for r in rows}) == len(rows)
+    assert (probs.argmax(1) == pred).all()
+    labels = list(range(C))
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    for avg_key, fn in (
+        ("macro_f1", skm.f1_score),
+        ("macro_precision", skm.precision_score),
+        ("macro_recall", skm.recall_score),
+    ):
+        ref = fn(y, pred, labels=labels, average="macro", zero_division=0)
+        assert m[avg_key] == pytest.approx(ref, abs=1e-9), avg_key
+    assert m["top5_accuracy"] == pytest.approx(skm.top_k_accuracy_score(y, probs, k=5, labels=labels))
+    assert m["log_loss"] == pytest.approx(skm.log_loss(y, probs, labels=labels), rel=1e-4)
+    assert m["confidence"] == pytest.approx(probs.max(1).mean(), rel=1e-5)
+    assert m["confusion_matrix"] == skm.confusion_matrix(y, pred, labels=labels).tolist()
+    assert m["ece"] == pytest.approx(expected_calibration_error(probs, y), abs=1e-6)
+    with open(out / "per_class.csv") as f:
+        per_class = list(csv.DictReader(f))
+    assert [r["class"] for r in per_class] == info["classes"]
+    f1 = skm.f1_score(y, pred, labels=labels, average=None, zero_division=0)
+    assert [float(r["f1"]) for r in per_class] == pytest.approx(f1, abs=1e-4)
+
+
+def test_report_and_plots(tiny_run, evaluated):
+    out, res = evaluated
+    for name in ("confusion_matrix.png", "errors.png", "learning_curve.png", "report.md"):
+        assert (out / name).stat().st_size > 0, name
+    report = (out / "report.md").read_text()
+    m = json.loads((out / "metrics.json").read_text())
+    assert f"| macro_f1 | {m['macro_f1']:.4f} |" in report
+    for link in ("confusion_matrix.png", "errors.png", "learning_curve.png", "per_class.csv"):
+        assert f"({link})" in report
+    assert "| arch | `resnet18` |" in report  # the run's config, from RUN/config.json
+    assert str(out / "report.md") in res.stdout
+
+
+def test_default_out_is_next_to_the_model_and_split_is_checked(shards, tiny_run, capsys):  # noqa: F811
+    args = ["--model", str(tiny_run / "model.pt"), "--shards", str(shards), "--workers", "0"]
+    assert evaluate_stage.main([*args, "--split", "val", "--errors", "0"]) == 0
+    assert (tiny_run / "eval-val" / "metrics.json").is_file()
+    assert not (tiny_run / "eval-val" / "errors.png").exists()
+    assert evaluate_stage.main([*args, "--split", "nope"]) == 1
+    assert "no 'nope' split" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_one_and_two_processes_give_identical_metrics(shards, tiny_run, evaluated, tmp_path):  # noqa: F811
+    out = tmp_path / "two"
+    args = ["-m", "artclf.evaluate", "--model", str(tiny_run / "model.pt"), "--shards", str(shards)]
+    res = accelerate_cpu(2, *args, "--out", str(out), "--workers", "1", "--batch-size", "8")
+    assert res.returncode == 0, res.stderr[-3000:]
+    one = json.loads((evaluated[0] / "metrics.json").read_text())
+    two = json.loads((out / "metrics.json").read_text())
+    assert (one.pop("world_size"), two.pop("world_size")) == (1, 2)
+    assert one == two
+    by_key = {r["key"]: r for r in read_predictions(evaluated[0])}
+    assert {r["key"]: r for r in read_predictions(out)} == by_key

@@ -1,0 +1,63 @@
+"""export: ONNX (run by onnxruntime) and TorchScript agree with PyTorch on sample images, keep a
+dynamic batch axis and uint8 input, carry the class list; a failed parity check writes nothing."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from artclf import export
+from artclf.model import load_model
+from artclf.predict import load_image
+from tests.conftest import run_cli
+from tests.test_predict import CLASSES, PRE, images, model_pt  # noqa: F401  (module fixtures)
+
+
+def parity_figure(stdout: str) -> float:
+    return float(re.search(r"max \|Δ probability\| = (\S+)", stdout).group(1))
+
+
+def test_onnx_parity_dynamic_batch_and_metadata(model_pt, images, tmp_path):  # noqa: F811
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    out = tmp_path / "model.onnx"
+    res = run_cli("export", "--model", model_pt, "--format", "onnx", "--out", out, "--images", images)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert parity_figure(res.stdout) <= 1e-3
+    print(res.stdout)
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(meta["artclf"])["classes"] == CLASSES
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(uint8)"
+    model, _ = load_model(model_pt)
+    x = torch.stack([load_image(images / n, PRE) for n in ("upright.jpg", "cmyk.jpg", "exif_rotated.jpg")])
+    got = session.run(None, {"image": x.numpy()})[0]  # batch 3: not a size seen at export
+    with torch.inference_mode():
+        ref = torch.softmax(model(x), 1).numpy()
+    assert np.abs(torch.softmax(torch.from_numpy(got), 1).numpy() - ref).max() < 1e-4
+
+
+def test_torchscript_parity_and_extra_file(model_pt, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "model.ts"
+    assert export.main(["--model", str(model_pt), "--format", "torchscript", "--out", str(out)]) == 0
+    assert parity_figure(capsys.readouterr().out) <= 1e-3
+    extra = {"artclf.json": ""}
+    loaded = torch.jit.load(str(out), _extra_files=extra)
+    assert json.loads(extra["artclf.json"])["preprocess"]["image_size"] == PRE.image_size
+    x = torch.randint(0, 256, (5, 3, 48, 48), dtype=torch.uint8)
+    model, _ = load_model(model_pt)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_parity_failure_exits_1_and_writes_nothing(model_pt, tmp_path, monkeypatch, capsys):  # noqa: F811
+    real = export.torchscript_runner
+    monkeypatch.setattr(export, "torchscript_runner", lambda p: lambda x: real(p)(x) + torch.arange(6.0))
+    out = tmp_path / "model.ts"
+    assert export.main(["--model", str(model_pt), "--format", "torchscript", "--out", str(out)]) == 1
+    assert parity_figure(capsys.readouterr().out) > 1e-3
+    assert list(tmp_path.iterdir()) == []
