@@ -140,10 +140,13 @@ def stage_main(
     """The body of every stage's ``main``: parse, run, turn ArtclfError into exit 1; an int
     that ``run`` returns is the exit code (the trainer's 75 after a preemption)."""
     cfg = parse(cls, argv, prog, description)
+    previous = warnings.formatwarning
     warnings.formatwarning = lambda msg, *_args, **_kw: f"{prog}: warning: {msg}\n"
     try:
         result = run(cfg)
     except ArtclfError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = previous  # a stage run in-process leaves the interpreter as it was
     return result if isinstance(result, int) else 0
