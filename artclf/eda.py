@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from artclf import manifest
-from artclf.atomic import atomic_open, write_json
+from artclf import manifest, plots
+from artclf.atomic import write_json
 from artclf.config import arg, stage_main
 from artclf.errors import ArtclfError
 
@@ -62,16 +62,8 @@ def summarize(rows: list[dict]) -> dict:
     }
 
 
-def _save(fig, path: Path) -> None:
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
-
-
 def plot_class_counts(counts: dict[str, int], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     names = sorted(counts, key=lambda a: (-counts[a], a))
     values = [counts[a] for a in names]
@@ -87,15 +79,11 @@ def plot_class_counts(counts: dict[str, int], path: Path) -> None:
     ax.legend(loc="lower right")
     ax.set_title(f"Images per artist ({len(names)} artists, {sum(values)} images)")
     ax.margins(x=0.08)
-    _save(fig, path)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def plot_image_sizes(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     w = np.array([r["width"] for r in rows], dtype=float)
     h = np.array([r["height"] for r in rows], dtype=float)
@@ -116,8 +104,7 @@ def plot_image_sizes(rows: list[dict], path: Path) -> None:
     b.axvline(np.median(mp), color="#c44e52", lw=1, ls="--", label=f"median {np.median(mp):.2f} MP")
     b.set(xlabel="megapixels", ylabel="images", title="Megapixels per image")
     b.legend()
-    _save(fig, path)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def eda(cfg: EdaConfig) -> dict:

@@ -141,7 +141,7 @@ def errors_grid(urls: list[str], worst: list[tuple], classes: list[str], path: P
             found[sample["__key__"]] = decode(sample["jpg"])
             if len(found) == len(wanted):
                 break
-    plt = plots._pyplot()
+    plt = plots.pyplot()
     cols = min(4, len(worst))
     rows = -(-len(worst) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.6 * rows), squeeze=False)

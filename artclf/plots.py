@@ -10,7 +10,8 @@ import numpy as np
 from artclf.atomic import atomic_open
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display on cluster nodes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,7 +23,7 @@ def _pyplot():
 def save(fig, path: Path) -> None:
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def read_history(path: Path) -> list[dict]:
@@ -33,7 +34,7 @@ def read_history(path: Path) -> list[dict]:
 
 def learning_curve(history: list[dict], path: Path) -> None:
     """Loss (train, val) and val accuracy / macro F1 per epoch."""
-    plt = _pyplot()
+    plt = pyplot()
     ep = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     a.plot(ep, [h["train_loss"] for h in history], "o-", label="train loss (0.3 CE + 0.7 soft-F1)")
@@ -49,7 +50,7 @@ def learning_curve(history: list[dict], path: Path) -> None:
 
 def confusion_matrix(cm: list[list[int]], classes: list[str], path: Path, title: str) -> None:
     """Row-normalised confusion matrix with every class named on both axes."""
-    plt = _pyplot()
+    plt = pyplot()
     m = np.asarray(cm, dtype=float)
     m = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
     n = len(classes)

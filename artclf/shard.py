@@ -35,8 +35,8 @@ from artclf.artists import class_names, fold
 from artclf.config import arg, stage_main
 from artclf.errors import ArtclfError
 from artclf.images import open_rgb
+from artclf.split import SPLITS
 
-SPLITS = ("train", "val", "test")
 INFO = "_info.json"
 RECORDS = "_shards"
 

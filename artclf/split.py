@@ -24,7 +24,7 @@ from artclf.atomic import write_json
 from artclf.config import arg, floats, stage_main
 from artclf.errors import ArtclfError
 
-NAMES = ("train", "val", "test")
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def quotas(n: int, ratios: tuple[float, ...]) -> list[int]:
 
 def assign_splits(rows: list[dict], ratios: tuple[float, ...], seed: int) -> dict[int, str]:
     """Duplicate group id -> split, dealt per artist over the groups that have a kept image."""
-    names = NAMES[: len(ratios)]
+    names = SPLITS[: len(ratios)]
     by_artist: dict[str, list[int]] = defaultdict(list)
     for r in rows:
         if r.get("keep"):
@@ -102,7 +102,7 @@ def split(cfg: SplitConfig) -> dict:
     check_no_leak(rows)
     path = manifest.write_manifest(cfg.work, rows)
     used = [r for r in rows if r.get("keep")]
-    counts = {n: Counter(r["artist"] for r in used if r["split"] == n) for n in NAMES[: len(cfg.ratios)]}
+    counts = {n: Counter(r["artist"] for r in used if r["split"] == n) for n in SPLITS[: len(cfg.ratios)]}
     summary = {
         "ratios": list(cfg.ratios),
         "seed": cfg.seed,
