@@ -73,6 +73,7 @@ demo: $(DEMO)/data/artists.csv $(DEMO)/mobilenet_v2.pt
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/shellcheck slurm/*.sbatch slurm/local/*.sh k8s/entrypoint.sh
 
 test: lint
 	$(BIN)/python -m pytest

@@ -112,10 +112,13 @@ class Preemption:
 
     def __init__(self) -> None:
         self.requested = False
+        self._pid = os.getpid()
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._handler)
 
     def _handler(self, signum, _frame) -> None:
+        if os.getpid() != self._pid:  # a forked DataLoader worker: the trainer stops it
+            return
         self.requested = True
         print(f"received {signal.Signals(signum).name}: saving at the next step", file=sys.stderr, flush=True)
 

@@ -14,6 +14,7 @@ if [ -n "${PET_NNODES:-}" ]; then
     nproc=$PET_NPROC_PER_NODE
     host=$MASTER_ADDR
 elif [ -n "${JOB_COMPLETION_INDEX:-}" ]; then
+    # shellcheck disable=SC2153  # NNODES is set by the manifest
     nnodes=$NNODES
     rank=$JOB_COMPLETION_INDEX
     nproc=$NPROC_PER_NODE

@@ -35,3 +35,4 @@ def sample_dir(tmp_path_factory) -> Path:
 
 
 from tests.s3server import s3_server  # noqa: E402, F401  (session fixture: a real S3 server)
+from tests.slurmcluster import slurm  # noqa: E402, F401  (session fixture: a real local SLURM)

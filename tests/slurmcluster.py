@@ -1,0 +1,137 @@
+"""A real single-node SLURM for the tests, brought up by ``slurm/local/up.sh`` (session fixture).
+
+It needs root and either the Debian packages or apt-get to install them. Where that is missing
+the SLURM tests are skipped on a developer's machine, but fail where ``ARTCLF_REQUIRE_SLURM=1``
+(``.ci/run`` sets it), so CI can never pass without running them. The cluster lives in its own
+folder with its own ports, so a cluster a user started with ``slurm/local/up.sh`` is untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Slurm:
+    """Client side of the local cluster: sbatch/scontrol with this cluster's SLURM_CONF."""
+
+    dir: Path
+    env: dict
+    say: Callable[[str], None] = print  # job ids and states, shown even when pytest captures output
+
+    def run(self, *cmd: str, check: bool = True, env: dict | None = None) -> str:
+        res = subprocess.run(
+            cmd, cwd=REPO, env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=60
+        )
+        if check and res.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} exited {res.returncode}: {res.stderr}")
+        return res.stdout
+
+    def sbatch(self, *args: str, env: dict | None = None) -> str:
+        job = self.run("sbatch", "--parsable", *args, env=env).strip().split(";")[0]
+        self.say(f"submitted job {job}: sbatch {' '.join(args)}")
+        return job
+
+    def job(self, job: str) -> list[dict]:
+        """`scontrol show job -o` as dicts (one per array task)."""
+        out = self.run("scontrol", "show", "job", "-o", job)
+        return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in out.splitlines() if line.strip()]
+
+    def wait(self, job: str, until: set[str], timeout: float = 300) -> list[dict]:
+        """Poll until every task of `job` is in `until`; fail early on a final state outside it."""
+        deadline = time.time() + timeout
+        seen = None
+        while True:
+            tasks = self.job(job)
+            states = [t["JobState"] for t in tasks]
+            if states != seen:
+                self.say(f"job {job}: " + " ".join(f"{t['JobId']}={t['JobState']}" for t in tasks))
+                seen = states
+            if tasks and all(s in until for s in states):
+                return tasks
+            bad = [t for t in tasks if t["JobState"] in FINAL - until]
+            if bad:
+                raise AssertionError(f"job {job} ended {bad[0]['JobState']}: {self.logs()}")
+            if time.time() > deadline:
+                raise AssertionError(f"job {job} still {states} after {timeout:.0f} s: {self.logs()}")
+            time.sleep(0.5)
+
+    def logs(self) -> str:
+        tails = []
+        for name in ("slurmctld.log", "slurmd.log"):
+            lines = (self.dir / "log" / name).read_text(errors="replace").splitlines()
+            tails.append(f"--- {name}\n" + "\n".join(lines[-15:]))
+        return "\n".join(tails)
+
+
+def _cannot() -> str | None:
+    if os.geteuid() != 0:
+        return "the local SLURM needs root (slurmd starts job steps as their users)"
+    if not shutil.which("slurmctld") and not shutil.which("apt-get"):
+        return "neither slurmctld nor apt-get (to install it) is on this machine"
+    return None
+
+
+def _terminal(config) -> Callable[[str], None]:
+    """Write a line to the terminal past pytest's capture, so CI logs show the jobs."""
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if reporter is None or capture is None:
+        return print
+
+    def say(line: str) -> None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"  [slurm] {line}")
+
+    return say
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory, pytestconfig) -> Slurm:
+    reason = _cannot()
+    if reason:
+        if os.environ.get("ARTCLF_REQUIRE_SLURM") == "1":
+            pytest.fail(f"ARTCLF_REQUIRE_SLURM=1 but {reason}")
+        pytest.skip(reason)
+    d = tmp_path_factory.mktemp("slurm")
+    env = {
+        **os.environ,
+        "ARTCLF_SLURM_CTLD_PORT": str(_free_port()),
+        "ARTCLF_SLURM_SLURMD_PORT": str(_free_port()),
+        "SLURM_CONF": str(d / "slurm.conf"),
+        # jobs inherit the submitting environment: the venv's artclf/accelerate/tensorboard first
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    up = subprocess.run(
+        ["bash", str(REPO / "slurm/local/up.sh"), str(d)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert up.returncode == 0, f"slurm/local/up.sh failed:\n{up.stdout}\n{up.stderr}"
+    cluster = Slurm(d, env, _terminal(pytestconfig))
+    for line in up.stdout.splitlines():
+        cluster.say(line)
+    yield cluster
+    subprocess.run(["bash", str(REPO / "slurm/local/down.sh"), str(d)], env=env, timeout=120)

@@ -1,0 +1,163 @@
+"""The sbatch scripts users run, on a real local SLURM (slurm/local/up.sh): 2-process DDP training
+to COMPLETED, USR1 preemption -> save -> requeue -> resume, dedup and shard arrays with their
+dependent merges (checked against the single-process results), TensorBoard on a compute node."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from artclf.ingest import IngestConfig, ingest
+from artclf.model import load_model
+from artclf.split import SplitConfig, split
+from tests.conftest import run_cli
+from tests.slurmcluster import Slurm
+from tests.test_shard import shards, work  # noqa: F401  (module fixtures)
+from tests.test_train import TINY, history
+
+pytestmark = pytest.mark.slow
+
+# What a user edits for a GPU cluster, overridden for 2 CPU processes on the one local node.
+CPU_LAYOUT = ["--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2", "--mem=4G", "--time=15"]
+CPU_ENV = {"NPROC_PER_NODE": "2", "ACCELERATE_CONFIG": "launch/cpu_2proc.yaml", "ACCELERATE_USE_CPU": "1"}
+
+
+def submit_train(slurm: Slurm, shards_dir: Path, run: Path, out: Path, *flags: str) -> str:
+    env = {**CPU_ENV, "SHARDS": str(shards_dir), "RUN": str(run)}
+    return slurm.sbatch(
+        *CPU_LAYOUT, f"--output={out}", "slurm/train.sbatch", *TINY, "--batch-size", "4", *flags, env=env
+    )
+
+
+@pytest.fixture(scope="module")
+def train_job(slurm, shards, tmp_path_factory):  # noqa: F811
+    d = tmp_path_factory.mktemp("slurm-train")
+    run, out = d / "runs" / "tiny", d / "train.out"
+    job = submit_train(slurm, shards, run, out, "--epochs", "1")
+    (task,) = slurm.wait(job, {"COMPLETED"}, timeout=300)
+    return task, run, out.read_text()
+
+
+def test_train_sbatch_completes_with_two_processes(train_job):
+    task, run, out = train_job
+    assert task["ExitCode"] == "0:0" and task["Restarts"] == "0"
+    assert "2 process(es) on cpu" in out  # the world size the trainer saw: 2 DDP ranks
+    assert "SLURM_RESTART_COUNT=0" in out and "finished with exit code 0" in out
+    model, meta = load_model(run / "model.pt")
+    assert meta["classes"] and model.training is False
+    assert list((run / "tb").glob("events.out.tfevents.*")), "no TensorBoard events"
+    assert [r["epoch"] for r in history(run)] == [1]
+
+
+def test_usr1_saves_requeues_and_resumes(slurm, shards, tmp_path):  # noqa: F811
+    started = time.time()
+    run, out = tmp_path / "run", tmp_path / "train.out"
+    job = submit_train(slurm, shards, run, out, "--epochs", "2")
+    deadline = time.time() + 300
+    while not list((run / "tb").glob("events.out.tfevents.*")):  # the trainer is stepping
+        assert slurm.job(job)[0]["JobState"] in {"PENDING", "RUNNING"}, slurm.job(job)
+        assert time.time() < deadline, "training did not start"
+        time.sleep(0.2)
+    # what --signal=B:USR1@300 does before the time limit, but now: USR1 to the batch shell
+    slurm.run("scancel", "--batch", "--signal=USR1", job)
+    while True:  # the trap forwards USR1, the trainers save and exit 75, the job requeues
+        (task,) = slurm.job(job)
+        if task["JobState"] == "PENDING" and task["Restarts"] == "1":
+            break
+        assert task["JobState"] in {"RUNNING", "COMPLETING", "REQUEUED", "PENDING"}, task
+        assert time.time() < deadline, f"not requeued: {task}"
+        time.sleep(0.5)
+    slurm.say(f"job {job} requeued: {task['JobState']} ({task['Reason']}), restarts {task['Restarts']}")
+    # Requeued jobs wait ~2 min (BeginTime). Release it early, but only once the node has ended
+    # the first start and a new second has begun: slurmd refuses a credential issued within the
+    # second in which it revoked the job's previous one ("Job credential revoked").
+    while "IDLE" not in slurm.run("scontrol", "show", "node", "-o"):
+        assert time.time() < deadline, slurm.run("scontrol", "show", "node", "-o")
+        time.sleep(0.5)
+    time.sleep(2)
+    slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    (task,) = slurm.wait(job, {"COMPLETED"}, timeout=300)
+    slurm.say(f"preemption test wall time: {time.time() - started:.1f} s")
+    text = out.read_text()
+    saved = re.search(r"preempted at step (\d+) ", text)
+    assert saved, text[-3000:]
+    step = int(saved.group(1))
+    assert 0 < step < 62, step  # inside the run (2 epochs x 31 steps)
+    assert "forwarding to the trainers" in text and f"requeueing job {job}" in text
+    assert task["Restarts"] == "1" and "SLURM_RESTART_COUNT=1" in text
+    assert f"resuming from {run / 'state'}/step-{step:08d}" in text
+    assert [r["epoch"] for r in history(run)] == [1, 2]  # each epoch once, across the two starts
+    assert (run / "model.pt").is_file() and text.rstrip().endswith("finished with exit code 0")
+
+
+def _array_then_merge(slurm: Slurm, script: str, n: int, out: Path, env: dict, *flags: str) -> None:
+    common = ["--cpus-per-task=1", "--mem-per-cpu=1G", "--time=10", f"--output={out}/%x-%j.out"]
+    array = slurm.sbatch(*common, f"--array=0-{n - 1}", script, *flags, env=env)
+    merge = slurm.sbatch(*common, f"--dependency=afterok:{array}", script, *flags, env=env)
+    tasks = slurm.wait(array, {"COMPLETED"})
+    assert sorted(int(t["ArrayTaskId"]) for t in tasks) == list(range(n))
+    (task,) = slurm.wait(merge, {"COMPLETED"})
+    assert task["Dependency"] == "(null)"  # ran after the array, once its dependency was met
+
+
+def test_dedup_and_shard_arrays_with_dependent_merge(slurm, sample_dir, work, shards, tmp_path):  # noqa: F811
+    w = tmp_path / "work"
+    ingest(IngestConfig(data_dir=sample_dir, work=w, workers=1))
+    env = {"WORK": str(w), "SHARDS": str(tmp_path / "shards")}
+    _array_then_merge(slurm, "slurm/dedup.sbatch", 3, tmp_path, env, "--weights", "none", "--montages", "0")
+    assert len(list((w / "dedup" / "parts").glob("part-*-of-00003.npz"))) == 3
+    # the same groups as one in-process `dedup` over the same images (tests/test_shard.py: work)
+    assert json.loads((w / "dedup/groups.json").read_text()) == json.loads(
+        (work / "dedup/groups.json").read_text()
+    )
+
+    split(SplitConfig(work=w))
+    _array_then_merge(
+        slurm, "slurm/shard.sbatch", 3, tmp_path, env, "--store-size", "96", "--shard-samples", "16"
+    )
+    res = run_cli("shard", "--verify", tmp_path / "shards")
+    assert res.returncode == 0, res.stdout + res.stderr
+    # byte-identical to the single-process shards: same names, same sha256 in every record
+    records = sorted(p.name for p in (tmp_path / "shards/_shards").glob("*.json"))
+    assert records == sorted(p.name for p in (shards / "_shards").glob("*.json")) and records
+    for name in records:
+        array_rec = json.loads((tmp_path / "shards/_shards" / name).read_text())
+        single_rec = json.loads((shards / "_shards" / name).read_text())
+        assert array_rec["sha256"] == single_rec["sha256"], name
+    merged = list(tmp_path.glob("artclf-shard-*.out"))
+    assert any("merge" in p.read_text() and "verify" in p.read_text().lower() for p in merged)
+
+
+def test_tensorboard_sbatch_serves_the_runs(slurm, train_job, tmp_path):
+    _, run, _ = train_job
+    out = tmp_path / "tb.out"
+    job = slurm.sbatch("--cpus-per-task=1", "--mem-per-cpu=1G", "--time=5", f"--output={out}",
+                       "slurm/tensorboard.sbatch", str(run.parent))  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        url = None
+        while url is None:
+            m = re.search(r"TensorBoard at (http://\S+/)", out.read_text() if out.exists() else "")
+            url = m and m.group(1)
+            assert time.time() < deadline and slurm.job(job)[0]["JobState"] in {"PENDING", "RUNNING"}
+            time.sleep(0.5)
+        while True:  # TensorBoard needs a few seconds to start and to load the run
+            try:
+                with urllib.request.urlopen(url + "data/runs", timeout=5) as r:
+                    runs = json.loads(r.read())
+                if f"{run.name}/tb" in runs:  # a run is a folder holding event files
+                    break
+            except OSError:
+                pass
+            assert time.time() < deadline, (
+                f"TensorBoard at {url} did not list {run.name}/tb: {out.read_text()}"
+            )
+            time.sleep(1)
+    finally:
+        slurm.run("scancel", job)
+    slurm.wait(job, {"CANCELLED"}, timeout=60)
