@@ -20,15 +20,9 @@ STAGES: dict[str, tuple[str, str]] = {
     "evaluate": ("artclf.evaluate", "metrics and plots of a model on a split"),
     "predict": ("artclf.predict", "top-k artists for new images"),
     "export": ("artclf.export", "ONNX or TorchScript with a parity check"),
-    "serve": ("artclf.serve", "prediction service (FastAPI + ONNX Runtime)"),
+    "serve": ("artclf.serve", "prediction service: FastAPI, ONNX Runtime or PyTorch"),
     "weights": ("artclf.weights", "fetch pretrained weights into torch hub's cache (login node)"),
 }
-
-
-def not_built(stage: str, issue: int) -> int:
-    """What a stage that does not exist yet answers: one line, exit 2, no fake output."""
-    print(f"artclf {stage}: not built yet (planned in issue #{issue})", file=sys.stderr)
-    return 2
 
 
 def usage() -> str:

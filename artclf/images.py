@@ -13,17 +13,28 @@ import warnings
 from PIL import Image, ImageOps
 
 
-def open_rgb(src: str | os.PathLike | bytes, min_side: int | None = None) -> Image.Image:
+class TooManyPixels(ValueError):
+    """The header declares more pixels than the caller allows (a decompression bomb)."""
+
+
+def open_rgb(
+    src: str | os.PathLike | bytes, min_side: int | None = None, max_pixels: int | None = None
+) -> Image.Image:
     """Decode ``src`` (path or bytes) upright and in RGB.
 
     ``min_side``: the caller will shrink the image until its shorter side is about this
     many pixels; JPEG decoding may then skip up to 7/8 of the work (never below it).
+    ``max_pixels``: refuse (:class:`TooManyPixels`) before decoding when width × height from
+    the header exceeds it; for untrusted uploads.
     """
     f = io.BytesIO(src) if isinstance(src, bytes | bytearray) else src
     with warnings.catch_warnings():
         # ingest already marked images beyond the bomb limit unusable.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         im = Image.open(f)
+        if max_pixels is not None and im.width * im.height > max_pixels:
+            n = im.width * im.height
+            raise TooManyPixels(f"{im.width}×{im.height} = {n} pixels (limit {max_pixels})")
         if min_side and im.format == "JPEG":
             w, h = im.size
             scale = min_side / min(w, h)

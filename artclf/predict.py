@@ -44,9 +44,9 @@ class PredictConfig:
             raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
 
 
-def load_image(path: Path | bytes, pre: Preprocess) -> torch.Tensor:
+def load_image(path: Path | bytes, pre: Preprocess, max_pixels: int | None = None) -> torch.Tensor:
     """A file (or its bytes) -> the uint8 3×S×S tensor the model sees: the evaluation transform."""
-    return eval_image(to_uint8_tensor(open_rgb(path)), pre)
+    return eval_image(to_uint8_tensor(open_rgb(path, max_pixels=max_pixels)), pre)
 
 
 def find_images(inputs: Sequence[Path]) -> Iterator[Path]:

@@ -1,14 +1,274 @@
-"""`artclf serve`: not built yet (issue #7)."""
+"""``artclf serve --model FILE``: the prediction service (FastAPI + uvicorn, ``artclf[serve]``).
 
-from __future__ import annotations
+``FILE`` is an ONNX model from ``artclf export`` (ONNX Runtime backend) or a ``model.pt`` from
+``artclf train`` (PyTorch backend); either carries its class list and Preprocess, and uploads go
+through :func:`artclf.predict.load_image`, the transform evaluation and predict use (no
+train/serve skew).
 
+- ``POST /predict``: multipart form field ``file`` (an image) → ``{"top_k": [{"artist",
+  "probability"}…], …}``; ``?top_k=N`` asks for another count.
+- ``GET /health``: backend, model file, number of classes, input size.
+- ``GET /``: a page to upload a painting and see the top 5 with bars.
+
+Limits, each a clear 4xx with a JSON ``detail``: a body over ``--max-bytes`` → 413 (checked on
+``Content-Length`` and again while the body streams in); an image whose header declares more
+than ``--max-pixels`` → 413 before it is decoded (decompression bombs); a request that is not
+``multipart/form-data`` or a part whose declared type is not ``image/*`` → 415; no ``file``
+field or bytes that do not decode as an image → 400. It binds to 127.0.0.1 unless told
+otherwise, and has no authentication: put it behind your gateway to expose it.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route signatures at run time, and
+# Request is imported inside create_app (fastapi is an optional extra).
+import html
+import json
+import sys
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
 
-from artclf.cli import not_built
+import numpy as np
+import torch
+
+from artclf.config import arg, stage_main
+from artclf.errors import ArtclfError
+from artclf.images import TooManyPixels
+from artclf.predict import load_image
+from artclf.transforms import Preprocess
+
+BACKENDS = ("auto", "onnx", "torch")
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model: Path = field(metadata=arg("model.onnx (artclf export) or model.pt (artclf train)"))
+    host: str = field(default="127.0.0.1", metadata=arg("address to bind (loopback by default)"))
+    port: int = field(default=8000, metadata=arg("TCP port"))
+    backend: str = field(default="auto", metadata=arg("onnx, torch, or auto (by the file's suffix)"))
+    top_k: int = field(default=5, metadata=arg("artists returned per image unless ?top_k= says"))
+    max_bytes: int = field(default=20 * 2**20, metadata=arg("largest request body accepted (bytes)"))
+    max_pixels: int = field(default=64_000_000, metadata=arg("largest image accepted (width × height)"))
+    threads: int = field(default=0, metadata=arg("intra-op threads of the backend (0 = its default)"))
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if min(self.top_k, self.max_bytes, self.max_pixels) < 1 or not 0 <= self.port < 65536:
+            raise ValueError("--top-k, --max-bytes and --max-pixels must be >= 1 and --port in [0, 65535]")
+
+
+class Backend:
+    """A loaded model: ``classes``, ``pre``, and ``probs(uint8 N×3×S×S) -> float N×C``."""
+
+    name: str
+    classes: list[str]
+    pre: Preprocess
+
+    def probs(self, x: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+
+class OnnxBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ArtclfError("onnxruntime is not installed: pip install 'artclf[serve]'") from None
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise ArtclfError(f"{path}: not a loadable ONNX model ({type(e).__name__}: {e})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map.get("artclf")
+        if meta is None:
+            raise ArtclfError(f"{path}: no 'artclf' metadata (class list); export it with `artclf export`")
+        meta = json.loads(meta)
+        self.classes, self.pre = meta["classes"], Preprocess.from_dict(meta["preprocess"])
+
+    def probs(self, x: torch.Tensor) -> np.ndarray:
+        logits = self.session.run(None, {"image": x.numpy()})[0]
+        return torch.softmax(torch.from_numpy(logits).float(), dim=1).numpy()
+
+
+class TorchBackend(Backend):
+    name = "pytorch"
+
+    def __init__(self, path: Path, threads: int) -> None:
+        from artclf.model import load_model
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model, blob = load_model(path)
+        self.classes, self.pre = blob["classes"], Preprocess.from_dict(blob["preprocess"])
+
+    def probs(self, x: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return torch.softmax(self.model(x).float(), dim=1).numpy()
+
+
+def load_backend(path: Path, backend: str = "auto", threads: int = 0) -> Backend:
+    if not path.is_file():
+        raise ArtclfError(f"{path}: no such model file (artclf export … --out FILE, or RUN/model.pt)")
+    if backend == "auto":
+        backend = "onnx" if path.suffix.lower() == ".onnx" else "torch"
+    return OnnxBackend(path, threads) if backend == "onnx" else TorchBackend(path, threads)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over ``max_bytes``, by its Content-Length or as it streams."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                return await _json(send, 400, f"bad Content-Length {length.decode(errors='replace')!r}")
+            if int(length) > self.max_bytes:
+                return await _json(send, 413, self._detail(int(length)))
+        seen, started = 0, False
+
+        async def counted_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge(self._detail(seen))
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except _BodyTooLarge as e:  # raised outside a route that turns it into a 413 itself
+            if not started:
+                await _json(send, 413, str(e))
+
+    def _detail(self, n: int) -> str:
+        return f"request body of {n} bytes or more is over the limit of {self.max_bytes} bytes"
+
+
+async def _json(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(backend: Backend, cfg: ServeConfig):
+    """The FastAPI application (also usable with any ASGI server)."""
+    try:
+        from fastapi import FastAPI, HTTPException, Request
+        from fastapi.concurrency import run_in_threadpool
+        from fastapi.responses import HTMLResponse
+    except ImportError:
+        raise ArtclfError("fastapi is not installed: pip install 'artclf[serve]'") from None
+
+    app = FastAPI(title="artclf", description="Who painted it? Top-k artists of a painting.")
+    page = (
+        resources.files("artclf")
+        .joinpath("serve_page.html")
+        .read_text(encoding="utf-8")
+        .replace("{{TITLE}}", html.escape(f"artclf · {cfg.model.name}"))
+    )
+
+    @app.get("/health")
+    def health() -> dict:
+        return {
+            "status": "ok",
+            "backend": backend.name,
+            "model": cfg.model.name,
+            "classes": len(backend.classes),
+            "image_size": backend.pre.image_size,
+        }
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return page
+
+    @app.post("/predict")
+    async def predict(request: Request, top_k: int | None = None) -> dict:
+        k = cfg.top_k if top_k is None else top_k
+        if not 1 <= k <= len(backend.classes):
+            raise HTTPException(400, f"top_k must be in [1, {len(backend.classes)}], got {k}")
+        ctype = request.headers.get("content-type", "")
+        if not ctype.startswith("multipart/form-data"):
+            raise HTTPException(415, f"send multipart/form-data with an image in field 'file', not {ctype!r}")
+        try:
+            form = await request.form(max_files=1, max_fields=8)
+        except _BodyTooLarge as e:  # the body streamed past --max-bytes (no Content-Length)
+            raise HTTPException(413, str(e)) from None
+        except Exception as e:  # malformed multipart
+            raise HTTPException(400, f"unreadable multipart body: {e}") from None
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise HTTPException(400, "no file in form field 'file'")
+        declared = (upload.content_type or "").lower()
+        if not declared.startswith("image/"):
+            raise HTTPException(415, f"{upload.filename!r} is {declared or 'untyped'}, not an image/* type")
+        data = await upload.read()
+        started = time.perf_counter()
+        try:
+            x = await run_in_threadpool(load_image, data, backend.pre, cfg.max_pixels)
+        except TooManyPixels as e:
+            raise HTTPException(413, f"{upload.filename!r}: image too large: {e}") from None
+        except Exception as e:  # any decoder error
+            detail = f"{upload.filename!r} is not a readable image ({type(e).__name__})"
+            raise HTTPException(400, detail) from None
+        p = (await run_in_threadpool(backend.probs, x[None]))[0]
+        order = np.argsort(-p)[:k]
+        return {
+            "filename": upload.filename,
+            "top_k": [{"artist": backend.classes[i], "probability": float(p[i])} for i in order],
+            "backend": backend.name,
+            "ms": round(1000 * (time.perf_counter() - started), 1),
+        }
+
+    return app
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return not_built("serve", 7)
+    return stage_main(ServeConfig, run, "artclf serve", __doc__, argv)
+
+
+def run(cfg: ServeConfig) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        raise ArtclfError("uvicorn is not installed: pip install 'artclf[serve]'") from None
+    backend = load_backend(cfg.model, cfg.backend, cfg.threads)
+    app = BodyLimit(create_app(backend, cfg), cfg.max_bytes)
+    if cfg.host not in LOOPBACK:
+        print(
+            f"artclf serve: warning: listening on {cfg.host}: other machines can reach it; no authentication",
+            file=sys.stderr,
+        )
+    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+    print(
+        f"serving {cfg.model} ({backend.name}, {len(backend.classes)} artists, {backend.pre.image_size} px) "
+        f"at http://{host}:{cfg.port}/",
+        flush=True,
+    )
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info", access_log=True)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """A real single-node SLURM for the tests, brought up by ``slurm/local/up.sh`` (session fixture).
 
-It needs root and either the Debian packages or apt-get to install them. Where that is missing
-the SLURM tests are skipped on a developer's machine, but fail where ``ARTCLF_REQUIRE_SLURM=1``
-(``.ci/run`` sets it), so CI can never pass without running them. The cluster lives in its own
-folder with its own ports, so a cluster a user started with ``slurm/local/up.sh`` is untouched.
+It needs root and either the Debian packages or apt-get to install them; where that is missing
+the SLURM tests are skipped, or fail under ``ARTCLF_REQUIRE_SYSTEM=1`` (tests/system.py). The
+cluster lives in its own folder with its own ports, so a cluster a user started with
+``slurm/local/up.sh`` is untouched.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.system import can_apt, cannot
 
 REPO = Path(__file__).resolve().parents[1]
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
@@ -87,7 +89,7 @@ class Slurm:
 def _cannot() -> str | None:
     if os.geteuid() != 0:
         return "the local SLURM needs root (slurmd starts job steps as their users)"
-    if not shutil.which("slurmctld") and not shutil.which("apt-get"):
+    if not shutil.which("slurmctld") and not can_apt():
         return "neither slurmctld nor apt-get (to install it) is on this machine"
     return None
 
@@ -110,9 +112,7 @@ def _terminal(config) -> Callable[[str], None]:
 def slurm(tmp_path_factory, pytestconfig) -> Slurm:
     reason = _cannot()
     if reason:
-        if os.environ.get("ARTCLF_REQUIRE_SLURM") == "1":
-            pytest.fail(f"ARTCLF_REQUIRE_SLURM=1 but {reason}")
-        pytest.skip(reason)
+        cannot(reason)
     d = tmp_path_factory.mktemp("slurm")
     env = {
         **os.environ,

@@ -28,7 +28,7 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
     echo "installing slurmctld slurmd slurm-client munge (apt)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq || die "apt-get update failed"
-    apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null \
+    apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 slurmctld slurmd slurm-client munge >/dev/null \
         || die "apt-get install slurmctld slurmd slurm-client munge failed"
 fi
 

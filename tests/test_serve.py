@@ -1,0 +1,219 @@
+"""`artclf serve` as a real server on a free loopback port: top-k against `artclf predict`,
+every 4xx limit, both backends, and the upload page in a real headless chromium."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from artclf.export import ExportConfig
+from artclf.export import run as export
+from artclf.predict import load_image
+from artclf.serve import load_backend
+from tests.conftest import REPO, run_cli
+from tests.system import apt_install, can_apt, cannot
+from tests.test_predict import CLASSES, images, model_pt  # noqa: F401  (module fixtures)
+
+MAX_BYTES = 200_000
+MAX_PIXELS = 4_000_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def onnx_file(model_pt, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    assert export(ExportConfig(model=model_pt, out=out, format="onnx")) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(onnx_file):
+    port = free_port()
+    cmd = [sys.executable, "-m", "artclf", "serve", "--model", str(onnx_file), "--port", str(port),
+           "--max-bytes", str(MAX_BYTES), "--max-pixels", str(MAX_PIXELS)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                health = json.loads(r.read())
+            break
+        except OSError:
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.time() < deadline, "server did not answer /health"
+            time.sleep(0.3)
+    yield url, health
+    proc.terminate()
+    out, _ = proc.communicate(timeout=30)
+    assert "serving" in out and f"http://127.0.0.1:{port}/" in out  # loopback by default
+
+
+def multipart(data: bytes, filename: str, ctype: str, field: str = "file") -> tuple[bytes, str]:
+    boundary = "artclf-test-boundary-7c1f"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+            f"Content-Type: {ctype}\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def post(url: str, body: bytes, ctype: str, path: str = "/predict") -> tuple[int, dict]:
+    req = urllib.request.Request(url + path, data=body, headers={"Content-Type": ctype}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_health(server):
+    _, health = server
+    assert health == {
+        "status": "ok",
+        "backend": "onnxruntime",
+        "model": "model.onnx",
+        "classes": len(CLASSES),
+        "image_size": 48,
+    }
+
+
+def test_predict_a_jpeg_matches_artclf_predict(server, images, model_pt):  # noqa: F811
+    url, _ = server
+    jpeg = images / "upright.jpg"
+    status, answer = post(url, *multipart(jpeg.read_bytes(), "upright.jpg", "image/jpeg"))
+    assert status == 200, answer
+    top = answer["top_k"]
+    probs = [t["probability"] for t in top]
+    assert len(top) == 5 and probs == sorted(probs, reverse=True)
+    assert all(0 <= p <= 1 for p in probs) and sum(probs) <= 1 + 1e-6
+    # the reference: `artclf predict` (PyTorch, the same transform) on the same file
+    res = run_cli("predict", "--model", model_pt, jpeg, "--format", "json", "--top-k", "5")
+    assert res.returncode == 0, res.stderr
+    ref = json.loads(res.stdout)[0]["top_k"]
+    assert [t["artist"] for t in top] == [t["artist"] for t in ref]
+    np.testing.assert_allclose(probs, [t["probability"] for t in ref], atol=1e-5)
+
+    status, answer = post(url, *multipart(jpeg.read_bytes(), "a.jpg", "image/jpeg"), path="/predict?top_k=3")
+    assert status == 200 and len(answer["top_k"]) == 3
+    status, answer = post(url, *multipart(jpeg.read_bytes(), "a.jpg", "image/jpeg"), path="/predict?top_k=0")
+    assert status == 400 and "top_k" in answer["detail"]
+
+
+def test_oversize_body_is_413_by_length_and_while_streaming(server):
+    url, _ = server
+    big = np.random.default_rng(0).integers(0, 256, MAX_BYTES + 1, dtype=np.uint8).tobytes()
+    status, answer = post(url, *multipart(big, "big.jpg", "image/jpeg"))
+    assert status == 413 and str(MAX_BYTES) in answer["detail"]
+
+    # no Content-Length: chunked transfer, counted as it arrives
+    body, ctype = multipart(big, "big.jpg", "image/jpeg")
+    conn = http.client.HTTPConnection(url.removeprefix("http://"), timeout=60)
+    chunks = (body[i : i + 16384] for i in range(0, len(body), 16384))
+    conn.request("POST", "/predict", body=chunks, headers={"Content-Type": ctype}, encode_chunked=True)
+    r = conn.getresponse()
+    assert r.status == 413 and str(MAX_BYTES) in json.loads(r.read())["detail"]
+    conn.close()
+
+
+def test_decompression_bomb_is_413_before_decoding(server):
+    url, _ = server
+    buf = io.BytesIO()
+    Image.new("RGB", (2500, 2000), "white").save(buf, "PNG")  # 5 MP in a few kB
+    assert len(buf.getvalue()) < MAX_BYTES
+    status, answer = post(url, *multipart(buf.getvalue(), "bomb.png", "image/png"))
+    assert status == 413 and "5000000 pixels" in answer["detail"]
+
+
+def test_not_an_image_is_415_or_400(server):
+    url, _ = server
+    status, answer = post(url, *multipart(b"hello", "notes.txt", "text/plain"))
+    assert status == 415 and "text/plain" in answer["detail"]
+    status, answer = post(url, *multipart(b"\xff\xd8\xff\xe0 not a JPEG", "fake.jpg", "image/jpeg"))
+    assert status == 400 and "not a readable image" in answer["detail"]
+    status, answer = post(url, b'{"file": "x"}', "application/json")
+    assert status == 415 and "multipart/form-data" in answer["detail"]
+    status, answer = post(url, *multipart(b"abc", "a.jpg", "image/jpeg", field="image"))
+    assert status == 400 and "'file'" in answer["detail"]
+
+
+def test_pytorch_and_onnx_backends_agree(onnx_file, model_pt, images):  # noqa: F811
+    onnx, torch_ = load_backend(onnx_file), load_backend(model_pt)
+    assert (onnx.name, torch_.name) == ("onnxruntime", "pytorch")
+    assert onnx.classes == torch_.classes == CLASSES and onnx.pre == torch_.pre
+    x = load_image(images / "cmyk.jpg", onnx.pre)[None]
+    np.testing.assert_allclose(onnx.probs(x), torch_.probs(x), atol=1e-5)
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    res = run_cli("serve", "--model", tmp_path / "nope.onnx")
+    assert res.returncode == 1 and "nope.onnx: no such model file" in res.stderr
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Debian's chromium + chromedriver (installed with apt when missing), driven by selenium."""
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        if not can_apt():
+            cannot("chromium/chromedriver are missing and apt-get (as root) is not available")
+        apt_install("chromium", "chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--disable-default-apps", "--window-size=1000,900"):  # fmt: skip
+        opts.add_argument(flag)
+    # an explicit driver: selenium does not look for (or download) one
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    yield driver
+    driver.quit()
+
+
+def test_upload_page_in_headless_chromium(server, chromium, images, tmp_path):  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _ = server
+    jpeg = images / "exif_rotated.jpg"
+    chromium.get(url + "/")
+    assert "Who painted it?" in chromium.find_element(By.TAG_NAME, "h1").text
+    chromium.find_element(By.ID, "file").send_keys(str(jpeg))
+    chromium.find_element(By.ID, "submit").click()
+    WebDriverWait(chromium, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .row")) == 5)
+    WebDriverWait(chromium, 10).until(ec.text_to_be_present_in_element((By.ID, "status"), "done"))
+    rows = chromium.find_elements(By.CSS_SELECTOR, "#results .row")
+    shown = [tuple(r.find_element(By.CLASS_NAME, c).text for c in ("artist", "pct")) for r in rows]
+    widths = [r.find_element(By.CLASS_NAME, "bar").value_of_css_property("width") for r in rows]
+    chromium.save_screenshot(str(tmp_path / "page.png"))
+    # what the API answers for the same file, as the page shows it
+    status, answer = post(url, *multipart(jpeg.read_bytes(), jpeg.name, "image/jpeg"))
+    assert status == 200
+    assert shown == [(t["artist"], f"{100 * t['probability']:.1f}%") for t in answer["top_k"]]
+    px = [float(w.removesuffix("px")) for w in widths]
+    assert px == sorted(px, reverse=True) and px[0] > 0  # bars drawn, longest first
+    assert chromium.find_element(By.ID, "error").text == ""
