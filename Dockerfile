@@ -11,7 +11,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /opt/artclf
 COPY pyproject.toml README.md ./
 COPY artclf ./artclf
-RUN pip install . && rm -rf build artclf.egg-info
+# [serve]: the same image answers `artclf serve --host 0.0.0.0 --model …` (port 8000)
+RUN pip install '.[serve]' && rm -rf build artclf.egg-info
 
 # The launchers: accelerate configs and the Kubernetes entry (`launch/...` is relative to WORKDIR).
 COPY launch ./launch
@@ -22,5 +23,6 @@ RUN groupadd --gid 1000 artclf && useradd --uid 1000 --gid 1000 --create-home ar
 USER 1000:1000
 ENV HOME=/home/artclf
 
+EXPOSE 8000
 ENTRYPOINT ["artclf"]
 CMD ["--help"]

@@ -55,6 +55,15 @@ demo: $(DEMO)/data/artists.csv $(DEMO)/mobilenet_v2.pt
 	$(BIN)/artclf predict --model $(DEMO)/runs/demo/model.pt --top-k 3 $(DEMO)/data/images/images/Raphael
 	$(BIN)/artclf export --model $(DEMO)/runs/demo/model.pt --format onnx --out $(DEMO)/runs/demo/model.onnx \
 	    --images $(DEMO)/data/images/images/Claude_Monet
+	@# the prediction service on a free loopback port: health, one painting, then stop it
+	@port=$$($(BIN)/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
+	url=http://127.0.0.1:$$port; img=$$(ls $(DEMO)/data/images/images/Claude_Monet/*.jpg | head -n 1); \
+	$(BIN)/artclf serve --model $(DEMO)/runs/demo/model.onnx --port $$port > $(DEMO)/runs/demo/serve.log 2>&1 & pid=$$!; \
+	for i in $$(seq 120); do curl -sf $$url/health > /dev/null && break; sleep 0.5; done; \
+	echo "serve: curl $$url/health -> $$(curl -sS $$url/health)"; \
+	echo "serve: curl -F file=@$$img '$$url/predict?top_k=3' ->"; \
+	curl -sS --fail-with-body -F "file=@$$img" "$$url/predict?top_k=3"; rc=$$?; echo; \
+	kill $$pid; wait $$pid 2>/dev/null; exit $$rc
 	@echo
 	@echo "demo results:"
 	@echo "  data set (Kaggle layout)  $(DEMO)/data"
@@ -68,6 +77,7 @@ demo: $(DEMO)/data/artists.csv $(DEMO)/mobilenet_v2.pt
 	@echo "  training run              $(DEMO)/runs/demo/{model.pt,history.jsonl,learning_curve.png,confusion_matrix.png}"
 	@echo "  honest test score         $(DEMO)/runs/demo/eval-test/{report.md,metrics.json,confusion_matrix.png,errors.png}"
 	@echo "  ONNX model                $(DEMO)/runs/demo/model.onnx"
+	@echo "  prediction service        $(BIN)/artclf serve --model $(DEMO)/runs/demo/model.onnx   (http://127.0.0.1:8000/)"
 	@echo "  TensorBoard               $(BIN)/tensorboard --logdir $(DEMO)/runs"
 
 lint: $(VENV)/.installed

@@ -31,7 +31,12 @@ def open_rgb(
     with warnings.catch_warnings():
         # ingest already marked images beyond the bomb limit unusable.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        im = Image.open(f)
+        try:
+            im = Image.open(f)
+        except Image.DecompressionBombError as e:  # Pillow's own limit, 2 × MAX_IMAGE_PIXELS
+            if max_pixels is None:
+                raise
+            raise TooManyPixels(f"{e} (limit {max_pixels})") from None
         if max_pixels is not None and im.width * im.height > max_pixels:
             n = im.width * im.height
             raise TooManyPixels(f"{im.width}×{im.height} = {n} pixels (limit {max_pixels})")

@@ -52,12 +52,16 @@ class ServeConfig:
     max_bytes: int = field(default=20 * 2**20, metadata=arg("largest request body accepted (bytes)"))
     max_pixels: int = field(default=64_000_000, metadata=arg("largest image accepted (width × height)"))
     threads: int = field(default=0, metadata=arg("intra-op threads of the backend (0 = its default)"))
+    concurrency: int = field(default=4, metadata=arg("images decoded and predicted at once (memory bound)"))
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if min(self.top_k, self.max_bytes, self.max_pixels) < 1 or not 0 <= self.port < 65536:
-            raise ValueError("--top-k, --max-bytes and --max-pixels must be >= 1 and --port in [0, 65535]")
+        limits = (self.top_k, self.max_bytes, self.max_pixels, self.concurrency)
+        if min(limits) < 1 or not 0 <= self.port < 65536:
+            raise ValueError(
+                "--top-k, --max-bytes, --max-pixels and --concurrency must be >= 1 and --port in [0, 65535]"
+            )
 
 
 class Backend:
@@ -166,9 +170,13 @@ class BodyLimit:
         return f"request body of {n} bytes or more is over the limit of {self.max_bytes} bytes"
 
 
+CLOSE = {"connection": "close"}  # after a refused body: do not read the rest of it
+
+
 async def _json(send, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.encode(), v.encode()) for k, v in CLOSE.items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -176,13 +184,15 @@ async def _json(send, status: int, detail: str) -> None:
 def create_app(backend: Backend, cfg: ServeConfig):
     """The FastAPI application (also usable with any ASGI server)."""
     try:
+        import anyio
         from fastapi import FastAPI, HTTPException, Request
-        from fastapi.concurrency import run_in_threadpool
         from fastapi.responses import HTMLResponse
     except ImportError:
         raise ArtclfError("fastapi is not installed: pip install 'artclf[serve]'") from None
 
     app = FastAPI(title="artclf", description="Who painted it? Top-k artists of a painting.")
+    # decoding (up to --max-pixels) and inference hold memory: at most --concurrency at once
+    limiter = anyio.CapacityLimiter(cfg.concurrency)
     page = (
         resources.files("artclf")
         .joinpath("serve_page.html")
@@ -210,33 +220,36 @@ def create_app(backend: Backend, cfg: ServeConfig):
         if not 1 <= k <= len(backend.classes):
             raise HTTPException(400, f"top_k must be in [1, {len(backend.classes)}], got {k}")
         ctype = request.headers.get("content-type", "")
-        if not ctype.startswith("multipart/form-data"):
+        if ctype.split(";")[0].strip().lower() != "multipart/form-data":
             raise HTTPException(415, f"send multipart/form-data with an image in field 'file', not {ctype!r}")
         try:
-            form = await request.form(max_files=1, max_fields=8)
+            async with request.form(max_files=1, max_fields=8) as form:
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise HTTPException(400, "no file in form field 'file'")
+                declared = (upload.content_type or "").lower()
+                if not declared.startswith("image/"):
+                    detail = f"{upload.filename!r} is {declared or 'untyped'}, not an image/* type"
+                    raise HTTPException(415, detail)
+                filename, data = upload.filename, await upload.read()
         except _BodyTooLarge as e:  # the body streamed past --max-bytes (no Content-Length)
-            raise HTTPException(413, str(e)) from None
-        except Exception as e:  # malformed multipart
+            raise HTTPException(413, str(e), headers=CLOSE) from None
+        except HTTPException:
+            raise
+        except Exception as e:  # malformed multipart, too many files or fields
             raise HTTPException(400, f"unreadable multipart body: {e}") from None
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise HTTPException(400, "no file in form field 'file'")
-        declared = (upload.content_type or "").lower()
-        if not declared.startswith("image/"):
-            raise HTTPException(415, f"{upload.filename!r} is {declared or 'untyped'}, not an image/* type")
-        data = await upload.read()
         started = time.perf_counter()
         try:
-            x = await run_in_threadpool(load_image, data, backend.pre, cfg.max_pixels)
+            x = await anyio.to_thread.run_sync(load_image, data, backend.pre, cfg.max_pixels, limiter=limiter)
         except TooManyPixels as e:
-            raise HTTPException(413, f"{upload.filename!r}: image too large: {e}") from None
+            raise HTTPException(413, f"{filename!r}: image too large: {e}") from None
         except Exception as e:  # any decoder error
-            detail = f"{upload.filename!r} is not a readable image ({type(e).__name__})"
+            detail = f"{filename!r} is not a readable image ({type(e).__name__})"
             raise HTTPException(400, detail) from None
-        p = (await run_in_threadpool(backend.probs, x[None]))[0]
+        p = (await anyio.to_thread.run_sync(backend.probs, x[None], limiter=limiter))[0]
         order = np.argsort(-p)[:k]
         return {
-            "filename": upload.filename,
+            "filename": filename,
             "top_k": [{"artist": backend.classes[i], "probability": float(p[i])} for i in order],
             "backend": backend.name,
             "ms": round(1000 * (time.perf_counter() - started), 1),

@@ -27,10 +27,16 @@ REPO = Path(__file__).resolve().parents[1]
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """n distinct free ports (all sockets held open together, so no port is handed out twice)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 @dataclass
@@ -114,10 +120,11 @@ def slurm(tmp_path_factory, pytestconfig) -> Slurm:
     if reason:
         cannot(reason)
     d = tmp_path_factory.mktemp("slurm")
+    ctld_port, slurmd_port = _free_ports(2)
     env = {
         **os.environ,
-        "ARTCLF_SLURM_CTLD_PORT": str(_free_port()),
-        "ARTCLF_SLURM_SLURMD_PORT": str(_free_port()),
+        "ARTCLF_SLURM_CTLD_PORT": str(ctld_port),
+        "ARTCLF_SLURM_SLURMD_PORT": str(slurmd_port),
         "SLURM_CONF": str(d / "slurm.conf"),
         # jobs inherit the submitting environment: the venv's artclf/accelerate/tensorboard first
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",

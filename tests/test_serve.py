@@ -8,11 +8,13 @@ import io
 import json
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import zlib
 
 import numpy as np
 import pytest
@@ -44,11 +46,13 @@ def onnx_file(model_pt, tmp_path_factory):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def server(onnx_file):
+def server(onnx_file, tmp_path_factory):
     port = free_port()
     cmd = [sys.executable, "-m", "artclf", "serve", "--model", str(onnx_file), "--port", str(port),
            "--max-bytes", str(MAX_BYTES), "--max-pixels", str(MAX_PIXELS)]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with open(log, "w") as f:  # a file, not a pipe: the access log must never block the server
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while True:
@@ -57,12 +61,13 @@ def server(onnx_file):
                 health = json.loads(r.read())
             break
         except OSError:
-            assert proc.poll() is None, proc.stdout.read()
+            assert proc.poll() is None, log.read_text()
             assert time.time() < deadline, "server did not answer /health"
             time.sleep(0.3)
     yield url, health
     proc.terminate()
-    out, _ = proc.communicate(timeout=30)
+    proc.wait(timeout=30)
+    out = log.read_text()
     assert "serving" in out and f"http://127.0.0.1:{port}/" in out  # loopback by default
 
 
@@ -137,13 +142,28 @@ def test_oversize_body_is_413_by_length_and_while_streaming(server):
     conn.close()
 
 
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that only declares its size (no pixel data): what a decompression bomb shows first."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunks = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
+
+
 def test_decompression_bomb_is_413_before_decoding(server):
     url, _ = server
     buf = io.BytesIO()
-    Image.new("RGB", (2500, 2000), "white").save(buf, "PNG")  # 5 MP in a few kB
+    Image.new("RGB", (2500, 2000), "white").save(buf, "PNG")  # 5 MP in a few kB: over --max-pixels
     assert len(buf.getvalue()) < MAX_BYTES
     status, answer = post(url, *multipart(buf.getvalue(), "bomb.png", "image/png"))
     assert status == 413 and "5000000 pixels" in answer["detail"]
+    # 200 MP: over Pillow's own limit too, which refuses it already in Image.open
+    assert 2 * Image.MAX_IMAGE_PIXELS < 20000 * 10000
+    status, answer = post(url, *multipart(png_header(20000, 10000), "huge.png", "image/png"))
+    assert status == 413 and "image too large" in answer["detail"]
 
 
 def test_not_an_image_is_415_or_400(server):
@@ -156,6 +176,15 @@ def test_not_an_image_is_415_or_400(server):
     assert status == 415 and "multipart/form-data" in answer["detail"]
     status, answer = post(url, *multipart(b"abc", "a.jpg", "image/jpeg", field="image"))
     assert status == 400 and "'file'" in answer["detail"]
+    status, answer = post(url, b"--x--\r\n", "multipart/form-data")  # no boundary
+    assert status == 400 and "multipart" in answer["detail"]
+    one, ctype = multipart(b"abc", "a.jpg", "image/jpeg")
+    end = f"--{ctype.split('boundary=')[1]}--\r\n".encode()
+    part = one.removesuffix(end)
+    status, answer = post(url, part + part + end, ctype)  # two files
+    assert status == 400 and "unreadable multipart" in answer["detail"]
+    status, answer = post(url, *multipart(b"abc", "a.jpg", "image/jpeg"), path="/predict?top_k=many")
+    assert status == 422  # FastAPI's validation of the query parameter
 
 
 def test_pytorch_and_onnx_backends_agree(onnx_file, model_pt, images):  # noqa: F811
@@ -217,3 +246,10 @@ def test_upload_page_in_headless_chromium(server, chromium, images, tmp_path):  
     px = [float(w.removesuffix("px")) for w in widths]
     assert px == sorted(px, reverse=True) and px[0] > 0  # bars drawn, longest first
     assert chromium.find_element(By.ID, "error").text == ""
+
+    # a file the server refuses: the page shows the server's reason, and no bars
+    chromium.find_element(By.ID, "file").send_keys(str(images / "broken.jpg"))
+    chromium.find_element(By.ID, "submit").click()
+    WebDriverWait(chromium, 30).until(lambda d: d.find_element(By.ID, "error").text)
+    assert "not a readable image" in chromium.find_element(By.ID, "error").text
+    assert chromium.find_elements(By.CSS_SELECTOR, "#results .row") == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from artclf.ingest import IngestConfig, ingest
 from artclf.model import load_model
 from artclf.split import SplitConfig, split
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 from tests.slurmcluster import Slurm
 from tests.test_shard import shards, work  # noqa: F401  (module fixtures)
 from tests.test_train import TINY, history
@@ -102,7 +103,8 @@ def _array_then_merge(slurm: Slurm, script: str, n: int, out: Path, env: dict, *
     tasks = slurm.wait(array, {"COMPLETED"})
     assert sorted(int(t["ArrayTaskId"]) for t in tasks) == list(range(n))
     (task,) = slurm.wait(merge, {"COMPLETED"})
-    assert task["Dependency"] == "(null)"  # ran after the array, once its dependency was met
+    # afterok held the merge until every part had ended (times: ISO seconds, comparable as text)
+    assert task["StartTime"] >= max(t["EndTime"] for t in tasks), (task, tasks)
 
 
 def test_dedup_and_shard_arrays_with_dependent_merge(slurm, sample_dir, work, shards, tmp_path):  # noqa: F811
@@ -161,3 +163,55 @@ def test_tensorboard_sbatch_serves_the_runs(slurm, train_job, tmp_path):
     finally:
         slurm.run("scancel", job)
     slurm.wait(job, {"CANCELLED"}, timeout=60)
+
+
+def test_array_that_is_not_0_to_n_minus_1_is_refused(slurm, tmp_path):
+    env = {"WORK": str(tmp_path / "work"), "SHARDS": str(tmp_path / "shards")}
+    common = ["--cpus-per-task=1", "--mem-per-cpu=1G", "--time=5", f"--output={tmp_path}/%j.out"]
+    job = slurm.sbatch(*common, "--array=1-2", "slurm/shard.sbatch", env=env)
+    tasks = slurm.wait(job, {"FAILED"}, timeout=120)
+    assert {t["ExitCode"] for t in tasks} == {"2:0"}
+    logs = " ".join(p.read_text() for p in tmp_path.glob("*.out"))
+    assert "array 1-2 is not 0-(n-1)" in logs and "NUM_PARTS" in logs
+    assert not (tmp_path / "shards").exists()  # nothing packed with a wrong --num-parts
+
+
+STUBS = {
+    # srun: run the node command once per node, as SLURM would on 2 nodes (SLURM_NODEID 0 and 1)
+    "srun": 'while [[ $1 != bash ]]; do shift; done\nfor id in 0 1; do SLURM_NODEID=$id "$@" & done\nwait\n',
+    "scontrol": '[[ "$1 $2" == "show hostnames" ]] && printf "gpu-a01\\ngpu-a02\\n"\n',
+    # accelerate: record its arguments, one per line, per node
+    "accelerate": 'printf "%s\\n" "$@" > "$STUB_OUT/node-$SLURM_NODEID.args"\n',
+}
+
+
+def test_train_sbatch_expands_the_layout_on_each_node(tmp_path):
+    """Two nodes cannot run here; stubs for srun/scontrol/accelerate show what each node gets."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in STUBS.items():
+        (bin_dir / name).write_text("#!/bin/bash\n" + body)
+        (bin_dir / name).chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "STUB_OUT": str(tmp_path),
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "r50",
+        "SLURM_JOB_NODELIST": "gpu-a[01-02]",
+        "SLURM_NNODES": "2",
+        "SLURM_GPUS_ON_NODE": "4",
+        "SHARDS": "s3://bucket/shards",
+        "RUN": str(tmp_path / "my run"),  # a space must survive every level of quoting
+    }
+    res = subprocess.run(["bash", "slurm/train.sbatch", "--epochs", "3"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    for rank in (0, 1):
+        args = (tmp_path / f"node-{rank}.args").read_text().splitlines()
+        assert args == [
+            "launch", "--config_file", "launch/multi_node.yaml",
+            "--num_machines", "2", "--num_processes", "8", "--machine_rank", str(rank),
+            "--main_process_ip", "gpu-a01", "--main_process_port", str(29500 + 4242 % 1000),
+            "-m", "artclf.train", "--shards", "s3://bucket/shards", "--run", str(tmp_path / "my run"),
+            "--epochs", "3",
+        ]  # fmt: skip

@@ -17,6 +17,8 @@ DIR=$(realpath -m "${DIR:-${ARTCLF_SLURM_DIR:-/tmp/artclf-slurm}}")
 export SLURM_CONF=$DIR/slurm.conf
 
 alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+MARK=$DIR/.artclf-local-slurm
+[[ -e $MARK ]] || { echo "slurm/local/down.sh: $DIR was not made by slurm/local/up.sh" >&2; exit 1; }
 
 if alive "$DIR/run/slurmctld.pid" && [[ -f $SLURM_CONF ]]; then
     # every job of this cluster is ours; cancelling lets slurmd end their steps properly
@@ -28,6 +30,8 @@ if alive "$DIR/run/slurmctld.pid" && [[ -f $SLURM_CONF ]]; then
             [[ -z $(squeue -h -o %A 2>/dev/null) ]] && break
             sleep 1
         done
+        left=$(squeue -h -o %A 2>/dev/null || true)
+        [[ -z $left ]] || echo "slurm/local/down.sh: jobs still ending after 60 s: $left" >&2
     fi
 fi
 
@@ -35,6 +39,12 @@ for d in slurmd slurmctld munged; do
     pidfile=$DIR/run/$d.pid
     alive "$pidfile" || { rm -f "$pidfile"; continue; }
     pid=$(cat "$pidfile")
+    # the pid file may be stale and its number reused: only ever signal our own daemon
+    if [[ $(cat "/proc/$pid/comm" 2>/dev/null) != "$d" ]]; then
+        echo "slurm/local/down.sh: pid $pid in $pidfile is not $d any more: left alone" >&2
+        rm -f "$pidfile"
+        continue
+    fi
     kill -TERM "$pid"
     for _ in $(seq 50); do
         kill -0 "$pid" 2>/dev/null || break

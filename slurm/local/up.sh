@@ -32,8 +32,15 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
         || die "apt-get install slurmctld slurmd slurm-client munge failed"
 fi
 
+# DIR holds only what this script writes: refuse a folder with other contents (down.sh --purge
+# removes DIR, and nothing else may be in it).
+MARK=$DIR/.artclf-local-slurm
+if [[ -d $DIR && ! -e $MARK && -n $(ls -A "$DIR") ]]; then
+    die "$DIR exists, is not empty and was not made by this script: choose another folder"
+fi
 mkdir -p "$DIR"/{state,spool,log,run}
-chmod 0700 "$DIR"
+touch "$MARK"
+chmod 0755 "$DIR" # other users may read slurm.conf and submit; the munge key stays 0400
 export SLURM_CONF=$CONF
 
 if alive "$DIR/run/munged.pid" && alive "$DIR/run/slurmctld.pid" && alive "$DIR/run/slurmd.pid" \
