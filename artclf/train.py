@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,9 +27,9 @@ from artclf.data import eval_loader, read_info, steps_per_epoch, train_loader
 from artclf.engine import evaluate, lr_at, train_one_epoch
 from artclf.errors import ArtclfError
 from artclf.model import build_model, save_model
+from artclf.preemption import EXIT_PREEMPTED, Preemption
 from artclf.transforms import Preprocess
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: state saved, run the same command again to resume
 BASE_BATCH = 64  # --lr is for this global batch; it scales linearly with the global batch
 
 
@@ -105,22 +104,6 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
     )
-
-
-class Preemption:
-    """SIGTERM/SIGUSR1 set a flag; the training loop turns it into a stop on every rank."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._pid = os.getpid()
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handler)
-
-    def _handler(self, signum, _frame) -> None:
-        if os.getpid() != self._pid:  # a forked DataLoader worker: the trainer stops it
-            return
-        self.requested = True
-        print(f"received {signal.Signals(signum).name}: saving at the next step", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ import torch
 from artclf.checkpoint import checkpoints
 from artclf.errors import ArtclfError
 from artclf.model import load_model
-from artclf.train import EXIT_PREEMPTED
+from artclf.preemption import EXIT_PREEMPTED
 from tests.conftest import REPO, run_cli
 from tests.test_data import accelerate_cpu
 from tests.test_shard import shards, work  # noqa: F401  (module fixtures)
