@@ -13,14 +13,24 @@ from the whole list, so no rank can run short and hang the others at a collectiv
 Eval: rank r reads shards r, r+W, …; its workers split those; no resampling, partial last
 batch, keys carried along, so every sample is seen exactly once across ranks.
 
-A sample that fails to decode, and a shard that fails past storage's own retries, is
-skipped; the batch carries the failed keys so the caller counts and reports them.
+Failures. A permanent storage answer (:class:`artclf.storage.PermanentStorageError`: access
+denied or expired credentials, no such bucket, key or file, no credentials at all) raises at
+once, train and eval, naming the URL and the reason: resampling would only meet it again, and
+the rank would stall while its peers die at the collective timeout. Anything else, a sample
+that fails to decode or a shard that fails past storage's own retries (unreachable endpoint,
+broken tar, a shard without samples), is skipped; the batch carries the failed keys (or shard
+URLs) so the caller counts and reports them. In train, more than ``max_failed_shards`` failed
+shards in a row in one worker's stream raise (resampling could spin on them forever); eval
+reads each shard once and only counts. Exceptions in DataLoader workers reach the caller as
+PyTorch re-raises them: same type, the worker's traceback and message (URL included) in the
+text. ``timeout`` (seconds, with workers only) ends a read that stalls without failing.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import signal
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -64,14 +74,42 @@ def _worker_seed(rank: int) -> int:
     return rank * 1000 + _worker()[0]
 
 
-def _tar_samples(shards: Iterator[dict]) -> Iterator[dict]:
-    """tar → samples; a shard that cannot be read becomes one ``__error__`` marker, not a crash."""
-    expand = wds.tarfile_to_samples()
+def _reason(e: Exception, url: str) -> str:
+    """One line for a failed shard; webdataset's tar iterators append `` @ <stream>`` and the URL
+    to an exception's args, which would print as a tuple."""
+    text = str(e.args[0]).split(" @ <", 1)[0] if e.args else ""
+    text = text if isinstance(e, ArtclfError) else f"{type(e).__name__}: {text}"
+    return text.removeprefix(f"{url}: ")
+
+
+def _tar_samples(shards: Iterator[dict], max_failed: int | None = None) -> Iterator[dict]:
+    """tar → samples. A permanent storage answer raises; any other failed shard becomes one
+    ``__error__`` marker, and more than ``max_failed`` of them in a row (None: no limit) raise."""
+    in_a_row = 0
     for shard in shards:
+        url, n = shard["url"], 0
         try:
-            yield from expand(iter([shard]))
-        except Exception as e:  # storage already retried; a broken shard must not end the epoch
-            yield {"__key__": shard["url"], "__error__": f"{type(e).__name__}: {e}"}
+            with storage.open_read(url) as stream:
+                files = wds.tariterators.tar_file_expander(iter([{"url": url, "stream": stream}]))
+                for sample in wds.tariterators.group_by_keys(files):
+                    n += 1
+                    yield sample
+        except storage.PermanentStorageError as e:
+            raise storage.PermanentStorageError(f"{url}: {_reason(e, url)}") from None
+        except Exception as e:  # storage already retried; one broken shard must not end the epoch
+            cause = _reason(e, url)
+        else:
+            cause = None if n else "no samples in the shard"
+        if cause is None:
+            in_a_row = 0
+            continue
+        in_a_row += 1
+        if max_failed is not None and in_a_row > max_failed:
+            raise ArtclfError(
+                f"{url}: {cause} (failed shards in a row: {in_a_row}, more than max_failed_shards="
+                f"{max_failed}); check the store, and the shard set with `artclf shard --verify`"
+            )
+        yield {"__key__": url, "__error__": cause}
 
 
 def _decode(sample: dict, make_tensor) -> tuple:
@@ -139,8 +177,18 @@ def train_loader(
     flip_classes: frozenset[int] = frozenset(),
     shuffle_buffer: int = 1000,
     steps: int | None = None,
+    max_failed_shards: int = 10,
+    timeout: float = 0,
 ) -> wds.WebLoader:
-    """Exactly ``steps`` (default: one pass) batches of ``batch_size`` for this rank and epoch."""
+    """Exactly ``steps`` (default: one pass) batches of ``batch_size`` for this rank and epoch.
+
+    ``max_failed_shards``: failed shards in a row (per worker) that are skipped; one more raises
+    :class:`ArtclfError` (0: the first failed shard raises). ``timeout``: seconds a worker may
+    take for one batch before the loader raises (0: no limit; ignored without workers, as
+    PyTorch has no timeout there). A permanent storage error always raises at once.
+    """
+    if max_failed_shards < 0:
+        raise ValueError(f"max_failed_shards must be >= 0, got {max_failed_shards}")
     split = info["splits"]["train"]
     if len(split["urls"]) < world_size * max(1, workers):
         warnings.warn(
@@ -154,7 +202,7 @@ def train_loader(
         wds.ResampledShards(
             split["urls"], seed=epoch_seed, worker_seed=partial(_worker_seed, rank), deterministic=True
         ),
-        _tar_samples,
+        partial(_tar_samples, max_failed=max_failed_shards),
         wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=epoch_seed * 1000 + rank),
         partial(_decode_train, pre=pre, flip=flip_classes, seed=epoch_seed * 1000 + rank),
         partial(_batches, batch_size=batch_size, partial_last=False),
@@ -162,13 +210,22 @@ def train_loader(
     n = steps if steps is not None else steps_per_epoch(split["num_samples"], world_size, batch_size)
     if n < 1:
         raise ValueError(f"steps must be >= 1, got {n}")
-    return wds.WebLoader(pipeline, batch_size=None, num_workers=workers).with_epoch(n)
+    return _loader(pipeline, workers, timeout).with_epoch(n)
 
 
 def eval_loader(
-    info: dict, split: str, pre: Preprocess, batch_size: int, workers: int, rank: int, world_size: int
+    info: dict,
+    split: str,
+    pre: Preprocess,
+    batch_size: int,
+    workers: int,
+    rank: int,
+    world_size: int,
+    timeout: float = 0,
 ) -> wds.WebLoader:
-    """Every sample of ``split`` exactly once across all ranks (partial last batches)."""
+    """Every sample of ``split`` exactly once across all ranks (partial last batches); failed
+    shards are skipped and counted, a permanent storage error raises; ``timeout`` as in
+    :func:`train_loader`."""
     if split not in info["splits"]:
         raise ArtclfError(f"no '{split}' split in the shard set (has {sorted(info['splits'])})")
     urls = info["splits"][split]["urls"][rank::world_size]
@@ -179,7 +236,27 @@ def eval_loader(
         partial(_decode_eval, pre=pre),
         partial(_batches, batch_size=batch_size, partial_last=True),
     )
-    return wds.WebLoader(pipeline, batch_size=None, num_workers=min(workers, max(1, len(urls))))
+    return _loader(pipeline, min(workers, max(1, len(urls))), timeout)
+
+
+def _loader(pipeline: wds.DataPipeline, workers: int, timeout: float) -> wds.WebLoader:
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0 seconds, got {timeout}")
+    # PyTorch's DataLoader refuses a timeout without workers; in-process reads just block.
+    return wds.WebLoader(
+        pipeline,
+        batch_size=None,
+        num_workers=workers,
+        timeout=timeout if workers else 0,
+        worker_init_fn=_ignore_stop_signals if workers else None,
+    )
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """A stop signal sent to the whole process group (torchrun's and Kubernetes' SIGTERM, SLURM's
+    scancel) must not kill the workers: PyTorch's worker handler dies of a TERM from anyone but
+    the trainer, whose next batch then fails instead of saving. The trainer ends its workers."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class _Nothing(torch.utils.data.IterableDataset):

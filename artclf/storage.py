@@ -104,6 +104,15 @@ def _redact(text: str) -> str:
     return text
 
 
+class PermanentStorageError(ArtclfError):
+    """An answer that retrying will not change: access denied, no such bucket, key or file, no
+    credentials. Readers stop at once on it; any other storage error may be a passing glitch."""
+
+
+# Codes S3 (and MinIO, Ceph, SeaweedFS) answer for bad or expired credentials, whatever the status.
+_DENIED = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken")
+
+
 def _status(e: BaseException) -> tuple[int, str]:
     # The HTTP status classifies best: a HEAD answer carries no error code beyond it.
     if not isinstance(e, ClientError):
@@ -112,12 +121,19 @@ def _status(e: BaseException) -> tuple[int, str]:
     return meta.get("HTTPStatusCode", 0), str(err.get("Code", "?"))
 
 
+def _no_credentials(e: BaseException) -> bool:
+    # NoCredentialsError, PartialCredentialsError, CredentialRetrievalError, …
+    return isinstance(e, BotoCoreError) and "Credential" in type(e).__name__
+
+
 def _error(url: str, e: BaseException) -> ArtclfError:
-    """A boto3/botocore exception as one line that names the URL, the cause and the fix."""
+    """A boto3/botocore exception as one line that names the URL, the cause and the fix;
+    a :class:`PermanentStorageError` when asking again cannot help."""
     if isinstance(e, S3UploadFailedError) and isinstance(e.__context__, ClientError):
         e = e.__context__  # boto3 raises it inside `except ClientError` without `from`
     status, code = _status(e)
-    if status == 403 or code in ("InvalidToken", "ExpiredToken"):
+    denied, no_credentials = status in (401, 403) or code in _DENIED, _no_credentials(e)
+    if denied:
         msg = f"access denied ({code}): check AWS credentials / AWS_PROFILE and the bucket policy"
     elif code == "NoSuchBucket":
         msg = "bucket does not exist (NoSuchBucket)"
@@ -127,14 +143,15 @@ def _error(url: str, e: BaseException) -> ArtclfError:
         msg = f"object changed while it was being read ({code})"
     elif code:
         msg = f"S3 error {code} ({e})"
-    elif isinstance(e, BotoCoreError) and "Credentials" in type(e).__name__:
+    elif no_credentials:
         msg = f"no usable AWS credentials ({type(e).__name__}): set AWS_ACCESS_KEY_ID and "
         msg += "AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or run where an instance role is attached"
     elif isinstance(e, BotoConnectionError):
         msg = f"cannot reach the S3 endpoint ({e}): check AWS_ENDPOINT_URL / --endpoint-url and the network"
     else:
         msg = f"S3 request failed ({type(e).__name__}: {e})"
-    return ArtclfError(f"{url}: {_redact(msg)}")
+    permanent = denied or no_credentials or code == "NoSuchBucket" or status == 404
+    return (PermanentStorageError if permanent else ArtclfError)(f"{url}: {_redact(msg)}")
 
 
 def _call(url: str, method: str, missing_ok: bool = False, **kwargs: Any) -> Any:
@@ -226,7 +243,9 @@ def open_read(url: str | os.PathLike, retries: int = READ_RETRIES) -> BinaryIO:
         try:
             return open(url, "rb")
         except FileNotFoundError:
-            raise ArtclfError(f"{url}: not found") from None
+            raise PermanentStorageError(f"{url}: not found") from None
+        except (PermissionError, IsADirectoryError) as e:
+            raise PermanentStorageError(f"{url}: {e.strerror.lower()}") from None
     return io.BufferedReader(_S3Reader(url, retries), buffer_size=MiB)  # type: ignore[return-value]
 
 

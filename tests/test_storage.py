@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 import select
 import socket
 import struct
@@ -15,6 +16,7 @@ from urllib.parse import urlparse
 
 import pytest
 import webdataset as wds
+from botocore.exceptions import ClientError
 from webdataset.gopen import gopen
 
 from artclf import storage
@@ -154,7 +156,7 @@ def test_wrong_credentials_never_leak(s3_env, s3_prefix, tmp_path, monkeypatch, 
         "remove": lambda: storage.remove(url),
     }
     for name, call in calls.items():
-        with pytest.raises(ArtclfError) as info:
+        with pytest.raises(storage.PermanentStorageError) as info:  # readers stop at once
             call()
         msg = str(info.value)
         assert msg.startswith(s3_prefix) and "access denied" in msg, (name, msg)
@@ -170,7 +172,7 @@ def test_no_credentials(s3_env, s3_prefix, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    with pytest.raises(ArtclfError, match="no usable AWS credentials.*AWS_PROFILE"):
+    with pytest.raises(storage.PermanentStorageError, match="no usable AWS credentials.*AWS_PROFILE"):
         storage.read_bytes(storage.join(s3_prefix, "x.tar"))
 
 
@@ -180,8 +182,47 @@ def test_unreachable_endpoint(s3_env, s3_prefix, monkeypatch):
         port = s.getsockname()[1]
     monkeypatch.setattr(storage, "S3_MAX_ATTEMPTS", 1)
     storage.set_endpoint(f"http://127.0.0.1:{port}")
-    with pytest.raises(ArtclfError, match="cannot reach the S3 endpoint.*--endpoint-url"):
+    with pytest.raises(ArtclfError, match="cannot reach the S3 endpoint.*--endpoint-url") as info:
         storage.exists(storage.join(s3_prefix, "x.tar"))
+    assert not isinstance(info.value, storage.PermanentStorageError)  # it may come back
+
+
+def test_missing_bucket_key_or_file_is_permanent(s3_prefix, tmp_path):
+    calls = {
+        "no bucket": lambda: storage.open_read("s3://artclf-no-such-bucket/x/train-000000.tar"),
+        "no key": lambda: storage.open_read(storage.join(s3_prefix, "gone.tar")),
+        "no file": lambda: storage.open_read(str(tmp_path / "gone.tar")),
+        "a folder": lambda: storage.open_read(str(tmp_path)),
+    }
+    for name, call in calls.items():
+        with pytest.raises(storage.PermanentStorageError) as info:
+            call()
+        assert str(info.value).startswith(("s3://", str(tmp_path))), (name, str(info.value))
+    # A DataLoader worker's exception is rebuilt in the main process as type(message); pickled too.
+    e = storage.PermanentStorageError("s3://b/x.tar: not found (NoSuchKey)")
+    assert type(e)(str(e)).args == e.args == pickle.loads(pickle.dumps(e)).args
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "permanent"),
+    [
+        (403, "AccessDenied", True),
+        (403, "InvalidAccessKeyId", True),
+        (403, "SignatureDoesNotMatch", True),
+        (400, "ExpiredToken", True),
+        (400, "InvalidToken", True),
+        (404, "NoSuchBucket", True),
+        (404, "NoSuchKey", True),
+        (404, "404", True),  # a HEAD answer has no body, so no code beyond the status
+        (412, "PreconditionFailed", False),  # the object changed: reading it again may work
+        (500, "InternalError", False),
+        (503, "SlowDown", False),
+    ],
+)
+def test_which_answers_are_permanent(status, code, permanent):
+    answer = {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    e = storage._error("s3://b/x.tar", ClientError(answer, "GetObject"))
+    assert isinstance(e, ArtclfError) and isinstance(e, storage.PermanentStorageError) == permanent
 
 
 def test_set_endpoint_overrides_environment(s3_env, s3_prefix, monkeypatch):

@@ -1,0 +1,225 @@
+"""data: shards that cannot be read. Permanent answers (403, missing bucket, key or file) end the
+stream at once with the URL and the reason; other failures are skipped and counted, and more
+than ``max_failed_shards`` in a row raise; DataLoader workers hand both to the caller; the
+loader's ``timeout`` ends a stalled read. Against the real S3 server of tests/s3server.py.
+
+Each loader runs in a forked child with a hard deadline, so a regression to the old silent
+stall fails the test instead of hanging the suite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import multiprocessing
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from artclf import storage
+from artclf.data import eval_loader, train_loader
+from artclf.transforms import Preprocess
+from tests.test_storage import s3_env, s3_prefix  # noqa: F401  (fixtures)
+
+PRE = Preprocess(image_size=16, resize=16)
+DEADLINE_S = 30.0  # far above what a fatal error takes (a few seconds here)
+SAMPLES = 8  # per good shard
+
+
+@dataclass
+class Outcome:
+    """What iterating a loader gave: batches and failed keys, or the exception (by name and text)."""
+
+    batches: int = 0
+    failed: list[str] = field(default_factory=list)
+    error: list[str] | None = None  # names of the exception's type and its bases
+    message: str = ""
+    seconds: float = 0.0
+
+
+def _iterate(make_loader: Callable, conn) -> None:
+    os.setpgrp()  # a group of its own, so its DataLoader workers go down with it
+    out, t0 = Outcome(), time.monotonic()
+    try:
+        for batch in make_loader():
+            out.batches += 1
+            out.failed += batch.failed
+    except BaseException as e:
+        out.error, out.message = [c.__name__ for c in type(e).__mro__], str(e)
+    out.seconds = time.monotonic() - t0
+    conn.send(out)
+
+
+def drain(make_loader: Callable, deadline: float = DEADLINE_S) -> Outcome:
+    """Iterate ``make_loader()`` in a forked child; no answer within ``deadline`` fails the test."""
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_iterate, args=(make_loader, child))
+    proc.start()
+    try:
+        if not parent.poll(deadline):
+            pytest.fail(f"the loader neither ended nor raised within {deadline:.0f} s (a silent stall)")
+        return parent.recv()
+    finally:
+        # The child's own group: a worker spinning in a stalled stream never checks its parent.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.join()
+
+
+def jpeg(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (24, 20, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def write_shard(path: Path, n: int) -> Path:
+    with wds.TarWriter(str(path)) as sink:
+        for i in range(n):
+            sink.write({"__key__": f"{path.stem}_{i:03d}", "jpg": jpeg(i), "cls": str(i % 3)})
+    return path
+
+
+@pytest.fixture
+def local(tmp_path) -> dict[str, Path]:
+    """Two good shards, an empty one (an upload that never got its bytes) and one of random bytes."""
+    good = [write_shard(tmp_path / f"train-{i:06d}.tar", SAMPLES) for i in range(2)]
+    empty, garbage = tmp_path / "train-000002.tar", tmp_path / "train-000003.tar"
+    empty.write_bytes(b"")
+    garbage.write_bytes(os.urandom(5000))
+    return {"good0": good[0], "good1": good[1], "empty": empty, "garbage": garbage}
+
+
+def info_of(urls: list[str], num_samples: int = 2 * SAMPLES) -> dict:
+    """The part of ``read_info``'s answer the loaders use; one list for train and val."""
+    split = {"urls": [str(u) for u in urls], "num_samples": num_samples}
+    return {"splits": {"train": split, "val": split}}
+
+
+def train(info: dict, workers: int = 0, steps: int = 6, **kw) -> Callable:
+    return lambda: train_loader(info, PRE, 4, workers, 0, 1, epoch=0, seed=0, steps=steps, **kw)
+
+
+def evaluate(info: dict, workers: int = 0, **kw) -> Callable:
+    return lambda: eval_loader(info, "val", PRE, 4, workers, 0, 1, **kw)
+
+
+@pytest.fixture
+def s3_urls(s3_prefix, local) -> list[str]:  # noqa: F811
+    """The two good shards uploaded to a fresh S3 prefix."""
+    urls = [storage.join(s3_prefix, local[k].name) for k in ("good0", "good1")]
+    for k, url in zip(("good0", "good1"), urls, strict=True):
+        storage.upload_file(local[k], url)
+    storage.register_webdataset_s3()
+    return urls
+
+
+def assert_fatal(out: Outcome, url_part: str, reason: str, secrets: tuple[str, ...] = ()) -> None:
+    assert out.error is not None, f"no error: {out.batches} batches, failed {out.failed[:3]}"
+    assert "PermanentStorageError" in out.error and "ArtclfError" in out.error, out.error
+    assert url_part in out.message and reason in out.message, out.message
+    assert out.seconds < 20, out.seconds  # at once, not after resampling for a while
+    for secret in secrets:
+        assert secret not in out.message
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_wrong_credentials_are_fatal_at_once(s3_env, s3_urls, monkeypatch, workers):  # noqa: F811
+    # Credentials that expire mid-run: the shard list was read, every GET now answers 403.
+    wrong = "WrOnGsEcReT" + uuid.uuid4().hex
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong)
+    secrets = (wrong, s3_env.secret_key)
+    info = info_of(s3_urls)
+    out = drain(train(info, workers))
+    assert_fatal(out, s3_urls[0].rsplit("/", 1)[0], "access denied", secrets)
+    assert_fatal(drain(evaluate(info, workers)), s3_urls[0], "access denied", secrets)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("missing", ["bucket", "key"])
+def test_missing_bucket_or_keys_are_fatal_at_once(s3_env, s3_urls, missing, workers):  # noqa: F811
+    if missing == "bucket":
+        urls = [u.replace(f"s3://{s3_env.bucket}/", "s3://artclf-no-such-bucket/") for u in s3_urls]
+        reason = "bucket does not exist (NoSuchBucket)"
+    else:
+        urls = [u.replace(".tar", "-gone.tar") for u in s3_urls]
+        reason = "not found"
+    out = drain(train(info_of(urls), workers))
+    assert_fatal(out, urls[0].rsplit("/", 1)[0], reason)
+    assert_fatal(drain(evaluate(info_of(urls), workers)), urls[0], reason)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_missing_local_shard_is_fatal(local, tmp_path, workers):
+    urls = [local["good0"], tmp_path / "train-000009.tar"]
+    out = drain(train(info_of(urls), workers, steps=50))
+    assert_fatal(out, str(urls[1]), "not found")
+    assert_fatal(drain(evaluate(info_of(urls), workers)), str(urls[1]), "not found")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_too_many_failed_shards_in_a_row_raise(local, workers):
+    bad = [str(local["empty"]), str(local["garbage"])]
+    out = drain(train(info_of(bad), workers, max_failed_shards=3))
+    assert out.error is not None and "ArtclfError" in out.error, out
+    assert "PermanentStorageError" not in out.error
+    assert "failed shards in a row: 4, more than max_failed_shards=3" in out.message, out.message
+    assert any(u in out.message for u in bad) and "ReadError" in out.message, out.message
+
+
+def test_default_max_failed_shards_is_ten(local):
+    out = drain(train(info_of([local["garbage"]])))
+    assert out.error is not None and "failed shards in a row: 11," in out.message, out.message
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_fewer_failed_shards_are_skipped_and_counted(local, workers):
+    # One shard in three broken: 11 draws of it in a row has odds of 3^-11 per draw.
+    urls = [str(local[k]) for k in ("good0", "garbage", "good1")]
+    out = drain(train(info_of(urls), workers, steps=30, max_failed_shards=10))
+    assert out.error is None, out.message
+    assert out.batches == 30
+    assert urls[1] in out.failed  # a failed shard is reported by its URL
+    # eval reads each shard once: failures are skipped and counted, whatever their number
+    out = drain(evaluate(info_of([str(local[k]) for k in ("good0", "empty", "garbage", "good1")]), workers))
+    assert out.error is None, out.message
+    assert {str(local["empty"]), str(local["garbage"])} <= set(out.failed)
+    # 0: the first failed shard ends the stream
+    out = drain(train(info_of(urls), workers, steps=30, max_failed_shards=0))
+    assert out.error is not None and "failed shards in a row: 1," in out.message, out.message
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_unreachable_endpoint_counts_as_failed_shards(s3_urls, monkeypatch, workers):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(storage, "S3_MAX_ATTEMPTS", 1)
+    storage.set_endpoint(f"http://127.0.0.1:{port}")  # the s3_env fixture resets it
+    out = drain(train(info_of(s3_urls), workers, max_failed_shards=2))
+    assert out.error is not None and "PermanentStorageError" not in out.error, out
+    assert "failed shards in a row: 3," in out.message and "cannot reach the S3 endpoint" in out.message
+
+
+@pytest.mark.slow  # ~15 s: PyTorch waits 5 s for a stuck worker before it terminates it
+def test_timeout_ends_a_stalled_read(local, tmp_path):
+    stalled = tmp_path / "train-000005.tar"
+    os.mkfifo(stalled)  # opening it for reading waits for a writer that never comes
+    out = drain(train(info_of([stalled]), workers=1, timeout=2))
+    assert out.error is not None and "timed out after 2 seconds" in out.message, out
+    assert out.seconds < 15
+    out = drain(evaluate(info_of([stalled]), workers=1, timeout=2))
+    assert out.error is not None and "timed out after 2 seconds" in out.message, out
+    # without workers PyTorch has no timeout: it is ignored, not an error
+    assert drain(train(info_of([local["good0"]]), workers=0, timeout=2)).batches == 6
