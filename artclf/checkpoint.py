@@ -1,19 +1,28 @@
 """Training state on disk: ``RUN/state/step-00001234/`` written atomically, last K kept.
 
-``accelerator.save_state`` writes into ``state/.tmp-step-…`` on every rank; once all ranks
-are done, the main process renames it to ``state/step-…`` (a rename is atomic), then drops
-the oldest beyond ``keep``. A folder under its final name is therefore complete, and the
-newest one is where a restarted job resumes.
+``accelerator.save_state`` writes into ``state/.tmp-step-…`` on every rank; each rank fsyncs
+what it wrote; once all ranks are done, the main process renames it to ``state/step-…`` (a
+rename is atomic) and fsyncs the folder, then drops the oldest beyond ``keep``. A folder under
+its final name is therefore complete, and the newest one is where a restarted job resumes.
+
+Resuming, the main process chooses (a node of a shared file system with attribute caching
+may not list the newest folder yet) and every rank loads what it was told. A checkpoint that
+does not load on some rank (torn by a crash or a lost write) is reported, and the one before
+it is tried; every rank then checks that all of them hold the same step.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, gather_object
+
+from artclf.errors import ArtclfError
 
 _NAME = re.compile(r"^step-(\d{8})$")
 
@@ -56,12 +65,65 @@ def save(acc: Accelerator, state_dir: Path, step: int, keep: int) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while saving
     acc.wait_for_everyone()
     acc.save_state(str(tmp))
+    acc.wait_for_everyone()  # every file written (some are written under a temp name, then renamed)
+    _fsync_files(tmp)  # every rank: on a shared file system only the writer's fsync counts
     acc.wait_for_everyone()
     if acc.is_main_process:
         if final.exists():  # same step saved before a crash: the new copy wins
             shutil.rmtree(final)
         tmp.rename(final)
+        _fsync(state_dir)  # the rename itself
         for old in checkpoints(state_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
     return final
+
+
+def resume(acc: Accelerator, state_dir: Path, state: TrainState) -> Path | None:
+    """Load the newest checkpoint that loads on every rank (None: start fresh).
+
+    The main process lists ``state_dir`` and broadcasts the names; each candidate is loaded by
+    every rank, the outcome is gathered, and a failure anywhere moves everyone to the one
+    before. No checkpoint at all is a fresh start; checkpoints none of which load is an error
+    (starting over would overwrite the run's history).
+    """
+    names = [[p.name for p in checkpoints(state_dir)] if acc.is_main_process else None]
+    broadcast_object_list(names)
+    for name in reversed(names[0]):
+        path = state_dir / name
+        try:
+            acc.load_state(str(path))
+            error = None if state.step == int(name[5:]) else f"holds step {state.step}, not {int(name[5:])}"
+        except Exception as e:  # a torn file raises anything from EOFError to a safetensors error
+            error = f"{type(e).__name__}: {e}"
+        errors = [e for e in gather_object([error]) if e]
+        if not errors:
+            steps = gather_object([state.step])
+            if len(set(steps)) != 1:
+                raise ArtclfError(f"{path}: ranks resumed at different steps {steps}")
+            return path
+        acc.print(f"{path}: does not load ({errors[0]}); falling back to the checkpoint before it")
+    if names[0]:
+        raise ArtclfError(
+            f"{state_dir}: none of {names[0]} loads; move the folder away to start over, or fix it"
+        )
+    return None
+
+
+def _fsync_files(folder: Path) -> None:
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync(Path(root))
+
+
+def _fsync(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

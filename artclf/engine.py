@@ -145,18 +145,31 @@ def _check_finite(acc: Accelerator, loss: torch.Tensor, state) -> None:
 
 @torch.inference_mode()
 def evaluate(
-    acc: Accelerator, model, batches: Iterable, classes: list[str], expected: int
-) -> tuple[dict, dict]:
+    acc: Accelerator,
+    model,
+    batches: Iterable,
+    classes: list[str],
+    expected: int,
+    stop_requested: Callable[[], bool] = lambda: False,
+) -> tuple[dict | None, dict | None]:
     """Metrics over every sample of the split exactly once, whatever the number of ranks, and
     the predictions behind them (``keys``, ``labels``, ``probs``; gathered on every rank).
+    ``(None, None)`` on every rank when a stop was requested on any rank meanwhile.
 
     Each rank keeps (key, label, probabilities) of what it read; one ``gather_object`` at the
-    end brings them together (ranks may hold different counts, so no per-batch collective).
+    end brings them together. The collectives here (buffer broadcast, gather) run on every
+    rank unconditionally: ranks hold different counts, and some may hold no sample at all
+    (fewer shards than ranks, or all of a rank's samples unreadable).
     """
+    model = acc.unwrap_model(model)  # DDP's forward broadcasts buffers: a collective per batch
+    _broadcast_buffers(acc, model)
     model.eval()
-    keys, labels, probs, failed = [], [], [], []
+    keys, labels, probs, failed, stopped = [], [], [], [], False
     for batch in batches:
         failed += batch.failed
+        if stop_requested():
+            stopped = True
+            break
         if not batch.keys:
             continue
         with acc.autocast():
@@ -170,9 +183,12 @@ def evaluate(
             np.concatenate(labels) if labels else np.zeros(0, np.int64),
             np.concatenate(probs) if probs else np.zeros((0, len(classes)), np.float32),
             failed,
+            stopped,
         )
     ]
     parts = gather_object(mine)
+    if any(p[4] for p in parts):
+        return None, None
     all_keys = [k for p in parts for k in p[0]]
     if len(set(all_keys)) != len(all_keys):
         raise ArtclfError("evaluation saw a sample twice; the shard split across ranks is broken")
@@ -187,3 +203,12 @@ def evaluate(
     metrics = classification_metrics(y, p, classes)
     metrics["skipped_samples"] = skipped
     return metrics, {"keys": all_keys, "labels": y, "probs": p}
+
+
+def _broadcast_buffers(acc: Accelerator, model: torch.nn.Module) -> None:
+    """Rank 0's BatchNorm statistics on every rank, as DDP's next forward would have made them
+    (in training it broadcasts them before each forward; ranks drift apart in between)."""
+    if acc.num_processes == 1:
+        return
+    for buf in model.buffers():
+        torch.distributed.broadcast(buf, src=0)

@@ -40,7 +40,7 @@ def save_model(
     path: Path, model: nn.Module, classes: list[str], pre: Preprocess, arch: str, extra: dict
 ) -> None:
     """Atomically write ``model.pt`` (weights on CPU, classes, preprocessing, recipe)."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = plain_state_dict(model.state_dict())
     blob = {
         "format": FORMAT,
         "arch": arch,
@@ -51,6 +51,12 @@ def save_model(
     }
     with atomic_open(path, "wb") as f:
         torch.save(blob, f)
+
+
+def plain_state_dict(state: dict) -> dict:
+    """Weights on CPU under the module's own names: ``torch.compile``'s wrapper adds
+    ``_orig_mod.`` to every key (anywhere in the path), which a plain model cannot load."""
+    return {k.replace("_orig_mod.", ""): v.detach().cpu() for k, v in state.items()}
 
 
 def load_model(path: Path, map_location: str | torch.device = "cpu") -> tuple[Classifier, dict]:
@@ -65,5 +71,5 @@ def load_model(path: Path, map_location: str | torch.device = "cpu") -> tuple[Cl
         raise ArtclfError(f"{path}: not an artclf model file (format {FORMAT} expected)")
     pre = Preprocess.from_dict(blob["preprocess"])
     model = build_model(blob["arch"], None, len(blob["classes"]), pre)
-    model.load_state_dict(blob["state_dict"])
+    model.load_state_dict(plain_state_dict(blob["state_dict"]))  # files saved before the strip too
     return model.eval(), blob

@@ -5,32 +5,37 @@ global batch 64, 15 epochs, loss 0.3·CE + 0.7·soft-F1, horizontal flips for th
 classes. Process count and mixed precision come from ``accelerate launch`` (or its config
 file), not from here. Restarting the same command resumes from the newest ``RUN/state``.
 SIGTERM or SIGUSR1 on any rank: every rank stops at the next step, saves, and exits 75.
+One job per run folder (a lock on ``RUN/.lock``); a collective that waits longer than
+``--ddp-timeout`` ends every rank with a stack dump, so the scheduler can restart the job.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import sys
+import faulthandler
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 
-from artclf import checkpoint, plots, storage
+from artclf import checkpoint, plots, runlog, storage
 from artclf.atomic import write_json, write_jsonl
 from artclf.config import arg, stage_main, strings, to_dict
 from artclf.data import eval_loader, read_info, steps_per_epoch, train_loader
 from artclf.engine import evaluate, lr_at, train_one_epoch
 from artclf.errors import ArtclfError
 from artclf.model import build_model, save_model
-from artclf.preemption import EXIT_PREEMPTED, Preemption
+from artclf.preemption import EXIT_PREEMPTED, Preemption, die, watch_launcher
+from artclf.runlock import RunLock
 from artclf.transforms import Preprocess
 
 BASE_BATCH = 64  # --lr is for this global batch; it scales linearly with the global batch
+# BatchNorm statistics degrade below about 16 images per device (Wu & He, Group Normalization,
+# 2018, fig. 1; the torchvision recipes' batch per GPU is 32): SyncBN on below this by default.
+SYNC_BN_BELOW = 16
 
 
 @dataclass(frozen=True)
@@ -64,8 +69,23 @@ class TrainConfig:
     grad_accum: int = field(default=1, metadata=arg("micro-batches per optimizer step"))
     clip_grad: float = field(default=1.0, metadata=arg("max gradient norm (0 disables)"))
     channels_last: bool = field(default=True, metadata=arg("channels-last memory format (GPU only)"))
-    compile: bool = field(default=False, metadata=arg("torch.compile the model"))
-    sync_bn: bool = field(default=False, metadata=arg("SyncBatchNorm across GPUs"))
+    compile: bool = field(default=False, metadata=arg("torch.compile the model (checkpoints stay plain)"))
+    compile_backend: str = field(
+        default="inductor", metadata=arg("torch.compile backend (aot_eager: to tell compiler bugs apart)")
+    )
+    sync_bn: str = field(
+        default="auto",
+        metadata=arg(f"SyncBatchNorm across GPUs: on, off, or auto (on below {SYNC_BN_BELOW} images/device)"),
+    )
+    ddp_timeout: int = field(
+        default=1800, metadata=arg("seconds a rank may wait in a collective before the job fails")
+    )
+    max_failed_shards: int = field(
+        default=10, metadata=arg("failed train shards in a row that are skipped (0: the first fails the job)")
+    )
+    data_timeout: float = field(
+        default=600.0, metadata=arg("seconds to wait for one batch from a DataLoader worker (0: forever)")
+    )
     log_every: int = field(default=10, metadata=arg("optimizer steps between log lines / TensorBoard points"))
     endpoint_url: str | None = field(default=None, metadata=arg("S3 endpoint (default: AWS_ENDPOINT_URL)"))
 
@@ -81,6 +101,10 @@ class TrainConfig:
             )
         if self.ce_weight < 0 or self.f1_weight < 0 or self.ce_weight + self.f1_weight == 0:
             raise ValueError("--ce-weight and --f1-weight must be >= 0 and not both 0")
+        if self.sync_bn not in ("auto", "on", "off"):
+            raise ValueError(f"--sync-bn must be auto, on or off, got {self.sync_bn!r}")
+        if self.ddp_timeout < 10 or self.data_timeout < 0 or self.max_failed_shards < 0:
+            raise ValueError("--ddp-timeout >= 10 s, --data-timeout >= 0, --max-failed-shards >= 0")
 
 
 def flip_set(spec: str, classes: list[str], counts: list[int]) -> frozenset[int]:
@@ -106,13 +130,68 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
     )
 
 
+def sync_bn_choice(choice: str, per_device: int, world: int, device: str) -> tuple[bool, str]:
+    """Whether to convert BatchNorm to SyncBatchNorm, and why (printed at start)."""
+    if world == 1:
+        return False, "one process"
+    if choice == "off":
+        return False, "--sync-bn off"
+    if device != "cuda":
+        if choice == "on":
+            raise ArtclfError(f"--sync-bn on: SyncBatchNorm runs on GPUs only, these processes use {device}")
+        return False, f"{device} processes (SyncBatchNorm runs on GPUs only)"
+    if choice == "on":
+        return True, "--sync-bn on"
+    if per_device < SYNC_BN_BELOW:
+        return True, f"{per_device} images per device < {SYNC_BN_BELOW} (--sync-bn off to opt out)"
+    return False, f"{per_device} images per device >= {SYNC_BN_BELOW}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    faulthandler.enable(all_threads=True)  # NCCL's watchdog aborts a hung rank: say where it was
     return stage_main(TrainConfig, run, "artclf train", __doc__, argv)
 
 
 def run(cfg: TrainConfig) -> int:
-    acc = Accelerator()
-    stop = Preemption()
+    """Set up the process, train; a broken collective ends this rank with its stacks dumped."""
+    stop = Preemption(deadline=min(120.0, cfg.ddp_timeout))
+    watch_launcher()
+    acc = Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.ddp_timeout))])
+    lock = None
+    try:
+        lock = _lock_run(acc, cfg.run)
+        code = train(cfg, acc, stop)
+    except ArtclfError:
+        acc.end_training()  # raised on every rank (config, data) or only here: the agent ends the rest
+        raise
+    except Exception as e:
+        if acc.num_processes > 1:  # a timed-out or broken collective: no clean way out
+            die(f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+    acc.end_training()  # an exit without destroying the process group can abort in gloo/NCCL
+    return code
+
+
+def _lock_run(acc: Accelerator, run: Path) -> RunLock | None:
+    """The main process locks RUN; every rank learns the outcome (one broadcast, always)."""
+    from accelerate.utils import broadcast_object_list
+
+    lock, error = None, [None]
+    if acc.is_main_process:
+        try:
+            lock = RunLock(run)
+        except ArtclfError as e:
+            error = [str(e)]
+    broadcast_object_list(error)
+    if error[0]:
+        raise ArtclfError(error[0])
+    return lock
+
+
+def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
     set_seed(cfg.seed)
     storage.set_endpoint(cfg.endpoint_url)
     info = read_info(cfg.shards)
@@ -129,39 +208,43 @@ def run(cfg: TrainConfig) -> int:
     peak_lr = cfg.lr * cfg.batch_size / BASE_BATCH
     pre = Preprocess(image_size=cfg.image_size, resize=cfg.image_size)
     flips = flip_set(cfg.flip_classes, classes, info["splits"]["train"]["class_counts"])
+    sync_bn = sync_bn_choice(cfg.sync_bn, per_device, world, acc.device.type)
 
     model = build_model(cfg.arch, cfg.weights, len(classes), pre)
-    if cfg.sync_bn and world > 1:
+    if sync_bn[0]:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.channels_last and acc.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     if cfg.compile:
-        model = torch.compile(model)
+        model.compile(backend=cfg.compile_backend)  # in place: state_dict keys stay plain
     optimizer = make_optimizer(model, peak_lr, cfg.weight_decay)
     model, optimizer = acc.prepare(model, optimizer)
     state = checkpoint.TrainState()
     acc.register_for_checkpointing(state)
-    resume = checkpoint.latest(cfg.run / "state")
-    if resume is not None:
-        acc.load_state(str(resume))
+    resume = checkpoint.resume(acc, cfg.run / "state", state)
     if acc.is_main_process:
-        cfg.run.mkdir(parents=True, exist_ok=True)
         write_json(
             cfg.run / "config.json",
             {
                 "config": to_dict(cfg),
-                "derived": derived(
-                    acc, per_device, steps, total, warmup, peak_lr, flips, classes, info, resume
+                "derived": runlog.derived(
+                    acc, per_device, steps, total, warmup, peak_lr, flips, classes, info, resume, sync_bn
                 ),
-                "versions": versions(),
+                "versions": runlog.versions(),
             },
         )
-        print_derived(acc, cfg, per_device, steps, peak_lr, flips, resume, state)
-    writer = _writer(acc, cfg.run)
+        runlog.print_derived(acc, cfg, per_device, steps, peak_lr, flips, resume, state, sync_bn)
+    writer = runlog.writer_for(acc, cfg.run)
     history = plots.read_history(cfg.run / "history.jsonl")[: state.epoch]
 
     def save_state() -> None:
         checkpoint.save(acc, cfg.run / "state", state.step, cfg.keep_last)
+
+    def preempted(epoch: int) -> int:
+        stop.acknowledge()
+        save_state()
+        acc.print(f"preempted at step {state.step} (epoch {epoch + 1}): state saved, exit {EXIT_PREEMPTED}")
+        return EXIT_PREEMPTED
 
     for epoch in range(state.epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -180,6 +263,8 @@ def run(cfg: TrainConfig) -> int:
                 cfg.seed * 1_000_003 + state.step_in_epoch,
                 flips,
                 steps=remaining * cfg.grad_accum,
+                max_failed_shards=cfg.max_failed_shards,
+                timeout=cfg.data_timeout,
             )
             if remaining > 0
             else []
@@ -197,32 +282,30 @@ def run(cfg: TrainConfig) -> int:
             lr_of_step=lambda s: lr_at(s, total, warmup, peak_lr),
             state=state,
             stop_requested=lambda: stop.requested,
-            on_log=lambda row: _log(writer, "train", row, state.step),
+            on_log=lambda row: runlog.log_scalars(writer, "train", row, state.step),
             on_save=save_state,
             save_every=cfg.save_every,
             log_every=cfg.log_every,
             total_steps=steps,
         )
         if out["preempted"]:
-            save_state()
-            acc.print(
-                f"preempted at step {state.step} (epoch {epoch + 1}): state saved, exit {EXIT_PREEMPTED}"
-            )
-            acc.end_training()
-            return EXIT_PREEMPTED
-        val, _ = evaluate(
-            acc,
-            model,
-            eval_loader(info, "val", pre, per_device, cfg.workers, acc.process_index, world),
-            classes,
-            info["splits"]["val"]["num_samples"],
+            return preempted(epoch)
+        val_batches = eval_loader(
+            info, "val", pre, per_device, cfg.workers, acc.process_index, world, timeout=cfg.data_timeout
         )
+        val, _ = evaluate(
+            acc, model, val_batches, classes, info["splits"]["val"]["num_samples"], lambda: stop.requested
+        )
+        if val is None:  # stopped during evaluation: the saved step is the epoch's last one
+            return preempted(epoch)
         state.epoch, state.step_in_epoch = epoch + 1, 0
         if acc.is_main_process:
-            row = _epoch_row(epoch + 1, state.step, out, val, time.perf_counter() - t0)
+            row = runlog.epoch_row(epoch + 1, state.step, out, val, time.perf_counter() - t0)
             history.append(row)
             write_jsonl(cfg.run / "history.jsonl", history)
-            _log(writer, "val", {k[4:]: v for k, v in row.items() if k.startswith("val_")}, state.step)
+            runlog.log_scalars(
+                writer, "val", {k[4:]: v for k, v in row.items() if k.startswith("val_")}, state.step
+            )
             if val["macro_f1"] > state.best_f1:
                 state.best_f1, state.best_epoch = val["macro_f1"], epoch + 1
                 save_model(
@@ -231,10 +314,10 @@ def run(cfg: TrainConfig) -> int:
                     classes,
                     pre,
                     cfg.arch,
-                    {"config": to_dict(cfg), "epoch": epoch + 1, "val": _scalars(val)},
+                    {"config": to_dict(cfg), "epoch": epoch + 1, "val": runlog.scalars(val)},
                 )
                 write_json(cfg.run / "val_metrics.json", val)
-                _confusion(writer, cfg.run, classes, epoch + 1, state.step)
+                runlog.confusion(writer, cfg.run, classes, epoch + 1, state.step)
             plots.learning_curve(
                 plots.read_history(cfg.run / "history.jsonl"), cfg.run / "learning_curve.png"
             )
@@ -248,13 +331,12 @@ def run(cfg: TrainConfig) -> int:
         state.best_f1 = _broadcast(acc, state.best_f1)
         save_state()
     if acc.is_main_process:
-        _hparams(writer, cfg, history)
+        runlog.hparams_summary(writer, cfg, history)
         writer.close()
         acc.print(
             f"done: best val macro F1 {state.best_f1:.4f} at epoch {state.best_epoch} "
             f"-> {cfg.run / 'model.pt'}"
         )
-    acc.end_training()
     return 0
 
 
@@ -262,122 +344,6 @@ def _broadcast(acc: Accelerator, value: float) -> float:
     from accelerate.utils import broadcast
 
     return float(broadcast(torch.tensor([value], device=acc.device)).item())
-
-
-def _scalars(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if isinstance(v, int | float)}
-
-
-def _epoch_row(epoch: int, step: int, out: dict, val: dict, seconds: float) -> dict:
-    row = {"epoch": epoch, "step": step, "seconds": round(seconds, 2)}
-    row.update({k: v for k, v in out.items() if k != "preempted"})
-    row.update({f"val_{k}": v for k, v in _scalars(val).items()})
-    return row
-
-
-def _writer(acc: Accelerator, run: Path):
-    if not acc.is_main_process:  # one event file: TensorBoard on the main process only
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(run / "tb"))
-
-
-def _log(writer, prefix: str, row: dict, step: int) -> None:
-    if writer is None:
-        return
-    for k, v in row.items():
-        if isinstance(v, int | float):
-            writer.add_scalar(f"{prefix}/{k}", v, step)
-    writer.flush()
-
-
-def _confusion(writer, run: Path, classes: list[str], epoch: int, step: int) -> None:
-    """confusion_matrix.png from val_metrics.json (the file, not memory), also into TensorBoard."""
-    import numpy as np
-    from PIL import Image
-
-    val = json.loads((run / "val_metrics.json").read_text())
-    title = f"val, epoch {epoch}, macro F1 {val['macro_f1']:.3f}"
-    plots.confusion_matrix(val["confusion_matrix"], classes, run / "confusion_matrix.png", title)
-    with Image.open(run / "confusion_matrix.png") as im:
-        writer.add_image("val/confusion_matrix", np.asarray(im.convert("RGB")), step, dataformats="HWC")
-
-
-def _hparams(writer, cfg: TrainConfig, history: list[dict]) -> None:
-    """Hyper-parameters and final metrics into the same event file (add_hparams would add one)."""
-    from torch.utils.tensorboard.summary import hparams
-
-    params = {k: (v if isinstance(v, int | float | str | bool) else str(v)) for k, v in to_dict(cfg).items()}
-    best = max(history, key=lambda h: h["val_macro_f1"]) if history else {}
-    metrics = {
-        "hparam/val_macro_f1": best.get("val_macro_f1", 0.0),
-        "hparam/val_accuracy": best.get("val_accuracy", 0.0),
-    }
-    for summary in hparams(params, metrics):
-        writer.file_writer.add_summary(summary)
-    for k, v in metrics.items():
-        writer.add_scalar(k, v)
-
-
-def derived(acc, per_device, steps, total, warmup, peak_lr, flips, classes, info, resume) -> dict:
-    return {
-        "world_size": acc.num_processes,
-        "per_device_batch": per_device,
-        "steps_per_epoch": steps,
-        "total_steps": total,
-        "warmup_steps": warmup,
-        "peak_lr": peak_lr,
-        "device": str(acc.device),
-        "mixed_precision": acc.mixed_precision,
-        "flip_classes": sorted(classes[i] for i in flips),
-        "train_samples": info["splits"]["train"]["num_samples"],
-        "resumed_from": str(resume) if resume else None,
-    }
-
-
-def print_derived(acc, cfg, per_device, steps, peak_lr, flips, resume, state) -> None:
-    acc.print(
-        f"artclf train: {acc.num_processes} process(es) on {acc.device} ({acc.mixed_precision}), "
-        f"global batch {cfg.batch_size} = {per_device} per device × {acc.num_processes} × {cfg.grad_accum} "
-        f"accumulation, {steps} steps/epoch, peak lr {peak_lr:.3g}, {cfg.arch} ({cfg.weights}) at "
-        f"{cfg.image_size} px, flips for {len(flips)} classes, data {cfg.shards}"
-    )
-    if resume:
-        acc.print(f"resuming from {resume}: epoch {state.epoch + 1}, step {state.step}")
-
-
-def versions() -> dict:
-    import accelerate
-    import torchvision
-
-    from artclf import __version__
-
-    sha = None
-    try:
-        import subprocess
-
-        sha = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-                cwd=Path(__file__).parent,
-            ).stdout.strip()
-            or None
-        )
-    except OSError:
-        pass
-    return {
-        "artclf": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "accelerate": accelerate.__version__,
-        "python": sys.version.split()[0],
-        "git_sha": sha,
-        "host": os.uname().nodename,
-    }
 
 
 if __name__ == "__main__":

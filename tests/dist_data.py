@@ -28,6 +28,7 @@ def main() -> None:
     if acc.is_main_process:
         with open(out, "w") as f:
             json.dump(everyone, f)
+    acc.end_training()  # destroy the process group: exiting with a live one can abort (SIGABRT)
 
 
 if __name__ == "__main__":

@@ -110,15 +110,19 @@ def test_kill_9_mid_epoch_then_rerun_resumes(shards, tmp_path):  # noqa: F811
 
 
 def test_sigterm_saves_within_the_step_and_exits_75(shards, tmp_path):  # noqa: F811
+    """SIGTERM to the whole process group, DataLoader workers included, as torchrun, Kubernetes
+    and SLURM send it."""
     run = tmp_path / "run"
     cmd = [sys.executable, *train_cmd(shards, run, "--batch-size", "4", "--epochs", "2")]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     deadline = time.time() + 300
     while not (run / "tb").is_dir() or not list((run / "tb").glob("events*")):
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.2)
     time.sleep(3)  # well inside the first epoch
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_PREEMPTED, out[-3000:]
     assert "preempted at step" in out
@@ -156,3 +160,43 @@ def test_weights_missing_local_and_malicious(shards, tmp_path):  # noqa: F811
     with pytest.raises(ArtclfError, match="not a loadable artclf model"):
         load_model(bad)
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize(
+    "choice, per_device, world, device, on",
+    [
+        ("auto", 4, 16, "cuda", True),  # README topology: global batch 64 on 2 nodes x 8 GPUs
+        ("auto", 2, 32, "cuda", True),  # k8s prod: 4 x 8 GPUs
+        ("auto", 16, 4, "cuda", False),
+        ("auto", 8, 1, "cuda", False),  # one process: nothing to synchronise
+        ("off", 4, 16, "cuda", False),
+        ("on", 32, 2, "cuda", True),
+        ("auto", 8, 2, "cpu", False),  # SyncBatchNorm refuses CPU tensors
+    ],
+)
+def test_sync_bn_is_on_below_16_images_per_gpu(choice, per_device, world, device, on):
+    from artclf.train import sync_bn_choice
+
+    decided, why = sync_bn_choice(choice, per_device, world, device)
+    assert decided is on and why
+    if on and choice == "auto":
+        assert f"{per_device} images per device < 16" in why
+
+
+def test_sync_bn_on_refuses_cpu_processes():
+    from artclf.train import sync_bn_choice
+
+    with pytest.raises(ArtclfError, match="GPUs only"):
+        sync_bn_choice("on", 8, 2, "cpu")
+
+
+def test_model_pt_of_a_compiled_model_loads_into_a_plain_one(tmp_path):
+    from artclf.model import build_model, save_model
+    from artclf.transforms import Preprocess
+
+    pre = Preprocess(image_size=32, resize=32)
+    plain = build_model("resnet18", "none", 5, pre)
+    save_model(tmp_path / "model.pt", torch.compile(plain), [f"c{i}" for i in range(5)], pre, "resnet18", {})
+    loaded, _ = load_model(tmp_path / "model.pt")
+    for k, v in plain.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k

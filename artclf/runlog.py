@@ -1,0 +1,138 @@
+"""What a training run writes about itself besides checkpoints: the ``derived`` and
+``versions`` blocks of ``config.json``, the start-up lines, and TensorBoard (main process only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from artclf import plots
+from artclf.config import to_dict
+
+
+def scalars(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+
+
+def epoch_row(epoch: int, step: int, out: dict, val: dict, seconds: float) -> dict:
+    row = {"epoch": epoch, "step": step, "seconds": round(seconds, 2)}
+    row.update({k: v for k, v in out.items() if k != "preempted"})
+    row.update({f"val_{k}": v for k, v in scalars(val).items()})
+    return row
+
+
+def writer_for(acc: Accelerator, run: Path):
+    if not acc.is_main_process:  # one event file: TensorBoard on the main process only
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(run / "tb"))
+
+
+def log_scalars(writer, prefix: str, row: dict, step: int) -> None:
+    if writer is None:
+        return
+    for k, v in row.items():
+        if isinstance(v, int | float):
+            writer.add_scalar(f"{prefix}/{k}", v, step)
+    writer.flush()
+
+
+def confusion(writer, run: Path, classes: list[str], epoch: int, step: int) -> None:
+    """confusion_matrix.png from val_metrics.json (the file, not memory), also into TensorBoard."""
+    import numpy as np
+    from PIL import Image
+
+    val = json.loads((run / "val_metrics.json").read_text())
+    title = f"val, epoch {epoch}, macro F1 {val['macro_f1']:.3f}"
+    plots.confusion_matrix(val["confusion_matrix"], classes, run / "confusion_matrix.png", title)
+    with Image.open(run / "confusion_matrix.png") as im:
+        writer.add_image("val/confusion_matrix", np.asarray(im.convert("RGB")), step, dataformats="HWC")
+
+
+def hparams_summary(writer, cfg, history: list[dict]) -> None:
+    """Hyper-parameters and final metrics into the same event file (add_hparams would add one)."""
+    from torch.utils.tensorboard.summary import hparams
+
+    params = {k: (v if isinstance(v, int | float | str | bool) else str(v)) for k, v in to_dict(cfg).items()}
+    best = max(history, key=lambda h: h["val_macro_f1"]) if history else {}
+    metrics = {
+        "hparam/val_macro_f1": best.get("val_macro_f1", 0.0),
+        "hparam/val_accuracy": best.get("val_accuracy", 0.0),
+    }
+    for summary in hparams(params, metrics):
+        writer.file_writer.add_summary(summary)
+    for k, v in metrics.items():
+        writer.add_scalar(k, v)
+
+
+def derived(acc, per_device, steps, total, warmup, peak_lr, flips, classes, info, resume, sync_bn) -> dict:
+    return {
+        "world_size": acc.num_processes,
+        "per_device_batch": per_device,
+        "steps_per_epoch": steps,
+        "total_steps": total,
+        "warmup_steps": warmup,
+        "peak_lr": peak_lr,
+        "device": str(acc.device),
+        "mixed_precision": acc.mixed_precision,
+        "flip_classes": sorted(classes[i] for i in flips),
+        "train_samples": info["splits"]["train"]["num_samples"],
+        "resumed_from": str(resume) if resume else None,
+        "sync_bn": sync_bn[0],
+    }
+
+
+def print_derived(acc, cfg, per_device, steps, peak_lr, flips, resume, state, sync_bn) -> None:
+    acc.print(
+        f"artclf train: {acc.num_processes} process(es) on {acc.device} ({acc.mixed_precision}), "
+        f"global batch {cfg.batch_size} = {per_device} per device × {acc.num_processes} × {cfg.grad_accum} "
+        f"accumulation, {steps} steps/epoch, peak lr {peak_lr:.3g}, {cfg.arch} ({cfg.weights}) at "
+        f"{cfg.image_size} px, flips for {len(flips)} classes, data {cfg.shards}"
+    )
+    acc.print(
+        f"SyncBatchNorm {'on' if sync_bn[0] else 'off'}: {sync_bn[1]}; collective timeout "
+        f"{cfg.ddp_timeout} s (--ddp-timeout), batch wait {cfg.data_timeout:g} s (--data-timeout), "
+        f"run lock {cfg.run / '.lock'}"
+    )
+    if resume:
+        acc.print(f"resuming from {resume}: epoch {state.epoch + 1}, step {state.step}")
+
+
+def versions() -> dict:
+    import accelerate
+    import torchvision
+
+    from artclf import __version__
+
+    sha = None
+    try:
+        import subprocess
+
+        sha = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=Path(__file__).parent,
+            ).stdout.strip()
+            or None
+        )
+    except OSError:
+        pass
+    return {
+        "artclf": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "accelerate": accelerate.__version__,
+        "python": sys.version.split()[0],
+        "git_sha": sha,
+        "host": os.uname().nodename,
+    }
