@@ -20,7 +20,8 @@ the rank would stall while its peers die at the collective timeout. Anything els
 that fails to decode or a shard that fails past storage's own retries (unreachable endpoint,
 broken tar, a shard without samples), is skipped; the batch carries the failed keys (or shard
 URLs) so the caller counts and reports them. In train, more than ``max_failed_shards`` failed
-shards in a row in one worker's stream raise (resampling could spin on them forever); eval
+shards in a row in one worker's stream raise (resampling could spin on them forever), and
+so do more than ``MAX_FAILED_SAMPLES_IN_A_ROW`` samples that fail to decode; eval
 reads each shard once and only counts. Exceptions in DataLoader workers reach the caller as
 PyTorch re-raises them: same type, the worker's traceback and message (URL included) in the
 text. ``timeout`` (seconds, with workers only) ends a read that stalls without failing.
@@ -124,12 +125,26 @@ def _decode(sample: dict, make_tensor) -> tuple:
         return None, -1, key
 
 
-def _batches(items: Iterator[tuple], batch_size: int, partial_last: bool) -> Iterator[Batch]:
-    xs, ys, keys, failed = [], [], [], []
+# Samples in a row that fail to decode before the train stream gives up: ten default shards.
+# Resampling never runs out, so a shard set that is wholly undecodable would spin forever.
+MAX_FAILED_SAMPLES_IN_A_ROW = 1000
+
+
+def _batches(
+    items: Iterator[tuple], batch_size: int, partial_last: bool, max_failed: int | None = None
+) -> Iterator[Batch]:
+    xs, ys, keys, failed, in_a_row = [], [], [], [], 0
     for x, y, key in items:
         if x is None:
             failed.append(key)
+            in_a_row += 1
+            if max_failed is not None and in_a_row > max_failed:
+                raise ArtclfError(
+                    f"{in_a_row} samples in a row failed to decode (the last: {key}); check the shard "
+                    "set with `artclf shard --verify`, and that Pillow/torchvision decode its images"
+                )
             continue
+        in_a_row = 0
         xs.append(x)
         ys.append(y)
         keys.append(key)
@@ -205,7 +220,7 @@ def train_loader(
         partial(_tar_samples, max_failed=max_failed_shards),
         wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=epoch_seed * 1000 + rank),
         partial(_decode_train, pre=pre, flip=flip_classes, seed=epoch_seed * 1000 + rank),
-        partial(_batches, batch_size=batch_size, partial_last=False),
+        partial(_batches, batch_size=batch_size, partial_last=False, max_failed=MAX_FAILED_SAMPLES_IN_A_ROW),
     )
     n = steps if steps is not None else steps_per_epoch(split["num_samples"], world_size, batch_size)
     if n < 1:

@@ -223,3 +223,21 @@ def test_timeout_ends_a_stalled_read(local, tmp_path):
     assert out.error is not None and "timed out after 2 seconds" in out.message, out
     # without workers PyTorch has no timeout: it is ignored, not an error
     assert drain(train(info_of([local["good0"]]), workers=0, timeout=2)).batches == 6
+
+
+def test_a_shard_set_whose_samples_all_fail_to_decode_raises(tmp_path, monkeypatch):
+    """Readable tars of undecodable images: every shard reads, no sample decodes; resampling
+    would spin forever without a limit on failed samples in a row."""
+    import artclf.data
+
+    monkeypatch.setattr(artclf.data, "MAX_FAILED_SAMPLES_IN_A_ROW", 20)
+    urls = []
+    for i in range(2):
+        path = tmp_path / f"train-{i:06d}.tar"
+        with wds.TarWriter(str(path)) as sink:
+            for j in range(SAMPLES):
+                sink.write({"__key__": f"bad{i}_{j:03d}", "jpg": b"not an image", "cls": "0"})
+        urls.append(path)
+    out = drain(train(info_of(urls), workers=0))
+    assert out.error and "ArtclfError" in out.error, out
+    assert "21 samples in a row failed to decode" in out.message
