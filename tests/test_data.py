@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -27,31 +25,16 @@ from artclf.transforms import (
     train_image,
 )
 from tests.conftest import REPO
+from tests.cpu_launch import CPU_ENV, accelerate_cmd
 from tests.test_shard import expected, shards, work  # noqa: F401  (module fixtures)
 
 
 def accelerate_cpu(nproc: int, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N` (really N processes)."""
-    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
-    # --multi_gpu with ACCELERATE_USE_CPU=1 really starts N CPU processes (gloo); one process: --cpu
-    cmd = [
-        accelerate,
-        "launch",
-        "--multi_gpu" if nproc > 1 else "--cpu",
-        "--num_processes",
-        str(nproc),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "0",
-        *args,
-    ]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    """`accelerate launch` of N real CPU processes (tests/cpu_launch.py), captured."""
+    env = {**os.environ, **CPU_ENV}
+    return subprocess.run(
+        accelerate_cmd(nproc, *args), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.slow
