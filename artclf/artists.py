@@ -86,13 +86,13 @@ CSV_COLUMNS = ("id", "name", "years", "genre", "nationality", "bio", "wikipedia"
 _MOJIBAKE_CODECS = ("cp437", "cp850", "cp1252", "latin-1")
 
 
-def repair_mojibake(name: str) -> str:
-    """Undo repeated "UTF-8 bytes read as a DOS/Windows code page" damage.
+def repair_mojibake_rounds(name: str) -> tuple[str, int]:
+    """Undo repeated "UTF-8 bytes read as a DOS/Windows code page" damage; also say how many
+    rounds it took (0: the name was clean), so the least-mangled of two copies can be chosen.
 
-    ``Albrecht_DuΓòá├¬rer`` -> ``Albrecht_Du╠êrer`` -> ``Albrecht_Dürer`` (decomposed).
-    A name that is already clean is returned unchanged.
+    ``Albrecht_DuΓòá├¬rer`` -> ``Albrecht_Du╠êrer`` -> ``Albrecht_Dürer`` (decomposed): 2 rounds.
     """
-    for _ in range(4):  # the real set has at most two layers
+    for rounds in range(4):  # the real set has at most two layers
         for codec in _MOJIBAKE_CODECS:
             try:
                 fixed = name.encode(codec).decode("utf-8")
@@ -102,8 +102,13 @@ def repair_mojibake(name: str) -> str:
                 name = fixed
                 break
         else:
-            return name
-    return name
+            return name, rounds
+    return name, 4
+
+
+def repair_mojibake(name: str) -> str:
+    """:func:`repair_mojibake_rounds` without the count; a clean name is returned unchanged."""
+    return repair_mojibake_rounds(name)[0]
 
 
 def fold(name: str) -> str:

@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from artclf import manifest
-from artclf.artists import CSV_COLUMNS, class_names, fold, repair_mojibake
+from artclf.artists import CSV_COLUMNS, class_names, fold, repair_mojibake, repair_mojibake_rounds
 from artclf.atomic import write_json
 from artclf.config import arg, stage_main
 from artclf.errors import ArtclfError
@@ -173,7 +173,8 @@ def resolve_duplicate_folders(rows: list[dict], matched: dict[str, list[str]]) -
     for name, folders in matched.items():
         if len(folders) < 2:
             continue
-        folders = sorted(folders, key=lambda f: (repair_mojibake(f) != f, f))
+        # fewest repair rounds first: NFD/NFC 0, Albrecht_Du╠êrer 1, Albrecht_DuΓòá├¬rer 2
+        folders = sorted(folders, key=lambda f: (repair_mojibake_rounds(f)[1], f))
         content = {f: sorted(r["sha256"] for r in rows if r["folder"] == f) for f in folders}
         primary = folders[0]
         for other in folders[1:]:

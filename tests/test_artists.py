@@ -6,7 +6,7 @@ import unicodedata
 
 import pytest
 
-from artclf.artists import ARTISTS, class_names, fold, repair_mojibake
+from artclf.artists import ARTISTS, class_names, fold, repair_mojibake, repair_mojibake_rounds
 
 DURER_NFD = unicodedata.normalize("NFD", "Albrecht_Dürer")
 
@@ -33,6 +33,21 @@ def test_the_mojibake_is_what_cp437_makes_of_the_nfd_name():
     assert _mojibake(DURER_NFD, "cp437") == "Albrecht_Du╠êrer"
     assert _mojibake(_mojibake(DURER_NFD, "cp437"), "cp437") == "Albrecht_DuΓòá├¬rer"
     assert repair_mojibake("Albrecht_DuΓòá├¬rer") == DURER_NFD
+
+
+@pytest.mark.parametrize(
+    "folder, rounds",
+    [
+        ("Albrecht_Dürer", 0),
+        (DURER_NFD, 0),
+        ("Albrecht_Du╠êrer", 1),
+        ("Albrecht_DuΓòá├¬rer", 2),
+        ("Albrecht_DuÔòá├¬rer", 2),
+    ],
+)
+def test_repair_rounds_are_counted(folder, rounds):
+    """ingest keeps the copy needing the fewest rounds; one and two rounds must differ."""
+    assert repair_mojibake_rounds(folder) == (repair_mojibake(folder), rounds)
 
 
 def test_clean_names_are_untouched():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import shutil
 import unicodedata
 from pathlib import Path
 
@@ -143,6 +144,32 @@ def test_two_different_folders_for_one_artist_fail(tmp_path):
     Image.new("RGB", (9, 9), "white").save(other / "x.jpg")
     with pytest.raises(ArtclfError, match="both map to 'Albrecht Dürer' but hold different files"):
         ingest(IngestConfig(data_dir=root, work=tmp_path / "w", workers=1))
+
+
+DURER_NFD = unicodedata.normalize("NFD", "Albrecht_Dürer")
+DURER_ONCE = DURER_NFD.encode("utf-8").decode("cp437")  # Albrecht_Du╠êrer
+DURER_TWICE = DURER_ONCE.encode("utf-8").decode("cp437")  # Albrecht_DuΓòá├¬rer
+
+
+@pytest.mark.parametrize("copies", [(DURER_ONCE, DURER_TWICE), (DURER_NFD, DURER_ONCE, DURER_TWICE)])
+def test_the_folder_needing_the_fewest_repairs_is_primary(tmp_path, copies):
+    """Byte-identical copies of Dürer: the least-mangled name is kept, every other one is a
+    duplicate (name order alone would pick the doubly mangled one: 'Γ' < '╠')."""
+    primary, *others = copies
+    root = make_kaggle(
+        tmp_path / "d", {"Albrecht Dürer": 2, "Jackson Pollock": 1}, {"Albrecht Dürer": primary}
+    )
+    images = root / "images/images"
+    for other in others:
+        shutil.copytree(images / primary, images / other)
+    report = ingest(IngestConfig(data_dir=root, work=tmp_path / "w", workers=1))
+    assert sorted(d["folder"] for d in report["duplicate_folders"]) == sorted(
+        f"images/images/{o}" for o in others
+    )
+    assert {d["copy_of"] for d in report["duplicate_folders"]} == {f"images/images/{primary}"}
+    durer = [r for r in manifest.read_manifest(tmp_path / "w") if r["artist"] == "Albrecht Dürer"]
+    kept = {r["path"].split("/")[2] for r in durer if r["status"] == manifest.OK}
+    assert kept == {primary} and report["per_artist"]["Albrecht Dürer"]["usable"] == 2
 
 
 @pytest.mark.parametrize(

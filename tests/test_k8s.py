@@ -10,9 +10,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import kubeflow.training.models as kf
 import kubernetes.client as kc
@@ -26,6 +28,7 @@ from tests.test_launch import WORLD_SCRIPT
 K8S = REPO / "k8s"
 K8S_VERSION = "1.31.0"  # oldest cluster we claim (Indexed Job hostnames, backoffLimitPerIndex beta)
 KUSTOMIZATIONS = sorted(p.parent.relative_to(REPO).as_posix() for p in K8S.rglob("kustomization.yaml"))
+OVERLAYS = [k for k in KUSTOMIZATIONS if k.startswith("k8s/overlays/")]
 TRAINING_IMAGE_USER = 1000  # Dockerfile: useradd --uid 1000
 
 
@@ -209,7 +212,7 @@ def training_pods(docs: list[dict]) -> list[tuple[dict, int]]:
     return out
 
 
-@pytest.mark.parametrize("kdir", [k for k in KUSTOMIZATIONS if "overlays" in k])
+@pytest.mark.parametrize("kdir", OVERLAYS)
 def test_overlays_are_complete_and_consistent(kdir):
     docs = render(kdir)
     names = {(d["kind"], d["metadata"]["name"]) for d in docs}
@@ -231,7 +234,7 @@ def test_overlays_are_complete_and_consistent(kdir):
                     assert ("PersistentVolumeClaim", v["persistentVolumeClaim"]["claimName"]) in names
             for c in pod["containers"]:
                 for e in c.get("env", []):
-                    if ref := e.get("valueFrom", {}).get("secretKeyRef"):
+                    if (ref := e.get("valueFrom", {}).get("secretKeyRef")) and kdir == EXAMPLE_SECRET_AT:
                         secret = first(docs, "Secret", ref["name"])
                         assert ref["key"] in secret["stringData"]
     tb = first(docs, "Deployment", "artclf-tensorboard")
@@ -241,9 +244,42 @@ def test_overlays_are_complete_and_consistent(kdir):
     )
 
 
+EXAMPLE_SECRET_AT = "k8s/overlays/dev"  # the only kustomization that ships S3 credentials (fake ones)
+
+
 def test_example_secret_is_fake():
-    secret = first(render("k8s/base"), "Secret", "artclf-s3")
+    secret = first(render(EXAMPLE_SECRET_AT), "Secret", "artclf-s3")
     assert all(v.startswith("EXAMPLE-NOT-A-REAL") for v in secret["stringData"].values())
+
+
+@pytest.mark.parametrize("kdir", [k for k in KUSTOMIZATIONS if k != EXAMPLE_SECRET_AT])
+def test_no_secret_values_outside_dev(kdir):
+    """`kubectl apply -k` of a prod overlay (or a stage) must not overwrite the Secret the user
+    created with `kubectl create secret generic artclf-s3 ...` (k8s/README.md)."""
+    secrets = [
+        d["metadata"]["name"]
+        for d in render(kdir)
+        if d["kind"] == "Secret" and {"data", "stringData"} & set(d)
+    ]
+    assert not secrets, f"{kdir} renders Secret(s) with values: {secrets}"
+
+
+SAVE_GRACE_S = 600  # finish a step + save a 512 px ResNet50 state (~300 MB) on a network FS
+
+
+@pytest.mark.parametrize("kdir", ["k8s/base/pytorchjob", "k8s/base/indexed-job", *OVERLAYS])
+def test_training_pods_have_time_to_save(kdir):
+    """SIGTERM -> the trainers finish the step, save and exit 75. The kubelet SIGKILLs after
+    terminationGracePeriodSeconds, torchrun's agent after TORCH_ELASTIC_SHUTDOWN_TIMEOUT (30 s
+    unless set): both must leave room for the save, and the agent must give up first."""
+    pods = training_pods(render(kdir))
+    assert pods, f"{kdir} has no training job"
+    for pod, _ in pods:
+        grace = pod.get("terminationGracePeriodSeconds", 30)
+        assert grace >= SAVE_GRACE_S, f"{kdir}: terminationGracePeriodSeconds {grace}"
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        shutdown = int(env.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", 30))
+        assert SAVE_GRACE_S - 60 <= shutdown < grace, f"{kdir}: TORCH_ELASTIC_SHUTDOWN_TIMEOUT {shutdown}"
 
 
 @pytest.mark.parametrize("kdir", ["k8s/base/pytorchjob", "k8s/overlays/dev", "k8s/overlays/prod"])
@@ -324,6 +360,7 @@ def test_indexed_job_ranks(nnodes):
         assert flags["--num_machines"] == str(nnodes) and flags["--num_processes"] == str(8 * nnodes)
         assert flags["--main_process_ip"] == "artclf-train-0.artclf-train"  # pod 0 behind the service
         assert flags["--main_process_port"] == env["MASTER_PORT"]
+        assert flags["--rdzv_conf"] == f"is_host={int(index == 0)},join_timeout=900"  # pod 0 hosts c10d
         seen.append(int(flags["--machine_rank"]))
     assert seen == list(range(nnodes))
 
@@ -345,6 +382,24 @@ def test_pytorchjob_ranks(nnodes):
         )
         seen.append(int(flags["--machine_rank"]))
     assert seen == list(range(nnodes))
+
+
+def test_entrypoint_restarts_and_rendezvous(tmp_path):
+    """--max_restarts (MAX_RESTARTS, default 3) on a c10d rendezvous that the node of rank 0
+    hosts, and the variables torchrun reads (launch/README.md: why each is needed)."""
+    stub = tmp_path / "accelerate"
+    stub.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\nenv | grep -E "^(PET_RDZV|TORCH)_" | sort\n')
+    stub.chmod(0o755)
+    layout = {"PET_NNODES": "2", "PET_NPROC_PER_NODE": "8", "MASTER_ADDR": "m-0", "MASTER_PORT": "23456"}
+    for rank, env in [(0, {}), (1, {"MAX_RESTARTS": "0"})]:
+        res = entrypoint({**layout, "PET_NODE_RANK": str(rank), "ACCELERATE": str(stub), **env})
+        assert res.returncode == 0, res.stderr
+        lines = res.stdout.splitlines()
+        flags = dict(zip(lines[1 : lines.index("-m") : 2], lines[2 : lines.index("-m") : 2], strict=True))
+        assert flags["--rdzv_backend"] == "c10d"  # a flag: accelerate ignores the yaml's rdzv_backend
+        assert flags["--rdzv_conf"] == f"is_host={1 - rank},join_timeout=900"
+        assert flags["--max_restarts"] == ("3" if rank == 0 else "0")
+        assert lines[-2:] == ["PET_RDZV_ENDPOINT=m-0:23456", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"]
 
 
 def test_entrypoint_refuses_an_unknown_layout():
@@ -391,3 +446,120 @@ def test_entrypoint_two_nodes_meet(tmp_path):
         assert p.returncode == 0, out.decode()[-3000:]
     rows = sorted((json.loads(p.read_text()) for p in tmp_path.glob("*.json")), key=lambda r: r["rank"])
     assert [(r["rank"], r["world"], r["backend"]) for r in rows] == [(0, 2, "gloo"), (1, 2, "gloo")]
+
+
+# A stand-in for artclf.train, shadowing the package (the current folder comes first on sys.path
+# of `python -m`): one all-reduce, then the first rank 1 to get here dies once (exit 3), then a
+# second all-reduce over the whole world and a row per rank. A hung collective gives up after 60 s.
+DIES_ONCE = """
+import datetime, json, os, sys
+import torch, torch.distributed as dist
+out = sys.argv[sys.argv.index("--run") + 1]
+dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+t = torch.ones(1)
+dist.all_reduce(t)
+if dist.get_rank() == 1 and not os.path.exists(os.path.join(out, "died")):
+    open(os.path.join(out, "died"), "w").close()
+    os._exit(3)
+t = torch.ones(1)
+dist.all_reduce(t)
+row = dict(rank=dist.get_rank(), world=dist.get_world_size(), sum=t.item(),
+           attempt=int(os.environ["TORCHELASTIC_RESTART_COUNT"]))
+with open(os.path.join(out, f"{dist.get_rank()}.json"), "w") as f:
+    json.dump(row, f)
+dist.destroy_process_group()  # else gloo may abort at exit (SIGABRT: a failure, one more round)
+"""
+
+
+def stand_in_trainer(tmp_path, source: str):
+    """A folder to run entrypoint.sh from, in which `-m artclf.train` runs SOURCE."""
+    (tmp_path / "cwd" / "artclf").mkdir(parents=True)
+    (tmp_path / "cwd" / "artclf" / "__init__.py").write_text("")
+    (tmp_path / "cwd" / "artclf" / "train.py").write_text(source)
+    (tmp_path / "out").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE", "PET_", "TORCH"))}
+    env |= {
+        "ACCELERATE_USE_CPU": "1",
+        "OMP_NUM_THREADS": "1",
+        "PATH": f"{os.path.dirname(sys.executable)}:{env['PATH']}",
+    }
+    env |= {"ACCELERATE_CONFIG": str(REPO / "launch" / "multi_node.yaml")}
+    return tmp_path / "cwd", tmp_path / "out", env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_entrypoint_restarts_the_gang_after_a_worker_dies(tmp_path):
+    """Two "nodes" on this host run entrypoint.sh for real: a worker of node 1 dies, its agent
+    restarts it, node 0's agent sees the new rendezvous round and restarts its worker too, and the
+    world of 2 forms again. (With the static rendezvous, or c10d sharing the agent's store, the
+    restarted workers often read the previous attempt's addresses and fail or hang: launch/README.md.)"""
+    cwd, out, env = stand_in_trainer(tmp_path, DIES_ONCE)
+    port = free_port()
+    procs, logs = [], [tmp_path / "node-0.log", tmp_path / "node-1.log"]
+    for rank in (0, 1):
+        layout = {"PET_NNODES": "2", "PET_NODE_RANK": str(rank), "PET_NPROC_PER_NODE": "1"}
+        layout |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "LOGLEVEL": "INFO"}
+        cmd = ["sh", str(K8S / "entrypoint.sh"), "--run", str(out)]
+        with open(logs[rank], "w") as log:
+            procs.append(subprocess.Popen(cmd, cwd=cwd, env={**env, **layout}, stdout=log,
+                                          stderr=subprocess.STDOUT))  # fmt: skip
+    try:
+        rcs = [p.wait(timeout=300) for p in procs]
+    except subprocess.TimeoutExpired:
+        rcs = ["timeout"]
+    finally:
+        for p in procs:
+            p.kill()
+    assert rcs == [0, 0], "\n".join(f"--- {f.name}\n{f.read_text()[-6000:]}" for f in logs)
+    rows = sorted((json.loads(p.read_text()) for p in out.glob("*.json")), key=lambda r: r["rank"])
+    assert (out / "died").exists()
+    assert [(r["rank"], r["world"], r["sum"]) for r in rows] == [(0, 2, 2.0), (1, 2, 2.0)]
+    assert max(r["attempt"] for r in rows) >= 1  # the node whose worker died used a restart
+
+
+# Stand-in trainer for SIGTERM: saving takes 4 s, then exit 75 (artclf/preemption.py); it stops
+# by itself when its launcher is gone.
+SAVES_ON_TERM = """
+import os, signal, sys, time
+out = sys.argv[sys.argv.index("--run") + 1]
+parent = os.getppid()
+def save(signum, frame):
+    time.sleep(4)
+    open(os.path.join(out, f"saved-{os.getpid()}"), "w").close()
+    os._exit(75)
+signal.signal(signal.SIGTERM, save)
+open(os.path.join(out, f"ready-{os.getpid()}"), "w").close()
+while os.getppid() == parent:
+    time.sleep(0.1)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shutdown_timeout, saved", [("1", 0), ("30", 2)])
+def test_sigterm_leaves_the_trainers_the_shutdown_timeout(tmp_path, shutdown_timeout, saved):
+    """The kubelet's TERM goes to PID 1, the launcher entrypoint.sh exec'ed; torchrun forwards it
+    and SIGKILLs the trainers TORCH_ELASTIC_SHUTDOWN_TIMEOUT s later (the manifests set 570 s).
+    Pins torch's variable: a 4 s save survives a 30 s timeout and is cut by a 1 s one."""
+    cwd, out, env = stand_in_trainer(tmp_path, SAVES_ON_TERM)
+    layout = {"PET_NNODES": "1", "PET_NODE_RANK": "0", "PET_NPROC_PER_NODE": "2"}
+    layout |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    layout |= {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": shutdown_timeout}
+    p = subprocess.Popen(["sh", str(K8S / "entrypoint.sh"), "--run", str(out)], cwd=cwd,
+                         env={**env, **layout}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while len(list(out.glob("ready-*"))) < 2:
+            assert p.poll() is None and time.time() < deadline, p.stdout.read().decode()[-3000:]
+            time.sleep(0.2)
+        p.send_signal(signal.SIGTERM)
+        log, _ = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode != 0  # torchrun re-raises the signal after the shutdown
+    assert len(list(out.glob("saved-*"))) == saved, log.decode()[-3000:]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
+from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.utils import DistributedType
 
 from tests.conftest import REPO
@@ -28,7 +29,7 @@ EXPECTED = {
     "multi_node.yaml": dict(
         distributed_type=DistributedType.MULTI_GPU,
         mixed_precision="bf16",
-        rdzv_backend="static",
+        rdzv_backend="c10d",
         use_cpu=False,
     ),
     "single_gpu.yaml": dict(distributed_type=DistributedType.NO, num_processes=1, use_cpu=False),
@@ -75,6 +76,18 @@ def test_every_key_has_a_comment(path: Path):
     assert sorted(line.split(":")[0] for line in lines) == sorted(keys)  # one top-level line per key
     uncommented = [line for line in lines if " # " not in line]
     assert not uncommented, f"{path.name}: keys without a comment: {uncommented}"
+
+
+def test_accelerate_launch_ignores_the_rendezvous_keys():
+    """Why the launchers pass --rdzv_backend c10d as a flag (accelerate 1.15): `accelerate launch`
+    copies a config key only where its flag's default is None, and --rdzv_backend defaults to
+    'static' (--same_network to False). If accelerate starts honouring the keys, this test fails."""
+    parser = launch_command_parser()
+    args, *_ = _validate_launch_command(
+        parser.parse_args(["--config_file", str(LAUNCH / "multi_node.yaml"), "train.py"])
+    )
+    assert load_config_from_file(str(LAUNCH / "multi_node.yaml")).rdzv_backend == "c10d"
+    assert (args.rdzv_backend, args.same_network, args.max_restarts) == ("static", False, 0)
 
 
 def launch_cpu_2proc(tmp_path: Path, use_cpu_env: bool) -> list[dict]:

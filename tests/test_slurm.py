@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import time
 import urllib.request
@@ -180,19 +181,20 @@ STUBS = {
     # srun: run the node command once per node, as SLURM would on 2 nodes (SLURM_NODEID 0 and 1)
     "srun": 'while [[ $1 != bash ]]; do shift; done\nfor id in 0 1; do SLURM_NODEID=$id "$@" & done\nwait\n',
     "scontrol": '[[ "$1 $2" == "show hostnames" ]] && printf "gpu-a01\\ngpu-a02\\n"\n',
-    # accelerate: record its arguments, one per line, per node
-    "accelerate": 'printf "%s\\n" "$@" > "$STUB_OUT/node-$SLURM_NODEID.args"\n',
+    # accelerate: record its arguments, one per line, and the torchrun variables, per node
+    "accelerate": 'printf "%s\\n" "$@" > "$STUB_OUT/node-$SLURM_NODEID.args"\n'
+    'env | grep -E "^(PET|TORCH)_" | sort > "$STUB_OUT/node-$SLURM_NODEID.env"\n',
 }
 
 
-def test_train_sbatch_expands_the_layout_on_each_node(tmp_path):
-    """Two nodes cannot run here; stubs for srun/scontrol/accelerate show what each node gets."""
+def stub_env(tmp_path: Path, stubs: dict[str, str], **env: str) -> dict[str, str]:
+    """The environment of slurm/train.sbatch on 2 stand-in nodes (STUBS, overridden by `stubs`)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, body in STUBS.items():
+    for name, body in (STUBS | stubs).items():
         (bin_dir / name).write_text("#!/bin/bash\n" + body)
         (bin_dir / name).chmod(0o755)
-    env = {
+    return {
         "PATH": f"{bin_dir}:/usr/bin:/bin",
         "STUB_OUT": str(tmp_path),
         "SLURM_JOB_ID": "4242",
@@ -202,9 +204,19 @@ def test_train_sbatch_expands_the_layout_on_each_node(tmp_path):
         "SLURM_GPUS_ON_NODE": "4",
         "SHARDS": "s3://bucket/shards",
         "RUN": str(tmp_path / "my run"),  # a space must survive every level of quoting
-    }
-    res = subprocess.run(["bash", "slurm/train.sbatch", "--epochs", "3"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    } | env
+
+
+def run_with_stubs(tmp_path: Path, stubs: dict[str, str], **env: str) -> subprocess.CompletedProcess:
+    """slurm/train.sbatch --epochs 3 on 2 stand-in nodes."""
+    return subprocess.run(["bash", "slurm/train.sbatch", "--epochs", "3"], cwd=REPO,
+                          env=stub_env(tmp_path, stubs, **env), capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+
+
+def test_train_sbatch_expands_the_layout_on_each_node(tmp_path):
+    """Two nodes cannot run here; stubs for srun/scontrol/accelerate show what each node gets."""
+    res = run_with_stubs(tmp_path, {})
     assert res.returncode == 0, res.stdout + res.stderr
     for rank in (0, 1):
         args = (tmp_path / f"node-{rank}.args").read_text().splitlines()
@@ -212,6 +224,59 @@ def test_train_sbatch_expands_the_layout_on_each_node(tmp_path):
             "launch", "--config_file", "launch/multi_node.yaml",
             "--num_machines", "2", "--num_processes", "8", "--machine_rank", str(rank),
             "--main_process_ip", "gpu-a01", "--main_process_port", str(29500 + 4242 % 1000),
+            "--rdzv_backend", "c10d", "--rdzv_conf", f"is_host={int(rank == 0)},join_timeout=900",
+            "--max_restarts", "3",
             "-m", "artclf.train", "--shards", "s3://bucket/shards", "--run", str(tmp_path / "my run"),
             "--epochs", "3",
         ]  # fmt: skip
+        assert (tmp_path / f"node-{rank}.env").read_text().splitlines() == [
+            f"PET_RDZV_ENDPOINT=gpu-a01:{29500 + 4242 % 1000}",  # c10d on the head node, also for 1 node
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1",  # a restarted gang gets a fresh store
+            "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=270",  # time to save after TERM (torch's default: 30 s)
+        ]
+
+
+def test_max_restarts_is_a_site_setting(tmp_path):
+    res = run_with_stubs(tmp_path, {}, MAX_RESTARTS="0")
+    assert res.returncode == 0, res.stdout + res.stderr
+    args = (tmp_path / "node-1.args").read_text().splitlines()
+    assert args[args.index("--max_restarts") + 1] == "0"
+
+
+def test_a_long_node_list_does_not_kill_the_script(tmp_path):
+    """`scontrol show hostnames | head -n 1` under pipefail died of SIGPIPE (exit 141, no
+    message) when scontrol was still writing after head had exited: 100000 names make sure."""
+    many = '[[ "$1 $2" == "show hostnames" ]] && { echo gpu-a01; seq -f "gpu-b%06g" 100000; }\n'
+    res = run_with_stubs(tmp_path, {"scontrol": many})
+    assert res.returncode == 0, f"exit {res.returncode}: {res.stdout + res.stderr}"
+    for rank in (0, 1):
+        args = (tmp_path / f"node-{rank}.args").read_text().splitlines()
+        assert args[args.index("--main_process_ip") + 1] == "gpu-a01"
+
+
+def test_an_early_exit_says_why(tmp_path):
+    """Any failing command that ends the script (set -e) names its exit code, line and command."""
+    res = run_with_stubs(tmp_path, {"scontrol": "echo 'scontrol: error: no such job' >&2; exit 3\n"})
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert re.search(r"artclf-train: exit 3 at line \d+: .*scontrol show hostnames", res.stderr), res.stderr
+
+
+def test_usr1_without_a_saved_state_is_not_requeued(tmp_path):
+    """USR1, then the step fails before any RUN/state exists: the script says so and keeps the
+    step's exit code (`find` on the missing folder used to end it silently under pipefail)."""
+    stubs = {"srun": "sleep 3; exit 1\n", "scancel": 'echo "scancel $*" >> "$STUB_OUT/scancel"\n'}
+    out = tmp_path / "out.txt"
+    with open(out, "w") as f:
+        p = subprocess.Popen(["bash", "slurm/train.sbatch"], cwd=REPO, env=stub_env(tmp_path, stubs),
+                             stdout=f, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.time() + 30
+        while "SLURM_RESTART_COUNT=" not in out.read_text():
+            assert p.poll() is None and time.time() < deadline, out.read_text()
+            time.sleep(0.05)
+        p.send_signal(signal.SIGUSR1)
+        assert p.wait(timeout=30) == 1, out.read_text()
+    finally:
+        p.kill()
+    assert "saved no state: not requeueing" in out.read_text()
+    assert (tmp_path / "scancel").read_text() == "scancel --signal=TERM 4242\n"  # to the steps, as TERM

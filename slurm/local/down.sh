@@ -4,6 +4,7 @@
 #
 #   slurm/local/down.sh [DIR] [--purge]   # --purge also removes DIR (config, state, logs)
 set -euo pipefail
+trap 'echo "slurm/local/down.sh: exit $? at line $LINENO: $BASH_COMMAND" >&2' ERR # say why set -e ends it
 
 DIR=
 PURGE=0

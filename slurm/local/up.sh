@@ -10,6 +10,7 @@
 #
 # Idempotent: run it again and it checks the running cluster answers instead of starting another.
 set -euo pipefail
+trap 'echo "slurm/local/up.sh: exit $? at line $LINENO: $BASH_COMMAND" >&2' ERR # say why set -e ends it
 
 DIR=$(realpath -m "${1:-${ARTCLF_SLURM_DIR:-/tmp/artclf-slurm}}")
 CTLD_PORT=${ARTCLF_SLURM_CTLD_PORT:-6817}
@@ -65,7 +66,7 @@ if ! alive "$DIR/run/munged.pid"; then
 fi
 
 # ---- slurm.conf: the node line is what slurmd detects on this machine --------------------------
-NODE_LINE=$(slurmd -C | head -1)
+NODE_LINE=$(slurmd -C | sed -n 1p) # not head: SIGPIPE (141) under pipefail if slurmd still writes
 [[ $NODE_LINE == NodeName=* ]] || die "slurmd -C printed no node line: $NODE_LINE"
 NODE=$(sed -E 's/^NodeName=([^ ]+).*/\1/' <<<"$NODE_LINE")
 CPUS=$(sed -E 's/.* CPUs=([0-9]+).*/\1/' <<<"$NODE_LINE")
