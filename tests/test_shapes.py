@@ -151,8 +151,8 @@ def test_launcher_sigkill_leaves_no_trainer_and_the_rerun_resumes_past_a_torn_ch
     """The crash users meet: the launcher is killed (OOM killer, kill -9), the newest checkpoint
     is torn (a lost write), the same command is run again."""
     run = tmp_path / "run"
-    args = train_args(shard_sets[2], run, "--epochs", "2", "--save-every", "1", workers="1")
-    proc = start(accelerate_cmd(2, *args))
+    args = train_args(shard_sets[2], run, "--save-every", "1", workers="1")
+    proc = start(accelerate_cmd(2, *args, "--epochs", "50"))  # still training when the check ends
     try:
         wait_for(lambda: len(steps_saved(run)) >= 2, 180, "two step checkpoints", proc)
         os.kill(proc.pid, signal.SIGKILL)  # the launcher only: its workers are in sessions of their own
@@ -169,7 +169,7 @@ def test_launcher_sigkill_leaves_no_trainer_and_the_rerun_resumes_past_a_torn_ch
     *_, before, newest = steps_saved(run)
     weights = run / "state" / f"step-{newest:08d}" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    rc, out = launch(2, *args, timeout=240)
+    rc, out = launch(2, *args, "--epochs", "2", timeout=240)
     assert rc == 0, out[-4000:]
     assert f"step-{newest:08d}: does not load" in out and "falling back" in out
     assert f"resuming from {run / 'state'}/step-{before:08d}" in out
