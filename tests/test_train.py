@@ -200,3 +200,21 @@ def test_model_pt_of_a_compiled_model_loads_into_a_plain_one(tmp_path):
     loaded, _ = load_model(tmp_path / "model.pt")
     for k, v in plain.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
+
+
+def test_a_stop_during_evaluation_returns_no_metrics(shards):  # noqa: F811
+    """The stop flag is checked per evaluation batch: the trainer saves instead of scoring."""
+    from accelerate import Accelerator
+
+    from artclf.data import eval_loader, read_info
+    from artclf.engine import evaluate
+    from artclf.model import build_model
+    from artclf.transforms import Preprocess
+
+    info, pre = read_info(str(shards)), Preprocess(image_size=32, resize=32)
+    model = build_model("resnet18", "none", len(info["classes"]), pre)
+    batches = eval_loader(info, "val", pre, 4, 0, 0, 1)
+    calls = []
+    stop = lambda: calls.append(1) or len(calls) > 2  # noqa: E731  (stop at the third batch)
+    metrics, preds = evaluate(Accelerator(cpu=True), model, batches, info["classes"], 0, stop)
+    assert metrics is None and preds is None and len(calls) == 3
