@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import multiprocessing
 import os
 import select
 import signal
@@ -93,7 +94,7 @@ def watch_launcher(interval: float = 1.0) -> None:
 
 
 def die(reason: str, code: int = EXIT_HUNG) -> None:
-    """Say why, dump every thread's stack (where each one waits), end the process group now.
+    """Say why, dump every thread's stack (where each one waits), end this process and its workers now.
 
     ``os._exit``: a process whose collectives are broken must not run atexit handlers or
     destroy its process group (either can block for good).
@@ -102,9 +103,8 @@ def die(reason: str, code: int = EXIT_HUNG) -> None:
     print(f"artclf train [rank {rank}, pid {os.getpid()}]: {reason}; stacks:", file=sys.stderr, flush=True)
     faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
     sys.stderr.flush()
-    for pid in _children():  # DataLoader workers: they would linger a few seconds otherwise
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    for worker in multiprocessing.active_children():  # DataLoader workers would linger otherwise
+        worker.kill()
     os._exit(code)
 
 
@@ -112,19 +112,3 @@ def _no_wakeup_fd() -> None:
     # ValueError: forked from a thread other than the main one, which runs no handlers anyway
     with contextlib.suppress(ValueError):
         signal.set_wakeup_fd(-1)
-
-
-def _children() -> list[int]:
-    """Direct children of this process (DataLoader workers), from /proc."""
-    me, out = str(os.getpid()), []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        if stat[stat.rfind(")") + 2 :].split()[1] == me:
-            out.append(int(entry))
-    return out

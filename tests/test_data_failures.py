@@ -14,7 +14,6 @@ import io
 import multiprocessing
 import os
 import signal
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from PIL import Image
 from artclf import storage
 from artclf.data import eval_loader, train_loader
 from artclf.transforms import Preprocess
+from tests.test_serve import free_port
 from tests.test_storage import s3_env, s3_prefix  # noqa: F401  (fixtures)
 
 PRE = Preprocess(image_size=16, resize=16)
@@ -202,9 +202,7 @@ def test_fewer_failed_shards_are_skipped_and_counted(local, workers):
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_unreachable_endpoint_counts_as_failed_shards(s3_urls, monkeypatch, workers):
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     monkeypatch.setattr(storage, "S3_MAX_ATTEMPTS", 1)
     storage.set_endpoint(f"http://127.0.0.1:{port}")  # the s3_env fixture resets it
     out = drain(train(info_of(s3_urls), workers, max_failed_shards=2))

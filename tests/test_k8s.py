@@ -24,6 +24,7 @@ import yaml
 
 from tests.conftest import REPO
 from tests.test_launch import WORLD_SCRIPT
+from tests.test_serve import free_port
 
 K8S = REPO / "k8s"
 K8S_VERSION = "1.31.0"  # oldest cluster we claim (Indexed Job hostnames, backoffLimitPerIndex beta)
@@ -485,12 +486,6 @@ def stand_in_trainer(tmp_path, source: str):
     }
     env |= {"ACCELERATE_CONFIG": str(REPO / "launch" / "multi_node.yaml")}
     return tmp_path / "cwd", tmp_path / "out", env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
