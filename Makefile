@@ -86,7 +86,7 @@ lint: $(VENV)/.installed
 	$(BIN)/shellcheck slurm/*.sbatch slurm/local/*.sh k8s/entrypoint.sh
 
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=30
 
 fmt: $(VENV)/.installed
 	$(BIN)/ruff check --fix .

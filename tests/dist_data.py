@@ -28,6 +28,7 @@ def main() -> None:
     if acc.is_main_process:
         with open(out, "w") as f:
             json.dump(everyone, f)
+    acc.wait_for_everyone()  # no rank tears down while another still talks to it
     acc.end_training()  # destroy the process group: exiting with a live one can abort (SIGABRT)
 
 

@@ -29,6 +29,7 @@ def main() -> None:
     if acc.is_main_process:
         with open(out, "w") as f:
             json.dump({"world": acc.num_processes, "keys": preds["keys"], **metrics}, f)
+    acc.wait_for_everyone()  # no rank tears down while another still talks to it
     acc.end_training()  # destroy the process group: exiting with a live one can abort (SIGABRT)
 
 

@@ -46,6 +46,7 @@ def main() -> None:
         "bias_grad": plain.bias.grad,
     }
     torch.save(res, out / f"rank{rank}.pt")
+    acc.wait_for_everyone()  # no rank tears down while another still talks to it
     acc.end_training()  # destroy the process group: exiting with a live one can abort (SIGABRT)
 
 

@@ -33,7 +33,8 @@ def main() -> None:
         assert train(cfg, acc, stop) == 0
         acc.free_memory()
         acc._custom_objects.clear()  # register_for_checkpointing's list; free_memory keeps it
-    acc.end_training()
+    acc.wait_for_everyone()  # no rank tears down while another still talks to it
+    acc.end_training()  # destroy the process group: exiting with a live one can abort (SIGABRT)
 
 
 if __name__ == "__main__":

@@ -11,32 +11,20 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from tests import procs
 from tests.system import can_apt, cannot
 
 REPO = Path(__file__).resolve().parents[1]
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
-
-
-def _free_ports(n: int) -> list[int]:
-    """n distinct free ports (all sockets held open together, so no port is handed out twice)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 @dataclass
@@ -46,6 +34,7 @@ class Slurm:
     dir: Path
     env: dict
     say: Callable[[str], None] = print  # job ids and states, shown even when pytest captures output
+    submitted: list[str] = field(default_factory=list)  # every job id, for cancel_unfinished
 
     def run(self, *cmd: str, check: bool = True, env: dict | None = None) -> str:
         res = subprocess.run(
@@ -57,16 +46,44 @@ class Slurm:
 
     def sbatch(self, *args: str, env: dict | None = None) -> str:
         job = self.run("sbatch", "--parsable", *args, env=env).strip().split(";")[0]
+        self.submitted.append(job)
         self.say(f"submitted job {job}: sbatch {' '.join(args)}")
         return job
 
-    def job(self, job: str) -> list[dict]:
-        """`scontrol show job -o` as dicts (one per array task)."""
-        out = self.run("scontrol", "show", "job", "-o", job)
+    def cancel_unfinished(self, timeout: float = 60) -> None:
+        """scancel every submitted job that has not ended, and wait until none holds the node:
+        a test that fails mid-job leaves nothing running into the next one."""
+        live = [
+            j for j in self.submitted if any(t["JobState"] not in FINAL for t in self.job(j, check=False))
+        ]
+        for job in live:
+            self.say(f"cancelling job {job} (the test ended before it did)")
+            self.run("scancel", job, check=False)
+        deadline = time.monotonic() + timeout
+        while live and time.monotonic() < deadline:
+            live = [j for j in live if self._unfinished(j)]
+            time.sleep(0.5)
+        self.submitted.clear()
+
+    def _unfinished(self, job: str) -> bool:
+        return any(t["JobState"] not in FINAL for t in self.job(job, check=False))
+
+    def job(self, job: str, check: bool = True) -> list[dict]:
+        """`scontrol show job -o` as dicts (one per array task); [] for a job slurmctld forgot
+        (with check=False)."""
+        out = self.run("scontrol", "show", "job", "-o", job, check=check)
         return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in out.splitlines() if line.strip()]
 
     def wait(self, job: str, until: set[str], timeout: float = 300) -> list[dict]:
-        """Poll until every task of `job` is in `until`; fail early on a final state outside it."""
+        """Poll until every task of `job` is in `until`; fail early on a final state outside it
+        (the job is cancelled when this fails)."""
+        try:
+            return self._wait(job, until, timeout)
+        except BaseException:
+            self.run("scancel", job, check=False)
+            raise
+
+    def _wait(self, job: str, until: set[str], timeout: float) -> list[dict]:
         deadline = time.time() + timeout
         seen = None
         while True:
@@ -115,30 +132,53 @@ def _terminal(config) -> Callable[[str], None]:
 
 
 @pytest.fixture(scope="session")
-def slurm(tmp_path_factory, pytestconfig) -> Slurm:
+def slurm(tmp_path_factory, pytestconfig) -> Iterator[Slurm]:
     reason = _cannot()
     if reason:
         cannot(reason)
-    d = tmp_path_factory.mktemp("slurm")
-    ctld_port, slurmd_port = _free_ports(2)
-    env = {
-        **os.environ,
-        "ARTCLF_SLURM_CTLD_PORT": str(ctld_port),
-        "ARTCLF_SLURM_SLURMD_PORT": str(slurmd_port),
-        "SLURM_CONF": str(d / "slurm.conf"),
-        # jobs inherit the submitting environment: the venv's artclf/accelerate/tensorboard first
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    up = subprocess.run(
-        ["bash", str(REPO / "slurm/local/up.sh"), str(d)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert up.returncode == 0, f"slurm/local/up.sh failed:\n{up.stdout}\n{up.stderr}"
-    cluster = Slurm(d, env, _terminal(pytestconfig))
-    for line in up.stdout.splitlines():
-        cluster.say(line)
-    yield cluster
-    subprocess.run(["bash", str(REPO / "slurm/local/down.sh"), str(d)], env=env, timeout=120)
+    say = _terminal(pytestconfig)
+    for attempt in range(3):
+        d = tmp_path_factory.mktemp("slurm")
+        ctld_port, slurmd_port = procs.free_ports(2)  # below the ephemeral range; retried below
+        env = {
+            **os.environ,
+            "ARTCLF_SLURM_CTLD_PORT": str(ctld_port),
+            "ARTCLF_SLURM_SLURMD_PORT": str(slurmd_port),
+            "SLURM_CONF": str(d / "slurm.conf"),
+            # jobs inherit the submitting environment: the venv's artclf/accelerate/tensorboard first
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        }
+        try:
+            up = subprocess.run(["bash", str(REPO / "slurm/local/up.sh"), str(d)], env=env,
+                                capture_output=True, text=True, timeout=900)  # fmt: skip
+        except BaseException:
+            _down(d, env)  # whatever up.sh had started
+            raise
+        if up.returncode == 0:
+            break
+        _down(d, env)
+        logs = " ".join(p.read_text(errors="replace") for p in (d / "log").glob("*.log"))
+        if attempt == 2 or "in use" not in logs + up.stderr:  # only a taken port is worth a retry
+            pytest.fail(f"slurm/local/up.sh failed:\n{up.stdout}\n{up.stderr}\n{logs[-3000:]}")
+        say(f"a port was taken ({ctld_port}, {slurmd_port}): starting again on others")
+    cluster = Slurm(d, env, say)
+    try:
+        for line in up.stdout.splitlines():
+            cluster.say(line)
+        yield cluster
+    finally:
+        try:
+            cluster.cancel_unfinished()
+        finally:
+            error = _down(d, env)
+    assert error is None, error
+
+
+def _down(d: Path, env: dict) -> str | None:
+    """slurm/local/down.sh on what up.sh made in ``d`` (nothing when it made nothing); its
+    error, or None."""
+    if not (d / ".artclf-local-slurm").exists():
+        return None
+    res = subprocess.run(["bash", str(REPO / "slurm/local/down.sh"), str(d)], env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    return None if res.returncode == 0 else f"slurm/local/down.sh failed:\n{res.stdout}\n{res.stderr}"

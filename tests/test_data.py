@@ -4,9 +4,7 @@ rank, every eval key exactly once; and the transforms against torchvision's refe
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
 
 import numpy as np
 import pytest
@@ -24,21 +22,12 @@ from artclf.transforms import (
     to_uint8_tensor,
     train_image,
 )
-from tests.conftest import REPO
-from tests.cpu_launch import CPU_ENV, accelerate_cmd
-from tests.test_shard import expected, shards, work  # noqa: F401  (module fixtures)
-
-
-def accelerate_cpu(nproc: int, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`accelerate launch` of N real CPU processes (tests/cpu_launch.py), captured."""
-    env = {**os.environ, **CPU_ENV}
-    return subprocess.run(
-        accelerate_cmd(nproc, *args), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
+from tests.cpu_launch import accelerate_cpu
+from tests.test_shard import expected
 
 
 @pytest.mark.slow
-def test_two_ranks_two_workers(work, shards, tmp_path):  # noqa: F811
+def test_two_ranks_two_workers(work, shards, tmp_path):
     out = tmp_path / "ranks.json"
     res = accelerate_cpu(2, "tests/dist_data.py", str(shards), str(out))
     assert res.returncode == 0, res.stderr[-3000:]

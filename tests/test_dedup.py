@@ -13,7 +13,7 @@ from artclf import features, manifest
 from artclf.dedup import DedupConfig, dedup
 from artclf.ingest import IngestConfig, ingest
 from bench.dedup_quality import WHOLE_PICTURE, score
-from tests.conftest import run_cli
+from tests.conftest import assert_figure, run_cli
 from tests.mobilenet_weights import convert
 
 
@@ -39,33 +39,44 @@ def fresh_work(src, dest):
     return dest
 
 
-def dedup_score(quality_set, dest, **flags) -> dict:
-    """Run dedup on a fresh copy of the quality set; pairwise scores against its truth."""
+def dedup_score(quality_set, dest, **flags) -> tuple[dict, dict]:
+    """Run dedup on a fresh copy of the quality set; (its report, pairwise scores against the
+    set's truth)."""
     work = fresh_work(quality_set / "work", dest)
-    dedup(DedupConfig(work=work, workers=2, **flags))
+    report = dedup(DedupConfig(work=work, workers=2, **flags))
     truth = json.loads((quality_set / "data/sample_truth.json").read_text())
     s = score(truth, manifest.read_manifest(work))
     print(json.dumps(s, indent=1))
-    return s
+    return report, s
 
 
-def test_hashes_alone_find_whole_picture_copies(quality_set, tmp_path):
-    s = dedup_score(quality_set, tmp_path / "w", weights="none", montages=1)
+@pytest.fixture(scope="module")
+def hashes_only(quality_set, tmp_path_factory):
+    """One hash-only dedup of the quality set, shared by the tests that read it: (work, report,
+    scores)."""
+    work = tmp_path_factory.mktemp("hashes") / "w"
+    report, s = dedup_score(quality_set, work, weights="none", montages=1)
+    return work, report, s
+
+
+def test_hashes_alone_find_whole_picture_copies(hashes_only):
+    work, _, s = hashes_only
     assert s["precision"] >= 0.95
     assert s["recall_whole_picture"] >= 0.90
+    (montage,) = (work / "dedup").glob("group_*.png")  # --montages 1: the largest group
+    assert_figure(montage)
 
 
 @pytest.mark.slow
 def test_mobilenet_features_find_every_kind_of_copy(quality_set, mobilenet, tmp_path):
-    s = dedup_score(quality_set, tmp_path / "w", arch="mobilenet_v2", weights=str(mobilenet), montages=0)
+    _, s = dedup_score(quality_set, tmp_path / "w", arch="mobilenet_v2", weights=str(mobilenet), montages=0)
     assert s["precision"] >= 0.95
     assert s["recall"] >= 0.90
 
 
 @pytest.mark.slow
-def test_parts_then_merge_equal_one_pass(sample_dir, mobilenet, tmp_path):
-    work = tmp_path / "w"
-    ingest(IngestConfig(data_dir=sample_dir, work=work, workers=1))
+def test_parts_then_merge_equal_one_pass(work, mobilenet, tmp_path):
+    work = fresh_work(work, tmp_path / "w")  # ingested; its hash-only dedup left out
     single = fresh_work(work, tmp_path / "single")
     common = dict(arch="mobilenet_v2", weights=str(mobilenet), workers=0, montages=0, image_size=128)
     dedup(DedupConfig(work=single, **common))
@@ -110,22 +121,22 @@ def _model_id(common: dict) -> dict:
     }
 
 
-def test_rerun_reuses_the_cache(sample_dir, tmp_path, monkeypatch):
-    work = tmp_path / "w"
-    ingest(IngestConfig(data_dir=sample_dir, work=work, workers=1))
-    first = dedup(DedupConfig(work=work, weights="none", workers=0, montages=0))
+def test_rerun_reuses_the_cache(work, tmp_path, monkeypatch):
+    """``work`` was deduplicated with these flags: a rerun on a copy reads the cached features."""
+    copy = tmp_path / "w"
+    shutil.copytree(work, copy)
 
     def boom(*a, **k):
         raise AssertionError("features recomputed although cached")
 
     monkeypatch.setattr(features, "compute", boom)
-    again = dedup(DedupConfig(work=work, weights="none", workers=0, montages=0))
-    assert {k: again[k] for k in ("groups", "dropped")} == {k: first[k] for k in ("groups", "dropped")}
+    dedup(DedupConfig(work=copy, weights="none", workers=0, montages=0))
+    assert (copy / "dedup/groups.json").read_text() == (work / "dedup/groups.json").read_text()
+    assert manifest.read_manifest(copy) == manifest.read_manifest(work)
 
 
-def test_cross_artist_groups_are_reported_and_kept_out(quality_set, tmp_path):
-    work = fresh_work(quality_set / "work", tmp_path / "w")
-    report = dedup(DedupConfig(work=work, weights="none", workers=2, montages=0))
+def test_cross_artist_groups_are_reported_and_kept_out(quality_set, hashes_only):
+    work, report, _ = hashes_only
     truth = json.loads((quality_set / "data/sample_truth.json").read_text())
     rows = {r["path"]: r for r in manifest.read_manifest(work)}
     cross = [g for g in truth["duplicate_groups"] if g["cross_artist"]]
@@ -140,12 +151,10 @@ def test_cross_artist_groups_are_reported_and_kept_out(quality_set, tmp_path):
         assert mislabel in report["mislabel_groups"]
     groups = json.loads((work / "dedup/groups.json").read_text())
     assert all(sum(m["keep"] for m in g["members"]) == (0 if g["mislabel"] else 1) for g in groups)
-    assert list((work / "dedup").glob("group_*.png")) == []
 
 
-def test_missing_pretrained_weights_is_a_clear_error(sample_dir, tmp_path):
-    work = tmp_path / "w"
-    ingest(IngestConfig(data_dir=sample_dir, work=work, workers=1))
+def test_missing_pretrained_weights_is_a_clear_error(work, tmp_path):
+    work = fresh_work(work, tmp_path / "w")
     res = run_cli("dedup", "--work", work, env={"TORCH_HOME": str(tmp_path / "th")})
     assert res.returncode == 1
     assert f"{tmp_path}/th/hub/checkpoints/resnet50-11ad3fa6.pth" in res.stderr

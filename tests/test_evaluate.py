@@ -5,39 +5,44 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
 from artclf import evaluate as evaluate_stage
-from artclf.metrics import expected_calibration_error
-from tests.conftest import run_cli
-from tests.test_data import accelerate_cpu
-from tests.test_shard import shards, work  # noqa: F401  (module fixtures)
-from tests.test_train import train_cmd
+from tests.conftest import assert_figure, run_cli
+from tests.cpu_launch import accelerate_cpu
 
 
-@pytest.fixture(scope="module")
-def tiny_run(shards, tmp_path_factory):  # noqa: F811
-    run = tmp_path_factory.mktemp("eval") / "run"
-    res = run_cli("train", *train_cmd(shards, run, "--batch-size", "16", "--epochs", "1", "--lr", "2e-3")[2:])
-    assert res.returncode == 0, res.stderr[-3000:]
-    return run
-
-
-def evaluate(shards, run, out, *extra):  # noqa: F811
+def evaluate(shards, run, out, *extra):
     return run_cli(
         "evaluate", "--model", run / "model.pt", "--shards", shards, "--out", out, "--workers", "1", *extra
     )
 
 
 @pytest.fixture(scope="module")
-def evaluated(shards, tiny_run, tmp_path_factory):  # noqa: F811
+def evaluated(shards, trained_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "test"
-    res = evaluate(shards, tiny_run, out, "--batch-size", "8")
+    res = evaluate(shards, trained_run, out, "--batch-size", "8")
     assert res.returncode == 0, res.stderr[-3000:]
     return out, res
+
+
+def ece_by_definition(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """Guo et al. 2017, written out: 15 equal bins (lo, hi] of the top probability; per bin,
+    |accuracy − mean confidence| weighted by its share of the samples."""
+    conf, correct = probs.max(1), probs.argmax(1) == y
+    total = 0.0
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        inside = [i for i in range(len(y)) if lo < conf[i] <= hi]
+        if inside:
+            acc = sum(correct[i] for i in inside) / len(inside)
+            mean_conf = sum(conf[i] for i in inside) / len(inside)
+            total += len(inside) / len(y) * abs(acc - mean_conf)
+    return total
 
 
 def read_predictions(out):
@@ -45,7 +50,7 @@ def read_predictions(out):
         return list(csv.DictReader(f))
 
 
-def test_metrics_equal_scikit_learn_on_saved_predictions(shards, evaluated):  # noqa: F811
+def test_metrics_equal_scikit_learn_on_saved_predictions(shards, evaluated):
     out, _ = evaluated
     m = json.loads((out / "metrics.json").read_text())
     info = json.loads((shards / "_info.json").read_text())
@@ -70,7 +75,7 @@ def test_metrics_equal_scikit_learn_on_saved_predictions(shards, evaluated):  # 
     assert m["log_loss"] == pytest.approx(skm.log_loss(y, probs, labels=labels), rel=1e-4)
     assert m["confidence"] == pytest.approx(probs.max(1).mean(), rel=1e-5)
     assert m["confusion_matrix"] == skm.confusion_matrix(y, pred, labels=labels).tolist()
-    assert m["ece"] == pytest.approx(expected_calibration_error(probs, y), abs=1e-6)
+    assert m["ece"] == pytest.approx(ece_by_definition(probs, y), abs=1e-6)
     with open(out / "per_class.csv") as f:
         per_class = list(csv.DictReader(f))
     assert [r["class"] for r in per_class] == info["classes"]
@@ -78,10 +83,10 @@ def test_metrics_equal_scikit_learn_on_saved_predictions(shards, evaluated):  # 
     assert [float(r["f1"]) for r in per_class] == pytest.approx(f1, abs=1e-4)
 
 
-def test_report_and_plots(tiny_run, evaluated):
+def test_report_and_plots(trained_run, evaluated):
     out, res = evaluated
-    for name in ("confusion_matrix.png", "errors.png", "learning_curve.png", "report.md"):
-        assert (out / name).stat().st_size > 0, name
+    for name in ("confusion_matrix.png", "errors.png", "learning_curve.png"):
+        assert_figure(out / name)
     report = (out / "report.md").read_text()
     m = json.loads((out / "metrics.json").read_text())
     assert f"| macro_f1 | {m['macro_f1']:.4f} |" in report
@@ -91,19 +96,21 @@ def test_report_and_plots(tiny_run, evaluated):
     assert str(out / "report.md") in res.stdout
 
 
-def test_default_out_is_next_to_the_model_and_split_is_checked(shards, tiny_run, capsys):  # noqa: F811
-    args = ["--model", str(tiny_run / "model.pt"), "--shards", str(shards), "--workers", "0"]
+def test_default_out_is_next_to_the_model_and_split_is_checked(shards, trained_run, tmp_path, capsys):
+    # the shared run stays as trained: evaluate a copy (without its checkpoints)
+    shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns("state", "tb"))
+    args = ["--model", str(tmp_path / "run/model.pt"), "--shards", str(shards), "--workers", "0"]
     assert evaluate_stage.main([*args, "--split", "val", "--errors", "0"]) == 0
-    assert (tiny_run / "eval-val" / "metrics.json").is_file()
-    assert not (tiny_run / "eval-val" / "errors.png").exists()
+    assert (tmp_path / "run/eval-val/metrics.json").is_file()
+    assert not (tmp_path / "run/eval-val/errors.png").exists()
     assert evaluate_stage.main([*args, "--split", "nope"]) == 1
     assert "no 'nope' split" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_one_and_two_processes_give_identical_metrics(shards, tiny_run, evaluated, tmp_path):  # noqa: F811
+def test_one_and_two_processes_give_identical_metrics(shards, trained_run, evaluated, tmp_path):
     out = tmp_path / "two"
-    args = ["-m", "artclf.evaluate", "--model", str(tiny_run / "model.pt"), "--shards", str(shards)]
+    args = ["-m", "artclf.evaluate", "--model", str(trained_run / "model.pt"), "--shards", str(shards)]
     res = accelerate_cpu(2, *args, "--out", str(out), "--workers", "1", "--batch-size", "8")
     assert res.returncode == 0, res.stderr[-3000:]
     one = json.loads((evaluated[0] / "metrics.json").read_text())

@@ -11,10 +11,8 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import kubeflow.training.models as kf
 import kubernetes.client as kc
@@ -22,9 +20,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests import procs
 from tests.conftest import REPO
 from tests.test_launch import WORLD_SCRIPT
-from tests.test_serve import free_port
 
 K8S = REPO / "k8s"
 K8S_VERSION = "1.31.0"  # oldest cluster we claim (Indexed Job hostnames, backoffLimitPerIndex beta)
@@ -426,26 +424,33 @@ def test_entrypoint_two_nodes_meet(tmp_path):
     reports rank and world size) forms one world of 2 through the static rendezvous."""
     script = tmp_path / "world.py"
     script.write_text(WORLD_SCRIPT)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
     env |= {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    procs = []
-    for rank in (0, 1):
-        layout = {"PET_NNODES": "2", "PET_NODE_RANK": str(rank), "PET_NPROC_PER_NODE": "1"}
-        layout |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        words = entrypoint(layout, str(tmp_path)).stdout.split()
-        i = words.index("-m")
-        cmd = [accelerate, *words[:i], str(script), *words[i + 2 :]]
-        procs.append(
-            subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        )
-    for p in procs:
-        out, _ = p.communicate(timeout=300)
-        assert p.returncode == 0, out.decode()[-3000:]
-    rows = sorted((json.loads(p.read_text()) for p in tmp_path.glob("*.json")), key=lambda r: r["rank"])
+
+    rows_dir = tmp_path
+
+    def two_nodes(port: int) -> list[tuple[int, str]]:
+        nonlocal rows_dir
+        rows_dir = tmp_path / f"rows-{port}"  # a retry on another port starts from nothing
+        rows_dir.mkdir()
+        nodes = []
+        try:
+            for rank in (0, 1):
+                layout = {"PET_NNODES": "2", "PET_NODE_RANK": str(rank), "PET_NPROC_PER_NODE": "1"}
+                layout |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+                words = entrypoint(layout, str(rows_dir)).stdout.split()
+                i = words.index("-m")
+                nodes.append(procs.spawn([accelerate, *words[:i], str(script), *words[i + 2 :]], env=env))
+            return [(p.wait(timeout=300), procs.output(p)) for p in nodes]
+        finally:
+            for p in nodes:
+                procs.stop_tree(p)
+
+    results = procs.on_free_port(two_nodes)
+    for code, out in results:
+        assert code == 0, out[-3000:]
+    rows = sorted((json.loads(p.read_text()) for p in rows_dir.glob("*.json")), key=lambda r: r["rank"])
     assert [(r["rank"], r["world"], r["backend"]) for r in rows] == [(0, 2, "gloo"), (1, 2, "gloo")]
 
 
@@ -468,6 +473,7 @@ row = dict(rank=dist.get_rank(), world=dist.get_world_size(), sum=t.item(),
            attempt=int(os.environ["TORCHELASTIC_RESTART_COUNT"]))
 with open(os.path.join(out, f"{dist.get_rank()}.json"), "w") as f:
     json.dump(row, f)
+dist.barrier()  # no rank tears down while another still talks to it
 dist.destroy_process_group()  # else gloo may abort at exit (SIGABRT: a failure, one more round)
 """
 
@@ -495,23 +501,32 @@ def test_entrypoint_restarts_the_gang_after_a_worker_dies(tmp_path):
     world of 2 forms again. (With the static rendezvous, or c10d sharing the agent's store, the
     restarted workers often read the previous attempt's addresses and fail or hang: launch/README.md.)"""
     cwd, out, env = stand_in_trainer(tmp_path, DIES_ONCE)
-    port = free_port()
-    procs, logs = [], [tmp_path / "node-0.log", tmp_path / "node-1.log"]
-    for rank in (0, 1):
-        layout = {"PET_NNODES": "2", "PET_NODE_RANK": str(rank), "PET_NPROC_PER_NODE": "1"}
-        layout |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "LOGLEVEL": "INFO"}
-        cmd = ["sh", str(K8S / "entrypoint.sh"), "--run", str(out)]
-        with open(logs[rank], "w") as log:
-            procs.append(subprocess.Popen(cmd, cwd=cwd, env={**env, **layout}, stdout=log,
-                                          stderr=subprocess.STDOUT))  # fmt: skip
-    try:
-        rcs = [p.wait(timeout=300) for p in procs]
-    except subprocess.TimeoutExpired:
-        rcs = ["timeout"]
-    finally:
-        for p in procs:
-            p.kill()
-    assert rcs == [0, 0], "\n".join(f"--- {f.name}\n{f.read_text()[-6000:]}" for f in logs)
+    logs = [tmp_path / "node-0.log", tmp_path / "node-1.log"]
+
+    def two_nodes(port: int) -> list[tuple[int | str, str]]:
+        for f in out.iterdir():  # a retry on another port starts from nothing
+            f.unlink()
+        nodes = []
+        try:
+            for rank in (0, 1):
+                layout = {"PET_NNODES": "2", "PET_NODE_RANK": str(rank), "PET_NPROC_PER_NODE": "1"}
+                layout |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "LOGLEVEL": "INFO"}
+                logs[rank].write_text("")
+                cmd = ["sh", str(K8S / "entrypoint.sh"), "--run", str(out)]
+                nodes.append(procs.spawn(cmd, cwd=cwd, env={**env, **layout}, log=logs[rank]))
+            try:
+                rcs: list[int | str] = [p.wait(timeout=300) for p in nodes]
+            except subprocess.TimeoutExpired:
+                rcs = ["timeout"]
+            return [(rc, procs.output(p)) for rc, p in zip(rcs, nodes, strict=False)]
+        finally:
+            for p in nodes:
+                procs.stop_tree(p)
+
+    results = procs.on_free_port(two_nodes)
+    assert [rc for rc, _ in results] == [0, 0], "\n".join(
+        f"--- {f.name}\n{f.read_text()[-6000:]}" for f in logs
+    )
     rows = sorted((json.loads(p.read_text()) for p in out.glob("*.json")), key=lambda r: r["rank"])
     assert (out / "died").exists()
     assert [(r["rank"], r["world"], r["sum"]) for r in rows] == [(0, 2, 2.0), (1, 2, 2.0)]
@@ -543,18 +558,12 @@ def test_sigterm_leaves_the_trainers_the_shutdown_timeout(tmp_path, shutdown_tim
     Pins torch's variable: a 4 s save survives a 30 s timeout and is cut by a 1 s one."""
     cwd, out, env = stand_in_trainer(tmp_path, SAVES_ON_TERM)
     layout = {"PET_NNODES": "1", "PET_NODE_RANK": "0", "PET_NPROC_PER_NODE": "2"}
-    layout |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    layout |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(procs.free_port())}
     layout |= {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": shutdown_timeout}
-    p = subprocess.Popen(["sh", str(K8S / "entrypoint.sh"), "--run", str(out)], cwd=cwd,
-                         env={**env, **layout}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        deadline = time.time() + 120
-        while len(list(out.glob("ready-*"))) < 2:
-            assert p.poll() is None and time.time() < deadline, p.stdout.read().decode()[-3000:]
-            time.sleep(0.2)
-        p.send_signal(signal.SIGTERM)
-        log, _ = p.communicate(timeout=120)
-    finally:
-        p.kill()
-    assert p.returncode != 0  # torchrun re-raises the signal after the shutdown
-    assert len(list(out.glob("saved-*"))) == saved, log.decode()[-3000:]
+    cmd = ["sh", str(K8S / "entrypoint.sh"), "--run", str(out)]
+    with procs.running(cmd, cwd=cwd, env={**env, **layout}) as p:
+        procs.wait_for(lambda: len(list(out.glob("ready-*"))) == 2, 120, "2 trainers ready", p)
+        p.send_signal(signal.SIGTERM)  # to the launcher alone, as the kubelet sends it to PID 1
+        code = p.wait(timeout=120)
+    assert code != 0  # torchrun re-raises the signal after the shutdown
+    assert len(list(out.glob("saved-*"))) == saved, procs.output(p)[-3000:]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +15,9 @@ from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.utils import DistributedType
 
+from tests import procs
 from tests.conftest import REPO
+from tests.cpu_launch import finish
 
 LAUNCH = REPO / "launch"
 CONFIGS = sorted(LAUNCH.glob("*.yaml"))
@@ -52,6 +53,8 @@ backend = dist.get_backend() if dist.is_initialized() else None
 row = dict(rank=acc.process_index, world=acc.num_processes, type=str(acc.distributed_type), backend=backend)
 with open(os.path.join(sys.argv[1], f"{os.getpid()}.json"), "w") as f:
     json.dump(row, f)
+acc.wait_for_everyone()  # no rank tears down while another still talks to it
+acc.end_training()  # destroy the process group: exiting with a live one can abort (SIGABRT)
 """
 
 
@@ -102,8 +105,8 @@ def launch_cpu_2proc(tmp_path: Path, use_cpu_env: bool) -> list[dict]:
     if use_cpu_env:
         env["ACCELERATE_USE_CPU"] = "1"
     cmd = [accelerate, "launch", "--config_file", str(LAUNCH / "cpu_2proc.yaml"), str(script), str(out)]
-    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    code, output = finish(procs.spawn(cmd, env=env), timeout=300)
+    assert code == 0, output[-3000:]
     return sorted((json.loads(p.read_text()) for p in out.glob("*.json")), key=lambda r: r["rank"])
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
 from artclf.losses import combined_loss, soft_f1_loss
-from tests.test_data import accelerate_cpu
+from tests.cpu_launch import accelerate_cpu
 
 C = 6
 

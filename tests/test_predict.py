@@ -8,7 +8,6 @@ import io
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import webdataset as wds
@@ -16,52 +15,12 @@ from PIL import Image
 
 from artclf import predict
 from artclf.data import read_info
-from artclf.model import build_model, load_model, save_model
+from artclf.model import load_model
 from artclf.predict import load_image
 from artclf.transforms import Preprocess, decode, eval_image
-from tests.conftest import run_cli
-from tests.test_shard import shards, work  # noqa: F401  (module fixtures)
+from tests.conftest import CLASSES, run_cli
 
-CLASSES = ["Albrecht_Durer", "Claude_Monet", "Edgar_Degas", "Pablo_Picasso", "Paul_Klee", "Titian"]
-PRE = Preprocess(image_size=48, resize=56)
-
-
-def tiny_model(path: Path) -> Path:
-    """An untrained resnet18 saved as model.pt (predict and export need no trained weights)."""
-    torch.manual_seed(0)
-    model = build_model("resnet18", "none", len(CLASSES), PRE)
-    save_model(path, model, CLASSES, PRE, "resnet18", {})
-    return path
-
-
-def half_black(w: int = 80, h: int = 60) -> Image.Image:
-    """Upright test picture: left half black, right half a colour gradient (rotations differ)."""
-    a = np.zeros((h, w, 3), np.uint8)
-    a[:, w // 2 :, 0] = np.linspace(60, 255, w - w // 2, dtype=np.uint8)
-    a[:, w // 2 :, 1] = 200
-    return Image.fromarray(a)
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("images")
-    (d / "sub").mkdir()
-    pic = half_black()
-    pic.save(d / "upright.jpg", quality=95)
-    pic.convert("RGBA").save(d / "sub" / "alpha.png")
-    pic.convert("L").save(d / "sub" / "gray.jpg", quality=95)
-    pic.convert("CMYK").save(d / "cmyk.jpg", quality=95)
-    exif = Image.Exif()
-    exif[0x0112] = 6  # orientation: the stored pixels must be turned 90° clockwise to stand up
-    pic.transpose(Image.Transpose.ROTATE_90).save(d / "exif_rotated.jpg", quality=95, exif=exif)
-    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
-    (d / "notes.txt").write_text("not an image suffix: skipped silently in a folder")
-    return d
-
-
-@pytest.fixture(scope="module")
-def model_pt(tmp_path_factory) -> Path:
-    return tiny_model(tmp_path_factory.mktemp("model") / "model.pt")
+PRE = Preprocess(image_size=48, resize=56)  # what conftest.tiny_model saves
 
 
 def test_predict_folder_json_reports_the_broken_file(images, model_pt):
@@ -116,7 +75,7 @@ def test_grayscale_cmyk_png_and_exif_orientation(images):
         assert (x.float() - upright).abs().mean() < 10, name
 
 
-def test_predict_tensor_equals_evaluate_tensor_on_the_stored_jpeg(shards):  # noqa: F811
+def test_predict_tensor_equals_evaluate_tensor_on_the_stored_jpeg(shards):
     """Evaluate decodes shard JPEGs with torchvision's decode_jpeg, predict with Pillow (open_rgb).
     Both are libjpeg-turbo and here give identical pixels (measured: 0 difference on all 227
     samples, at 48 and 512 px); builds of the two wheels may pick different IDCT/upsampling

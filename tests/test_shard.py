@@ -6,46 +6,24 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import signal
+import shutil
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
-import pytest
 import webdataset as wds
 from PIL import Image
 
 from artclf import manifest
 from artclf.artists import class_names
 from artclf.data import eval_loader, read_info, train_loader
-from artclf.dedup import DedupConfig, dedup
-from artclf.ingest import IngestConfig, ingest
 from artclf.shard import ShardConfig, sample_key, shard
-from artclf.split import SplitConfig, split
 from artclf.transforms import Preprocess
-from tests.conftest import REPO, run_cli
+from tests import procs
+from tests.conftest import run_cli
 
 PRE = Preprocess(image_size=64, resize=72)
-
-
-@pytest.fixture(scope="module")
-def work(sample_dir, tmp_path_factory):
-    """An ingested, deduplicated, split sample set."""
-    w = tmp_path_factory.mktemp("work")
-    ingest(IngestConfig(data_dir=sample_dir, work=w, workers=1))
-    dedup(DedupConfig(work=w, weights="none", workers=0, montages=0))
-    split(SplitConfig(work=w))
-    return w
-
-
-@pytest.fixture(scope="module")
-def shards(work, tmp_path_factory):
-    out = tmp_path_factory.mktemp("shards")
-    shard(ShardConfig(work=work, out=str(out), store_size=96, shard_samples=16, workers=2))
-    return out
 
 
 def expected(work: Path) -> dict[str, dict]:
@@ -106,11 +84,13 @@ def test_info_json_schema(work, shards):
             assert info["shards"][f]["bytes"] == len(data)
 
 
-def test_rerun_keeps_complete_shards(work, shards, capsys):
-    before = {p.name: p.stat().st_mtime_ns for p in shards.glob("*.tar")}
-    shard(ShardConfig(work=work, out=str(shards), store_size=96, shard_samples=16, workers=1))
+def test_rerun_keeps_complete_shards(work, shards, tmp_path, capsys):
+    out = tmp_path / "shards"
+    shutil.copytree(shards, out)
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
+    shard(ShardConfig(work=work, out=str(out), store_size=96, shard_samples=16, workers=1))
     assert "already complete" in capsys.readouterr().out
-    assert {p.name: p.stat().st_mtime_ns for p in shards.glob("*.tar")} == before
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")} == before
 
 
 def test_sigkill_then_rerun_gives_sound_shards(work, tmp_path):
@@ -131,15 +111,10 @@ def test_sigkill_then_rerun_gives_sound_shards(work, tmp_path):
         "--workers",
         "1",
     ]
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    deadline = time.time() + 120
-    while len(list((out / "_shards").glob("*.json")) if (out / "_shards").is_dir() else []) < 3:
-        assert time.time() < deadline and proc.poll() is None, "packer ended before it could be killed"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    with procs.running(cmd) as proc:
+        procs.wait_for(lambda: len(list(out.glob("_shards/*.json"))) >= 3, 120, "3 shards packed", proc)
+        procs.kill_tree(proc.pid)
+        proc.wait()
     assert not (out / "_info.json").exists()
     res = run_cli(*cmd[3:])
     assert res.returncode == 0, res.stderr
@@ -153,8 +128,6 @@ def test_sigkill_then_rerun_gives_sound_shards(work, tmp_path):
 
 def corrupt_one_sample(src: Path, dest: Path) -> str:
     """Copy a shard set, overwrite the middle of one jpg in place (sizes unchanged)."""
-    import shutil
-
     shutil.copytree(src, dest)
     info = json.loads((dest / "_info.json").read_text())
     name = info["splits"]["train"]["filenames"][0]

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from artclf.data import read_info
 from artclf.ingest import IngestConfig, ingest
 from artclf.model import load_model
 from artclf.split import SplitConfig, split
-from tests.conftest import REPO, run_cli
+from tests import procs
+from tests.conftest import REPO, TINY, history, run_cli
 from tests.slurmcluster import Slurm
-from tests.test_shard import shards, work  # noqa: F401  (module fixtures)
-from tests.test_train import TINY, history
 
 pytestmark = pytest.mark.slow
 
@@ -29,15 +29,25 @@ CPU_LAYOUT = ["--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2", "--mem=4G",
 CPU_ENV = {"NPROC_PER_NODE": "2", "ACCELERATE_CONFIG": "launch/cpu_2proc.yaml", "ACCELERATE_USE_CPU": "1"}
 
 
+@pytest.fixture(autouse=True)
+def _no_job_outlives_its_test(request):
+    """A test that fails mid-job cancels what it submitted (the session's cluster goes on)."""
+    yield
+    if "slurm" in request.fixturenames:
+        request.getfixturevalue("slurm").cancel_unfinished()
+
+
 def submit_train(slurm: Slurm, shards_dir: Path, run: Path, out: Path, *flags: str) -> str:
-    env = {**CPU_ENV, "SHARDS": str(shards_dir), "RUN": str(run)}
+    # the rendezvous port is the test's choice: train.sbatch's default, 29500 + job id % 1000,
+    # collides between two test sessions on one host (both number their jobs from 1)
+    env = {**CPU_ENV, "SHARDS": str(shards_dir), "RUN": str(run), "MAIN_PORT": str(procs.free_port())}
     return slurm.sbatch(
         *CPU_LAYOUT, f"--output={out}", "slurm/train.sbatch", *TINY, "--batch-size", "4", *flags, env=env
     )
 
 
 @pytest.fixture(scope="module")
-def train_job(slurm, shards, tmp_path_factory):  # noqa: F811
+def train_job(slurm, shards, tmp_path_factory):
     d = tmp_path_factory.mktemp("slurm-train")
     run, out = d / "runs" / "tiny", d / "train.out"
     job = submit_train(slurm, shards, run, out, "--epochs", "1")
@@ -56,12 +66,12 @@ def test_train_sbatch_completes_with_two_processes(train_job):
     assert [r["epoch"] for r in history(run)] == [1]
 
 
-def test_usr1_saves_requeues_and_resumes(slurm, shards, tmp_path):  # noqa: F811
+def test_usr1_saves_requeues_and_resumes(slurm, shards, tmp_path):
     started = time.time()
     run, out = tmp_path / "run", tmp_path / "train.out"
-    job = submit_train(slurm, shards, run, out, "--epochs", "2")
+    job = submit_train(slurm, shards, run, out, "--epochs", "2", "--save-every", "2")
     deadline = time.time() + 300
-    while not list((run / "tb").glob("events.out.tfevents.*")):  # the trainer is stepping
+    while not list((run / "state").glob("step-*")):  # the trainers are stepping: a step is saved
         assert slurm.job(job)[0]["JobState"] in {"PENDING", "RUNNING"}, slurm.job(job)
         assert time.time() < deadline, "training did not start"
         time.sleep(0.2)
@@ -76,12 +86,14 @@ def test_usr1_saves_requeues_and_resumes(slurm, shards, tmp_path):  # noqa: F811
         time.sleep(0.5)
     slurm.say(f"job {job} requeued: {task['JobState']} ({task['Reason']}), restarts {task['Restarts']}")
     # Requeued jobs wait ~2 min (BeginTime). Release it early, but only once the node has ended
-    # the first start and a new second has begun: slurmd refuses a credential issued within the
-    # second in which it revoked the job's previous one ("Job credential revoked").
+    # the first start (IDLE) and the second in which it did has passed: slurmd refuses a
+    # credential issued within the second in which it revoked the job's previous one ("Job
+    # credential revoked"), and the revocation came before the node turned IDLE.
     while "IDLE" not in slurm.run("scontrol", "show", "node", "-o"):
         assert time.time() < deadline, slurm.run("scontrol", "show", "node", "-o")
         time.sleep(0.5)
-    time.sleep(2)
+    idle_second = int(time.time())
+    procs.wait_for(lambda: int(time.time()) > idle_second, 5, "the next second")
     slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
     (task,) = slurm.wait(job, {"COMPLETED"}, timeout=300)
     slurm.say(f"preemption test wall time: {time.time() - started:.1f} s")
@@ -89,7 +101,8 @@ def test_usr1_saves_requeues_and_resumes(slurm, shards, tmp_path):  # noqa: F811
     saved = re.search(r"preempted at step (\d+) ", text)
     assert saved, text[-3000:]
     step = int(saved.group(1))
-    assert 0 < step < 62, step  # inside the run (2 epochs x 31 steps)
+    steps = read_info(str(shards))["splits"]["train"]["num_samples"] // 4  # per epoch at batch 4
+    assert 2 <= step < 2 * steps, step  # inside the run, after the first saved step
     assert "forwarding to the trainers" in text and f"requeueing job {job}" in text
     assert task["Restarts"] == "1" and "SLURM_RESTART_COUNT=1" in text
     assert f"resuming from {run / 'state'}/step-{step:08d}" in text
@@ -108,7 +121,7 @@ def _array_then_merge(slurm: Slurm, script: str, n: int, out: Path, env: dict, *
     assert task["StartTime"] >= max(t["EndTime"] for t in tasks), (task, tasks)
 
 
-def test_dedup_and_shard_arrays_with_dependent_merge(slurm, sample_dir, work, shards, tmp_path):  # noqa: F811
+def test_dedup_and_shard_arrays_with_dependent_merge(slurm, sample_dir, work, shards, tmp_path):
     w = tmp_path / "work"
     ingest(IngestConfig(data_dir=sample_dir, work=w, workers=1))
     env = {"WORK": str(w), "SHARDS": str(tmp_path / "shards")}
@@ -266,17 +279,9 @@ def test_usr1_without_a_saved_state_is_not_requeued(tmp_path):
     step's exit code (`find` on the missing folder used to end it silently under pipefail)."""
     stubs = {"srun": "sleep 3; exit 1\n", "scancel": 'echo "scancel $*" >> "$STUB_OUT/scancel"\n'}
     out = tmp_path / "out.txt"
-    with open(out, "w") as f:
-        p = subprocess.Popen(["bash", "slurm/train.sbatch"], cwd=REPO, env=stub_env(tmp_path, stubs),
-                             stdout=f, stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        deadline = time.time() + 30
-        while "SLURM_RESTART_COUNT=" not in out.read_text():
-            assert p.poll() is None and time.time() < deadline, out.read_text()
-            time.sleep(0.05)
+    with procs.running(["bash", "slurm/train.sbatch"], env=stub_env(tmp_path, stubs), log=out) as p:
+        procs.wait_for(lambda: "SLURM_RESTART_COUNT=" in out.read_text(), 30, "the script's start", p)
         p.send_signal(signal.SIGUSR1)
         assert p.wait(timeout=30) == 1, out.read_text()
-    finally:
-        p.kill()
     assert "saved no state: not requeueing" in out.read_text()
     assert (tmp_path / "scancel").read_text() == "scancel --signal=TERM 4242\n"  # to the steps, as TERM
