@@ -62,7 +62,7 @@ def train_one_epoch(
         unit="step",
         mininterval=2.0,
     )
-    micro, t_end = 0, time.perf_counter()
+    micro, t_end, finite = 0, time.perf_counter(), True
     for batch in batches:
         t_data = time.perf_counter()
         sums["wait"] += t_data - t_end
@@ -79,12 +79,15 @@ def train_one_epoch(
         sums["images"] += len(y)
         for k in ("ce", "soft_f1"):
             sums[k] += float(parts[k]) * len(y)
-        sums["loss"] += float(loss.detach()) * len(y)
+        loss_value = float(loss.detach())
+        finite = finite and math.isfinite(loss_value)  # any micro-batch of the step
+        sums["loss"] += loss_value * len(y)
         if micro % grad_accum:
             t_end = time.perf_counter()
             sums["busy"] += t_end - t_data
             continue
-        _check_finite(acc, loss, state)
+        _check_finite(acc, finite, state)  # before the step: no NaN reaches the weights
+        finite = True
         for g in optimizer.param_groups:
             g["lr"] = lr_of_step(state.step)
         if clip_grad > 0:
@@ -133,9 +136,10 @@ def _rates(sums: dict, world: int) -> dict:
     }
 
 
-def _check_finite(acc: Accelerator, loss: torch.Tensor, state) -> None:
-    """Stop every rank together when any rank's loss is NaN or inf (no rank left waiting)."""
-    bad = acc.reduce(torch.tensor([0.0 if torch.isfinite(loss.detach()) else 1.0], device=acc.device), "sum")
+def _check_finite(acc: Accelerator, finite: bool, state) -> None:
+    """Stop every rank together when any rank's loss of any micro-batch of this optimizer step
+    was NaN or inf (no rank left waiting, nothing applied to the weights)."""
+    bad = acc.reduce(torch.tensor([0.0 if finite else 1.0], device=acc.device), "sum")
     if bad.item() > 0:
         raise ArtclfError(
             f"non-finite loss at step {state.step + 1} (epoch {state.epoch + 1}); "

@@ -1,10 +1,18 @@
 """The training loss: ``ce_weight·CE + f1_weight·SoftF1`` (0.3 / 0.7 as published).
 
-Soft-F1 is macro F1 with soft counts from the softmax, summed over the *global* batch: at 8
-images per GPU most classes are absent from a rank's batch, and a per-rank soft-F1 is mostly
-that floor (../shared/DESIGN.md, "Pitfalls"). The counts go through the autograd-aware all-reduce.
+Soft-F1 is macro F1 with soft counts from the softmax, summed over the *global* batch of one
+call, i.e. every rank's batch of that forward pass: at 8 images per GPU most classes are absent
+from a rank's batch, and a per-rank soft-F1 is mostly that floor (../shared/DESIGN.md,
+"Pitfalls"). The counts go through the autograd-aware all-reduce.
 
-Distributed semantics (W ranks, equal per-rank batches, DDP averaging gradients by 1/W):
+With gradient accumulation (``--grad-accum`` A) the trainer calls this once per micro-batch, so
+soft-F1 is over one micro-batch of every rank (global batch / A images), not over the optimizer
+step's whole batch: the step's gradient is that of the mean over its A micro-batches of
+``ce_weight·CE + f1_weight·SoftF1`` (artclf.engine.train_one_epoch divides each micro-batch's loss
+by A; tests/test_recipe.py checks it with 2 real processes). Accumulation does not enlarge the
+batch soft-F1 sees.
+
+Distributed semantics of one call (W ranks, equal per-rank batches, DDP averaging gradients by 1/W):
 
 - soft-F1: every rank returns the same value, the loss of the concatenated global batch.
   The all-reduce's backward sums ∂L/∂counts over the W ranks, W identical copies, so the
@@ -69,7 +77,8 @@ def soft_f1_loss(
     eps: float = 1e-7,
     distributed: bool | None = None,
 ) -> Tensor:
-    """Macro soft-F1 loss, ``1 − mean_c 2TP/(2TP+FP+FN+eps)``, over the global batch.
+    """Macro soft-F1 loss, ``1 − mean_c 2TP/(2TP+FP+FN+eps)``, over the global batch of this call
+    (the ``logits`` of every rank; under gradient accumulation, one micro-batch of every rank).
 
     ``distributed``: None sums the counts over ranks when torch.distributed is initialised with
     more than one process; True forces it (every rank must call, in the same order); False keeps
@@ -106,7 +115,8 @@ def combined_loss(
     """``ce_weight·CE + f1_weight·SoftF1`` and its parts (detached, for logging).
 
     CE is the mean over the local batch (DDP's gradient averaging makes it the global mean);
-    soft-F1 is over the global batch, see :func:`soft_f1_loss` and the module docstring. The
+    soft-F1 is over the global batch of this call (one micro-batch of every rank under gradient
+    accumulation), see :func:`soft_f1_loss` and the module docstring. The
     soft-F1 all-reduce runs even when ``f1_weight`` is 0, so every rank issues the same
     collectives whatever its configuration.
     """

@@ -48,14 +48,24 @@ class TrainConfig:
     )
     image_size: int = field(default=512, metadata=arg("px, square model input"))
     batch_size: int = field(
-        default=64, metadata=arg("GLOBAL batch per optimizer step (all GPUs × accumulation)")
+        default=64,
+        metadata=arg(
+            "GLOBAL batch per optimizer step: per-device batch × processes × --grad-accum "
+            "(must divide by processes × --grad-accum)"
+        ),
     )
     epochs: int = field(default=15, metadata=arg("passes over the train split"))
     lr: float = field(default=3e-4, metadata=arg(f"AdamW peak learning rate at global batch {BASE_BATCH}"))
     weight_decay: float = field(default=0.05, metadata=arg("AdamW weight decay (not on norms and biases)"))
     warmup_epochs: float = field(default=1.0, metadata=arg("linear warm-up, in epochs"))
     ce_weight: float = field(default=0.3, metadata=arg("weight of cross-entropy in the loss"))
-    f1_weight: float = field(default=0.7, metadata=arg("weight of macro soft-F1 (global batch) in the loss"))
+    f1_weight: float = field(
+        default=0.7,
+        metadata=arg(
+            "weight of macro soft-F1 in the loss; its soft counts are summed over each micro-batch of "
+            "all processes (--batch-size / --grad-accum images), one soft-F1 per micro-batch"
+        ),
+    )
     flip_classes: str = field(
         default="small",
         metadata=arg("classes flipped at random: small (below the median count), all, none, or names"),
@@ -66,7 +76,13 @@ class TrainConfig:
         default=0, metadata=arg("also save state every N optimizer steps (0: per epoch only)")
     )
     keep_last: int = field(default=3, metadata=arg("checkpoints kept in RUN/state"))
-    grad_accum: int = field(default=1, metadata=arg("micro-batches per optimizer step"))
+    grad_accum: int = field(
+        default=1,
+        metadata=arg(
+            "micro-batches per optimizer step, their losses averaged; soft-F1 is computed per micro-batch "
+            "(of all processes), not over --batch-size"
+        ),
+    )
     clip_grad: float = field(default=1.0, metadata=arg("max gradient norm (0 disables)"))
     channels_last: bool = field(default=True, metadata=arg("channels-last memory format (GPU only)"))
     compile: bool = field(default=False, metadata=arg("torch.compile the model (checkpoints stay plain)"))
