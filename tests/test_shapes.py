@@ -63,6 +63,14 @@ def steps_saved(run: Path) -> list[int]:
     return [int(c.name[5:]) for c in checkpoints(run / "state")]
 
 
+def assert_resumed_to_the_end(run: Path, shards: Path, epochs: int, keep: int = 3) -> None:
+    """Each epoch once, at the step it must end on; the last checkpoint is the last step; no more
+    than --keep-last (default 3) checkpoints are left."""
+    steps = read_info(str(shards))["splits"]["train"]["num_samples"] // int(GLOBAL_BATCH)
+    assert [(r["epoch"], r["step"]) for r in history(run)] == [(e, e * steps) for e in range(1, epochs + 1)]
+    assert steps_saved(run)[-1] == epochs * steps and len(steps_saved(run)) <= keep
+
+
 @pytest.fixture(scope="module")
 def shard_sets(work, tmp_path_factory) -> dict[int, Path]:
     """val shards -> a shard set with exactly that many val shards (32 px)."""
@@ -165,7 +173,7 @@ def test_launcher_sigkill_leaves_no_trainer_and_the_rerun_resumes_past_a_torn_ch
     assert rc == 0, out[-4000:]
     assert f"step-{newest:08d}: does not load" in out and "falling back" in out
     assert f"resuming from {run / 'state'}/step-{before:08d}" in out
-    assert [r["epoch"] for r in history(run)] == [1, 2]  # each epoch exactly once
+    assert_resumed_to_the_end(run, shard_sets[2], epochs=2)
 
 
 @pytest.mark.slow
@@ -239,7 +247,7 @@ def test_elastic_restart_after_a_worker_is_killed(shard_sets, tmp_path):
         kill_tree(proc.pid)
     assert rc == 0, out[-4000:]
     assert "resuming from" in out and int(out.split("resuming from")[1].split("step-")[1][:8]) >= saved
-    assert [r["epoch"] for r in history(run)] == [1, 2]  # each epoch exactly once
+    assert_resumed_to_the_end(run, shard_sets[2], epochs=2)
 
 
 @pytest.mark.slow
@@ -263,4 +271,4 @@ def test_compile_and_world_size_changes_resume(shard_sets, tmp_path):
         rc, out = launch(world, *train_args(shards, run, "--epochs", epochs), timeout=240)
         assert rc == 0, out[-4000:]
         assert f"resuming from {run / 'state'}/step-{step:08d}" in out
-    assert [r["epoch"] for r in history(run)] == [1, 2, 3]
+    assert_resumed_to_the_end(run, shards, epochs=3)
