@@ -13,6 +13,7 @@ from PIL import Image
 from artclf.eda import EdaConfig, eda
 from artclf.errors import ArtclfError
 from artclf.ingest import IngestConfig, ingest
+from tests.conftest import assert_figure
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,7 @@ def test_plots_are_readable_pngs(eda_work):
             assert im.format == "PNG"
             assert im.height >= min_height  # 50 names need room to be readable
             assert np.asarray(im.convert("L")).std() > 10  # not a blank canvas
+        assert_figure(eda_work / "eda" / name)
 
 
 def test_no_manifest_is_a_clear_error(tmp_path):
