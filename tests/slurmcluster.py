@@ -53,9 +53,7 @@ class Slurm:
     def cancel_unfinished(self, timeout: float = 60) -> None:
         """scancel every submitted job that has not ended, and wait until none holds the node:
         a test that fails mid-job leaves nothing running into the next one."""
-        live = [
-            j for j in self.submitted if any(t["JobState"] not in FINAL for t in self.job(j, check=False))
-        ]
+        live = [j for j in self.submitted if self._unfinished(j)]
         for job in live:
             self.say(f"cancelling job {job} (the test ended before it did)")
             self.run("scancel", job, check=False)
