@@ -29,9 +29,13 @@ text. ``timeout`` (seconds, with workers only) ends a read that stalls without f
 
 from __future__ import annotations
 
+import atexit
 import json
+import multiprocessing
+import multiprocessing.util
 import random
 import signal
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -51,7 +55,8 @@ class Batch:
     images: torch.Tensor  # uint8 N×3×H×W
     labels: torch.Tensor  # int64 N
     keys: list[str]
-    failed: list[str] = field(default_factory=list)  # keys (or shard URLs) skipped since the last batch
+    failed: list[str] = field(default_factory=list)  # since the last batch: keys, or "URL: cause" of a shard
+    lost: int = 0  # samples not read since the last batch (a failed shard: all it had left)
 
 
 def read_info(url: str) -> dict:
@@ -83,9 +88,13 @@ def _reason(e: Exception, url: str) -> str:
     return text.removeprefix(f"{url}: ")
 
 
-def _tar_samples(shards: Iterator[dict], max_failed: int | None = None) -> Iterator[dict]:
+def tar_samples(
+    shards: Iterator[dict], max_failed: int | None = None, lengths: dict[str, int] | None = None
+) -> Iterator[dict]:
     """tar → samples. A permanent storage answer raises; any other failed shard becomes one
-    ``__error__`` marker, and more than ``max_failed`` of them in a row (None: no limit) raise."""
+    ``__error__`` marker, and more than ``max_failed`` of them in a row (None: no limit) raise.
+    The marker carries ``__lost__``, the samples of the shard not read (``lengths``: url ->
+    samples, from _info.json), and a warning naming the shard goes to stderr."""
     in_a_row = 0
     for shard in shards:
         url, n = shard["url"], 0
@@ -110,19 +119,24 @@ def _tar_samples(shards: Iterator[dict], max_failed: int | None = None) -> Itera
                 f"{url}: {cause} (failed shards in a row: {in_a_row}, more than max_failed_shards="
                 f"{max_failed}); check the store, and the shard set with `artclf shard --verify`"
             )
-        yield {"__key__": url, "__error__": cause}
+        length = (lengths or {}).get(url)
+        lost = max(length - n, 0) if length is not None else 0
+        of = f"{lost} of its {length} samples unread" if length is not None else f"{n} samples read"
+        print(f"artclf: skipping shard {url}: {cause} ({of})", file=sys.stderr, flush=True)
+        yield {"__key__": url, "__error__": cause, "__lost__": lost}
 
 
 def _decode(sample: dict, make_tensor) -> tuple:
-    """(tensor | None, label, key): None marks a sample that failed to decode."""
+    """(tensor, label, key), or for what could not be read (None, samples lost, what): a sample
+    that fails to decode is (None, 1, key), a failed shard (None, its unread samples, "URL: cause")."""
     key = sample.get("__key__", "?")
+    if "__error__" in sample:
+        return None, sample["__lost__"], f"{key}: {sample['__error__']}"
     try:
-        if "__error__" in sample:
-            raise OSError(sample["__error__"])
         label = int(sample["cls"])
         return make_tensor(decode(sample["jpg"]), label), label, key
     except Exception:  # a corrupt sample is counted by the caller, never fatal
-        return None, -1, key
+        return None, 1, key
 
 
 # Samples in a row that fail to decode before the train stream gives up: ten default shards.
@@ -133,10 +147,11 @@ MAX_FAILED_SAMPLES_IN_A_ROW = 1000
 def _batches(
     items: Iterator[tuple], batch_size: int, partial_last: bool, max_failed: int | None = None
 ) -> Iterator[Batch]:
-    xs, ys, keys, failed, in_a_row = [], [], [], [], 0
+    xs, ys, keys, failed, lost, in_a_row = [], [], [], [], 0, 0
     for x, y, key in items:
-        if x is None:
+        if x is None:  # y: samples lost (see _decode)
             failed.append(key)
+            lost += y
             in_a_row += 1
             if max_failed is not None and in_a_row > max_failed:
                 raise ArtclfError(
@@ -149,12 +164,13 @@ def _batches(
         ys.append(y)
         keys.append(key)
         if len(xs) == batch_size:
-            yield Batch(torch.stack(xs), torch.tensor(ys), keys, failed)
-            xs, ys, keys, failed = [], [], [], []
+            yield Batch(torch.stack(xs), torch.tensor(ys), keys, failed, lost)
+            xs, ys, keys, failed, lost = [], [], [], [], 0
     if xs and partial_last:
-        yield Batch(torch.stack(xs), torch.tensor(ys), keys, failed)
+        yield Batch(torch.stack(xs), torch.tensor(ys), keys, failed, lost)
     elif failed:  # nothing left to carry them: an empty batch reports them
-        yield Batch(torch.empty(0, 3, 0, 0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), [], failed)
+        empty = torch.empty(0, 3, 0, 0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+        yield Batch(*empty, [], failed, lost)
 
 
 def _train_tensor(
@@ -217,7 +233,7 @@ def train_loader(
         wds.ResampledShards(
             split["urls"], seed=epoch_seed, worker_seed=partial(_worker_seed, rank), deterministic=True
         ),
-        partial(_tar_samples, max_failed=max_failed_shards),
+        partial(tar_samples, max_failed=max_failed_shards, lengths=_lengths(split)),
         wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=epoch_seed * 1000 + rank),
         partial(_decode_train, pre=pre, flip=flip_classes, seed=epoch_seed * 1000 + rank),
         partial(_batches, batch_size=batch_size, partial_last=False, max_failed=MAX_FAILED_SAMPLES_IN_A_ROW),
@@ -244,14 +260,20 @@ def eval_loader(
     if split not in info["splits"]:
         raise ArtclfError(f"no '{split}' split in the shard set (has {sorted(info['splits'])})")
     urls = info["splits"][split]["urls"][rank::world_size]
+    lengths = _lengths(info["splits"][split])
     pipeline = wds.DataPipeline(
         wds.SimpleShardList(urls) if urls else _Nothing(),
         wds.split_by_worker,
-        _tar_samples,
+        partial(tar_samples, lengths=lengths),
         partial(_decode_eval, pre=pre),
         partial(_batches, batch_size=batch_size, partial_last=True),
     )
     return _loader(pipeline, min(workers, max(1, len(urls))), timeout)
+
+
+def _lengths(split: dict) -> dict[str, int]:
+    """shard URL -> samples it holds (_info.json; none known for a hand-made shard list)."""
+    return dict(zip(split["urls"], split["shard_lengths"], strict=True)) if "shard_lengths" in split else {}
 
 
 def _loader(pipeline: wds.DataPipeline, workers: int, timeout: float) -> wds.WebLoader:
@@ -272,6 +294,20 @@ def _ignore_stop_signals(_worker_id: int) -> None:
     scancel) must not kill the workers: PyTorch's worker handler dies of a TERM from anyone but
     the trainer, whose next batch then fails instead of saving. The trainer ends its workers."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _kill_workers_at_exit() -> None:
+    """The workers ignore SIGTERM (above), and multiprocessing's own exit handler ends the
+    daemonic children of an exiting process with SIGTERM, then joins them: a trainer leaving on an
+    error (a worker's fatal error, a bad shard set) would wait for them forever. Registered after
+    multiprocessing's handler, so it runs first (atexit is last in, first out)."""
+    for child in multiprocessing.active_children():
+        if child.daemon:  # DataLoader workers; never a process someone started to outlive us
+            child.kill()
+            child.join(timeout=10)
+
+
+atexit.register(_kill_workers_at_exit)
 
 
 class _Nothing(torch.utils.data.IterableDataset):

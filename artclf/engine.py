@@ -66,7 +66,7 @@ def train_one_epoch(
     for batch in batches:
         t_data = time.perf_counter()
         sums["wait"] += t_data - t_end
-        sums["failed"] += len(batch.failed)
+        sums["failed"] += batch.lost
         x = batch.images.to(acc.device, non_blocking=True)
         y = batch.labels.to(acc.device, non_blocking=True)
         # between optimizer steps, skip DDP's gradient all-reduce (it runs on the last micro-batch)
@@ -168,9 +168,10 @@ def evaluate(
     model = acc.unwrap_model(model)  # DDP's forward broadcasts buffers: a collective per batch
     _broadcast_buffers(acc, model)
     model.eval()
-    keys, labels, probs, failed, stopped = [], [], [], [], False
+    keys, labels, probs, failed, lost, stopped = [], [], [], [], 0, False
     for batch in batches:
         failed += batch.failed
+        lost += batch.lost
         if stop_requested():
             stopped = True
             break
@@ -187,25 +188,28 @@ def evaluate(
             np.concatenate(labels) if labels else np.zeros(0, np.int64),
             np.concatenate(probs) if probs else np.zeros((0, len(classes)), np.float32),
             failed,
+            lost,
             stopped,
         )
     ]
     parts = gather_object(mine)
-    if any(p[4] for p in parts):
+    if any(p[5] for p in parts):
         return None, None
     all_keys = [k for p in parts for k in p[0]]
     if len(set(all_keys)) != len(all_keys):
         raise ArtclfError("evaluation saw a sample twice; the shard split across ranks is broken")
     y = np.concatenate([p[1] for p in parts])
     p = np.concatenate([p[2] for p in parts])
-    skipped = [k for part in parts for k in part[3]]
-    if len(all_keys) + len(skipped) != expected:
+    unreadable = [k for part in parts for k in part[3]]
+    skipped = sum(part[4] for part in parts)
+    if len(all_keys) + skipped != expected:
         raise ArtclfError(
-            f"evaluation counted {len(all_keys)} samples (+{len(skipped)} unreadable), "
+            f"evaluation counted {len(all_keys)} samples (+{skipped} unreadable: {unreadable[:3]}), "
             f"_info.json says {expected}"
         )
     metrics = classification_metrics(y, p, classes)
-    metrics["skipped_samples"] = skipped
+    metrics["skipped_samples"] = skipped  # samples not scored: in history.jsonl as val_skipped_samples
+    metrics["unreadable"] = unreadable  # what they were: sample keys, or "URL: cause" of a shard
     return metrics, {"keys": all_keys, "labels": y, "probs": p}
 
 

@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 from accelerate import Accelerator
 
 from artclf import plots, storage
 from artclf.atomic import atomic_open, write_json
 from artclf.config import arg, stage_main, to_dict
-from artclf.data import eval_loader, read_info
+from artclf.data import eval_loader, read_info, tar_samples
 from artclf.engine import evaluate
 from artclf.model import load_model
 from artclf.transforms import Preprocess, decode
@@ -98,6 +97,11 @@ def run(cfg: EvaluateConfig) -> int:
         plots.learning_curve(history, out / "learning_curve.png")
     _write_report(out, cfg, metrics, blob, bool(history), bool(worst))
     print("  ".join(f"{k} {metrics[k]:.4f}" for k in SCALARS) + f"  (n={metrics['n']})")
+    if metrics["skipped_samples"]:
+        print(
+            f"artclf evaluate: warning: {metrics['skipped_samples']} of {expected} samples unreadable, "
+            f"not scored: {'; '.join(metrics['unreadable'][:5])}"
+        )
     print(f"report: {out / 'report.md'}")
     return 0
 
@@ -133,11 +137,12 @@ def _worst(
 
 
 def errors_grid(urls: list[str], worst: list[tuple], classes: list[str], path: Path) -> None:
-    """The images of ``worst`` re-read from the split's shards (one pass, only their JPEGs decoded)."""
+    """The images of ``worst`` re-read from the split's shards (one pass, only their JPEGs decoded;
+    a shard that cannot be read is skipped, as in the scoring pass)."""
     wanted = {w[0] for w in worst}
     found: dict[str, torch.Tensor] = {}
-    for sample in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()):
-        if sample["__key__"] in wanted:
+    for sample in tar_samples({"url": u} for u in urls):
+        if sample["__key__"] in wanted and "__error__" not in sample:
             found[sample["__key__"]] = decode(sample["jpg"])
             if len(found) == len(wanted):
                 break
@@ -163,8 +168,11 @@ def _write_report(
     buf = io.StringIO()
     w = buf.write
     w(f"# Evaluation of `{cfg.model}` on the {cfg.split} split\n\n")
-    w(f"{metrics['n']} images from `{cfg.shards}`, {len(metrics['skipped_samples'])} unreadable; ")
+    w(f"{metrics['n']} images from `{cfg.shards}`, {metrics['skipped_samples']} unreadable; ")
     w(f"model from epoch {blob.get('epoch', '?')} (chosen on val macro F1).\n\n")
+    if metrics["unreadable"]:
+        what = "; ".join(metrics["unreadable"])
+        w(f"**Not scored** ({metrics['skipped_samples']} samples): {what}\n\n")
     w("| metric | value |\n| --- | --- |\n")
     for k in (*SCALARS, "log_loss"):
         w(f"| {k} | {metrics[k]:.4f} |\n")

@@ -4,16 +4,22 @@ than ``max_failed_shards`` in a row raise; DataLoader workers hand both to the c
 loader's ``timeout`` ends a stalled read. Against the real S3 server of tests/s3server.py.
 
 Each loader runs in a forked child with a hard deadline, so a regression to the old silent
-stall fails the test instead of hanging the suite.
+stall fails the test instead of hanging the suite. The last part runs the stages themselves
+(``artclf train``, ``artclf evaluate``) over a copy of the ``shards`` fixture on S3 with one
+shard broken, in processes whose whole tree is killed at a deadline.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import multiprocessing
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -28,8 +34,8 @@ from PIL import Image
 from artclf import storage
 from artclf.data import eval_loader, train_loader
 from artclf.transforms import Preprocess
-from tests.test_serve import free_port
-from tests.test_storage import s3_env, s3_prefix  # noqa: F401  (fixtures)
+from tests import procs
+from tests.conftest import history, train_cmd
 
 PRE = Preprocess(image_size=16, resize=16)
 DEADLINE_S = 30.0  # far above what a fatal error takes (a few seconds here)
@@ -116,7 +122,7 @@ def evaluate(info: dict, workers: int = 0, **kw) -> Callable:
 
 
 @pytest.fixture
-def s3_urls(s3_prefix, local) -> list[str]:  # noqa: F811
+def s3_urls(s3_prefix, local) -> list[str]:
     """The two good shards uploaded to a fresh S3 prefix."""
     urls = [storage.join(s3_prefix, local[k].name) for k in ("good0", "good1")]
     for k, url in zip(("good0", "good1"), urls, strict=True):
@@ -135,7 +141,7 @@ def assert_fatal(out: Outcome, url_part: str, reason: str, secrets: tuple[str, .
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_wrong_credentials_are_fatal_at_once(s3_env, s3_urls, monkeypatch, workers):  # noqa: F811
+def test_wrong_credentials_are_fatal_at_once(s3_env, s3_urls, monkeypatch, workers):
     # Credentials that expire mid-run: the shard list was read, every GET now answers 403.
     wrong = "WrOnGsEcReT" + uuid.uuid4().hex
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong)
@@ -148,7 +154,7 @@ def test_wrong_credentials_are_fatal_at_once(s3_env, s3_urls, monkeypatch, worke
 
 @pytest.mark.parametrize("workers", [0, 1])
 @pytest.mark.parametrize("missing", ["bucket", "key"])
-def test_missing_bucket_or_keys_are_fatal_at_once(s3_env, s3_urls, missing, workers):  # noqa: F811
+def test_missing_bucket_or_keys_are_fatal_at_once(s3_env, s3_urls, missing, workers):
     if missing == "bucket":
         urls = [u.replace(f"s3://{s3_env.bucket}/", "s3://artclf-no-such-bucket/") for u in s3_urls]
         reason = "bucket does not exist (NoSuchBucket)"
@@ -190,11 +196,12 @@ def test_fewer_failed_shards_are_skipped_and_counted(local, workers):
     out = drain(train(info_of(urls), workers, steps=30, max_failed_shards=10))
     assert out.error is None, out.message
     assert out.batches == 30
-    assert urls[1] in out.failed  # a failed shard is reported by its URL
+    assert any(f.startswith(f"{urls[1]}: ReadError: ") for f in out.failed)  # its URL and cause
     # eval reads each shard once: failures are skipped and counted, whatever their number
     out = drain(evaluate(info_of([str(local[k]) for k in ("good0", "empty", "garbage", "good1")]), workers))
     assert out.error is None, out.message
-    assert {str(local["empty"]), str(local["garbage"])} <= set(out.failed)
+    failed_urls = {f.split(": ", 1)[0] for f in out.failed}
+    assert {str(local["empty"]), str(local["garbage"])} <= failed_urls
     # 0: the first failed shard ends the stream
     out = drain(train(info_of(urls), workers, steps=30, max_failed_shards=0))
     assert out.error is not None and "failed shards in a row: 1," in out.message, out.message
@@ -202,7 +209,7 @@ def test_fewer_failed_shards_are_skipped_and_counted(local, workers):
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_unreachable_endpoint_counts_as_failed_shards(s3_urls, monkeypatch, workers):
-    port = free_port()  # a port nobody listens on
+    port = procs.free_port()  # a port nobody listens on
     monkeypatch.setattr(storage, "S3_MAX_ATTEMPTS", 1)
     storage.set_endpoint(f"http://127.0.0.1:{port}")  # the s3_env fixture resets it
     out = drain(train(info_of(s3_urls), workers, max_failed_shards=2))
@@ -239,3 +246,170 @@ def test_a_shard_set_whose_samples_all_fail_to_decode_raises(tmp_path, monkeypat
     out = drain(train(info_of(urls), workers=0))
     assert out.error and "ArtclfError" in out.error, out
     assert "21 samples in a row failed to decode" in out.message
+
+
+# --- the stages over a shard set on S3 with one shard that stays unreadable --------------------
+
+STAGE_S = 300.0  # far above a tiny-recipe epoch or an evaluation here (about 10 s)
+EXIT_S = 20.0  # after its error line a stage has ended its workers and exited (about 1 s here)
+BATCH = 8
+# Bytes that are no tar, in place of a shard after _info.json was written. S3 serves them without
+# a hitch, so storage has nothing to retry (a stream that breaks is reopened, tests/test_storage.py)
+# and the tar reader fails: a failed shard, skipped and counted, not a permanent answer.
+NOT_A_TAR = np.random.default_rng(12).bytes(5000)
+
+
+@dataclass(frozen=True)
+class Broken:
+    """A copy of the ``shards`` fixture on S3 with one shard of some splits made unreadable."""
+
+    url: str  # s3://bucket/prefix of the shard set
+    bad: dict[str, str]  # split -> URL of its unreadable shard
+    lengths: dict[str, int]  # split -> samples in that shard (_info.json: shard_lengths)
+    totals: dict[str, int]  # split -> samples in the split (the sum of its shard_lengths)
+
+
+def s3_copy(s3_server, shards: Path, broken: dict[str, int]) -> Broken:
+    """Upload ``shards`` to a fresh prefix with plain boto3, then overwrite shard ``i`` of each
+    ``split: i`` in ``broken`` with NOT_A_TAR."""
+    prefix, client = uuid.uuid4().hex[:10], s3_server.client()
+    for path in sorted(p for p in shards.rglob("*") if p.is_file()):
+        client.upload_file(str(path), s3_server.bucket, f"{prefix}/{path.relative_to(shards).as_posix()}")
+    info = json.loads((shards / "_info.json").read_text())["splits"]
+    url = f"s3://{s3_server.bucket}/{prefix}"
+    bad, lengths = {}, {}
+    for split, i in broken.items():
+        name = info[split]["filenames"][i]
+        client.put_object(Bucket=s3_server.bucket, Key=f"{prefix}/{name}", Body=NOT_A_TAR)
+        bad[split], lengths[split] = f"{url}/{name}", info[split]["shard_lengths"][i]
+    totals = {split: sum(s["shard_lengths"]) for split, s in info.items()}
+    return Broken(url, bad, lengths, totals)
+
+
+def run_stage(cmd: list[str], env: dict, error: str) -> tuple[int | None, str]:
+    """Run ``cmd`` to its end (None: still running at the deadline); once its output shows
+    ``error``, it has EXIT_S to exit. The process tree is killed either way."""
+    # one thread per process: the trainer and its loader worker share 2 cores here
+    with procs.running(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", **env}) as proc:
+        deadline = time.monotonic() + STAGE_S
+        while proc.poll() is None and error not in procs.output(proc) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=EXIT_S)
+        return proc.poll(), procs.output(proc)
+
+
+def stage_train(broken: Broken, run: Path, env: dict, *extra: str) -> tuple[int | None, str]:
+    cmd = [sys.executable, *train_cmd(broken.url, run, "--epochs", "1", "--batch-size", str(BATCH), *extra)]
+    return run_stage(cmd, env, "artclf train: error:")
+
+
+@dataclass(frozen=True)
+class Ran:
+    broken: Broken
+    split: str  # the one whose unreadable shard the stage met
+    code: int | None  # None: still running at the deadline
+    out: str
+    run: Path  # the run folder (train) or output folder (evaluate)
+
+
+@pytest.fixture(scope="module")
+def bad_train_copy(s3_server, shards) -> Broken:
+    return s3_copy(s3_server, shards, {"train": 0})
+
+
+@pytest.fixture(scope="module")
+def bad_train_shard(s3_server, bad_train_copy, tmp_path_factory) -> Ran:
+    """One epoch of the tiny recipe over a shard set whose train shard 0 is unreadable. The
+    train stream resamples shards: with seed 0 it draws shard 0 at least once (checked below)."""
+    run = tmp_path_factory.mktemp("bad-train") / "run"
+    return Ran(bad_train_copy, "train", *stage_train(bad_train_copy, run, s3_server.env()), run)
+
+
+def test_train_skips_an_unreadable_train_shard(bad_train_shard):
+    broken, code, out = bad_train_shard.broken, bad_train_shard.code, bad_train_shard.out
+    assert code == 0, out[-4000:]
+    (row,) = history(bad_train_shard.run)
+    assert row["step"] == broken.totals["train"] // BATCH  # one pass in expectation, 1 process
+    assert row["val_n"] == broken.totals["val"]  # val was readable, all of it
+    assert row["skipped_samples"] > 0, f"{broken.bad['train']} was never drawn: break another shard"
+
+
+def test_train_counts_the_samples_of_the_skipped_shard_and_names_it(bad_train_shard):
+    broken, out = bad_train_shard.broken, bad_train_shard.out
+    (row,) = history(bad_train_shard.run)
+    # each draw of the shard loses all of its samples: a whole, non-zero multiple of its length
+    skipped, length = row["skipped_samples"], broken.lengths["train"]
+    assert skipped > 0 and skipped % length == 0, f"skipped_samples {skipped}, shard of {length}"
+    said = [line for line in out.splitlines() if broken.bad["train"] in line]
+    assert said and all("ReadError" in line for line in said), out[-4000:]
+
+
+@pytest.fixture(scope="module")
+def max_failed_0(s3_server, bad_train_copy, tmp_path_factory) -> Ran:
+    run = tmp_path_factory.mktemp("max-failed-0") / "run"
+    code, out = stage_train(bad_train_copy, run, s3_server.env(), "--max-failed-shards", "0")
+    return Ran(bad_train_copy, "train", code, out, run)
+
+
+def test_max_failed_shards_0_fails_on_the_first_naming_the_shard(max_failed_0):
+    url, out = max_failed_0.broken.bad["train"], max_failed_0.out
+    assert "artclf train: error: " in out, out[-4000:]
+    line = next(line for line in out.splitlines() if "more than max_failed_shards=0" in line)
+    assert line.startswith(f"artclf.errors.ArtclfError: {url}: ReadError"), line  # the worker's error
+    assert "failed shards in a row: 1," in line
+    assert not (max_failed_0.run / "history.jsonl").exists()
+
+
+def test_max_failed_shards_0_exits_1(max_failed_0):
+    code = max_failed_0.code
+    assert code == 1, f"exit {code} ({EXIT_S:.0f} s after its error line; None: still running)"
+
+
+@pytest.fixture(scope="module", params=["evaluate", "train"])
+def bad_eval_shard(request, s3_server, shards, tmp_path_factory) -> Ran:
+    """``evaluate --split test`` with trained_run's model, or one epoch of training (its val
+    pass), over a shard set whose shard 1 of val and of test is unreadable."""
+    broken = s3_copy(s3_server, shards, {"val": 1, "test": 1})
+    out = tmp_path_factory.mktemp(f"bad-eval-{request.param}")
+    if request.param == "train":
+        return Ran(broken, "val", *stage_train(broken, out / "run", s3_server.env()), out / "run")
+    model = request.getfixturevalue("trained_run") / "model.pt"
+    cmd = [sys.executable, "-m", "artclf", "evaluate", "--model", str(model), "--shards", broken.url,
+           "--split", "test", "--out", str(out), "--workers", "1", "--batch-size", str(BATCH)]  # fmt: skip
+    return Ran(broken, "test", *run_stage(cmd, s3_server.env(), "artclf evaluate: error:"), out)
+
+
+def scored(ran: Ran) -> dict | None:
+    """What the stage wrote about the split: samples scored ("n") and reported missing; None
+    when it wrote no metrics."""
+    if (ran.run / "metrics.json").exists():  # evaluate
+        m = json.loads((ran.run / "metrics.json").read_text())
+        missing = m["skipped_samples"]
+        return {"n": m["n"], "missing": missing if isinstance(missing, int) else len(missing)}
+    if (ran.run / "history.jsonl").exists():  # train: its val pass
+        (row,) = history(ran.run)
+        return {"n": row["val_n"], "missing": row.get("val_skipped_samples")}
+    return None
+
+
+def test_no_metrics_over_fewer_samples_without_saying_so(bad_eval_shard):
+    """Either the stage fails and writes no metrics, or its metrics say how many are missing."""
+    ran = bad_eval_shard
+    total, length = ran.broken.totals[ran.split], ran.broken.lengths[ran.split]
+    if ran.code == 0:
+        assert scored(ran) == {"n": total - length, "missing": length}, scored(ran)
+    else:
+        assert ran.code == 1 and scored(ran) is None, (ran.code, scored(ran), ran.out[-4000:])
+        (error,) = re.findall(r"artclf \w+: error: [^\n]*", ran.out)
+        # the count it got and the count _info.json promised
+        assert re.search(rf"\b{total - length}\b", error) and re.search(rf"\b{total}\b", error), error
+
+
+def test_an_unreadable_eval_shard_is_named_and_its_samples_counted(bad_eval_shard):
+    ran = bad_eval_shard
+    url, length = ran.broken.bad[ran.split], ran.broken.lengths[ran.split]
+    said = [line for line in ran.out.splitlines() if url in line]
+    assert said and all("ReadError" in line for line in said), ran.out[-4000:]
+    counted = re.search(rf"\b{length}\b[^\n]*unreadable|unreadable[^\n]*\b{length}\b", ran.out)
+    assert counted or (scored(ran) or {}).get("missing") == length, ran.out[-4000:]
