@@ -1,20 +1,27 @@
 """`artclf serve` as a real server on a free loopback port: top-k against `artclf predict`,
-every 4xx limit, both backends, and the upload page in a real headless chromium."""
+every 4xx limit, both backends, the upload page in a real headless chromium, and the
+``--concurrency`` limit seen from inside the server."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
+import re
 import shutil
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,22 +31,70 @@ from artclf.export import ExportConfig
 from artclf.export import run as export
 from artclf.predict import load_image
 from artclf.serve import load_backend
-from tests.conftest import REPO, run_cli
+from tests import procs
+from tests.conftest import CLASSES, run_cli
 from tests.system import apt_install, can_apt, cannot
-from tests.test_predict import CLASSES, images, model_pt  # noqa: F401  (module fixtures)
 
 MAX_BYTES = 200_000
 MAX_PIXELS = 4_000_000
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = procs.free_port  # tests/test_k8s.py imports it from here
+STARTUP_S = 120.0  # import, model load and bind; a few seconds here
+PORT_TRIES = 3
+
+
+class _PortTaken(Exception):
+    pass
+
+
+def serve_cmd(model: Path, port: int, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "artclf", "serve", "--model", str(model), "--port", str(port), *flags]
+
+
+def _wait_until_serving(proc: subprocess.Popen, url: str) -> dict:
+    """/health of ``proc`` once uvicorn says it listens on ``url`` (so that a process that took
+    the port meanwhile is never mistaken for ours); _PortTaken when the bind failed."""
+    ours = f"Uvicorn running on {url}"
+    deadline = time.monotonic() + STARTUP_S
+    while ours not in procs.output(proc):
+        if proc.poll() is not None:
+            log = procs.output(proc)
+            if "address already in use" in log:
+                raise _PortTaken(log)
+            raise AssertionError(f"serve ended (exit {proc.returncode}) before serving:\n{log[-4000:]}")
+        assert time.monotonic() < deadline, f"serve did not listen on {url}:\n{procs.output(proc)[-4000:]}"
+        time.sleep(0.2)
+    with urllib.request.urlopen(f"{url}/health", timeout=30) as r:
+        return json.loads(r.read())
+
+
+@contextlib.contextmanager
+def serving(cmd_for_port: Callable[[int], list[str]], log_dir: Path, ports: Iterator[int] | None = None):
+    """Start ``artclf serve`` on a free port in a session of its own; yield (process, url,
+    /health); the whole process tree is killed on the way out, whatever happened. A port that
+    was free when probed but taken before the server bound it (another process may bind it on
+    purpose) is retried with a new one, ``PORT_TRIES`` times in all."""
+    ports = ports if ports is not None else iter(procs.free_port, None)
+    for attempt in range(PORT_TRIES):
+        port = next(ports)
+        url = f"http://127.0.0.1:{port}"
+        # the log is a file, not a pipe: the access log must never block the server
+        proc = procs.spawn(cmd_for_port(port), log=log_dir / f"serve-{attempt}.log")
+        try:
+            try:
+                health = _wait_until_serving(proc, url)
+            except _PortTaken:
+                continue
+            yield proc, url, health
+            return
+        finally:
+            procs.stop_tree(proc)
+    raise AssertionError(f"artclf serve found its port taken {PORT_TRIES} times: see {log_dir}")
 
 
 @pytest.fixture(scope="module")
-def onnx_file(model_pt, tmp_path_factory):  # noqa: F811
+def onnx_file(model_pt, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx") / "model.onnx"
     assert export(ExportConfig(model=model_pt, out=out, format="onnx")) == 0
     return out
@@ -47,28 +102,13 @@ def onnx_file(model_pt, tmp_path_factory):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def server(onnx_file, tmp_path_factory):
-    port = free_port()
-    cmd = [sys.executable, "-m", "artclf", "serve", "--model", str(onnx_file), "--port", str(port),
-           "--max-bytes", str(MAX_BYTES), "--max-pixels", str(MAX_PIXELS)]  # fmt: skip
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with open(log, "w") as f:  # a file, not a pipe: the access log must never block the server
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                health = json.loads(r.read())
-            break
-        except OSError:
-            assert proc.poll() is None, log.read_text()
-            assert time.time() < deadline, "server did not answer /health"
-            time.sleep(0.3)
-    yield url, health
-    proc.terminate()
-    proc.wait(timeout=30)
-    out = log.read_text()
-    assert "serving" in out and f"http://127.0.0.1:{port}/" in out  # loopback by default
+    def cmd(port: int) -> list[str]:
+        return serve_cmd(onnx_file, port, "--max-bytes", str(MAX_BYTES), "--max-pixels", str(MAX_PIXELS))
+
+    with serving(cmd, tmp_path_factory.mktemp("serve")) as (proc, url, health):
+        yield url, health
+    log = procs.output(proc)
+    assert "serving" in log and f"{url}/" in log  # loopback by default
 
 
 def multipart(data: bytes, filename: str, ctype: str, field: str = "file") -> tuple[bytes, str]:
@@ -104,7 +144,7 @@ def test_health(server):
     }
 
 
-def test_predict_a_jpeg_matches_artclf_predict(server, images, model_pt):  # noqa: F811
+def test_predict_a_jpeg_matches_artclf_predict(server, images, model_pt):
     url, _ = server
     jpeg = images / "upright.jpg"
     status, answer = post(url, *multipart(jpeg.read_bytes(), "upright.jpg", "image/jpeg"))
@@ -187,7 +227,7 @@ def test_not_an_image_is_415_or_400(server):
     assert status == 422  # FastAPI's validation of the query parameter
 
 
-def test_pytorch_and_onnx_backends_agree(onnx_file, model_pt, images):  # noqa: F811
+def test_pytorch_and_onnx_backends_agree(onnx_file, model_pt, images):
     onnx, torch_ = load_backend(onnx_file), load_backend(model_pt)
     assert (onnx.name, torch_.name) == ("onnxruntime", "pytorch")
     assert onnx.classes == torch_.classes == CLASSES and onnx.pre == torch_.pre
@@ -218,11 +258,13 @@ def chromium():
         opts.add_argument(flag)
     # an explicit driver: selenium does not look for (or download) one
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
-    yield driver
-    driver.quit()
+    try:
+        yield driver
+    finally:
+        driver.quit()
 
 
-def test_upload_page_in_headless_chromium(server, chromium, images, tmp_path):  # noqa: F811
+def test_upload_page_in_headless_chromium(server, chromium, images, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -253,3 +295,90 @@ def test_upload_page_in_headless_chromium(server, chromium, images, tmp_path):  
     WebDriverWait(chromium, 30).until(lambda d: d.find_element(By.ID, "error").text)
     assert "not a readable image" in chromium.find_element(By.ID, "error").text
     assert chromium.find_elements(By.CSS_SELECTOR, "#results .row") == []
+
+
+# `artclf serve` with its decode and inference wrapped by a probe that prints how many of them
+# are in flight (the limiter holds both). An inference waits, inside its limiter slot, until
+# REQUESTS are in flight or RENDEZVOUS_S passed: without a limit, all meet; with one, none does.
+PROBE = """
+import sys, threading
+from artclf import serve
+
+want, rendezvous_s = int(sys.argv[1]), float(sys.argv[2])
+cond, inside = threading.Condition(), 0
+
+def probed(fn, what, meet):
+    def call(*args, **kwargs):
+        global inside
+        with cond:
+            inside += 1
+            print(f"probe: {what} starts, {inside} in flight", flush=True)
+            cond.notify_all()
+            if meet:
+                cond.wait_for(lambda: inside >= want, timeout=rendezvous_s)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            with cond:
+                inside -= 1
+    return call
+
+serve.load_image = probed(serve.load_image, "decode", meet=False)
+serve.OnnxBackend.probs = probed(serve.OnnxBackend.probs, "inference", meet=True)
+sys.exit(serve.main(sys.argv[3:]))
+"""
+REQUESTS = 3
+# Long enough for REQUESTS requests sent together (threads behind a barrier) to reach the
+# server (milliseconds here); a limited server waits it out once per request.
+RENDEZVOUS_S = 1.5
+
+
+def in_flight(log: str, what: str) -> list[int]:
+    return [int(n) for n in re.findall(rf"probe: {what} starts, (\d+) in flight", log)]
+
+
+def test_concurrency_limits_decodes_and_inferences_in_flight(onnx_file, images, tmp_path):
+    jpeg = (images / "upright.jpg").read_bytes()
+
+    def cmd(limit: int) -> Callable[[int], list[str]]:
+        probe = [sys.executable, "-c", PROBE, str(REQUESTS), str(RENDEZVOUS_S)]
+        return lambda port: [*probe, "--model", str(onnx_file), "--port", str(port),
+                             "--concurrency", str(limit)]  # fmt: skip
+
+    (tmp_path / "one").mkdir()
+    (tmp_path / "all").mkdir()
+    with (
+        serving(cmd(1), tmp_path / "one") as (one, one_url, _),
+        serving(cmd(REQUESTS), tmp_path / "all") as (unlimited, all_url, _),
+    ):
+        urls = [one_url] * REQUESTS + [all_url] * REQUESTS
+        barrier = threading.Barrier(len(urls))
+
+        def ask(url: str) -> tuple[int, dict]:
+            barrier.wait()
+            return post(url, *multipart(jpeg, "upright.jpg", "image/jpeg"))
+
+        with ThreadPoolExecutor(len(urls)) as pool:
+            answers = list(pool.map(ask, urls))
+        logs = {"one": procs.output(one), "all": procs.output(unlimited)}
+    assert [status for status, _ in answers] == [200] * len(urls), answers
+    assert len({json.dumps(a["top_k"]) for _, a in answers}) == 1  # the same picture, the same answer
+    for log in logs.values():
+        assert len(in_flight(log, "decode")) == len(in_flight(log, "inference")) == REQUESTS, log
+    # --concurrency 1: never more than one decode or inference at a time, whatever the timing
+    assert max(in_flight(logs["one"], "decode") + in_flight(logs["one"], "inference")) == 1, logs["one"]
+    # the probe does see overlap: with room for all, all inferences met
+    assert max(in_flight(logs["all"], "inference")) == REQUESTS, logs["all"]
+
+
+def test_a_port_taken_before_the_server_binds_it_is_retried(onnx_file, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        first = taken.getsockname()[1]
+        ports = iter([first, procs.free_port()])
+        with serving(lambda port: serve_cmd(onnx_file, port), tmp_path, ports) as (proc, url, health):
+            assert url != f"http://127.0.0.1:{first}" and health["status"] == "ok"
+            assert proc.poll() is None
+    assert "address already in use" in (tmp_path / "serve-0.log").read_text()
+    assert f"Uvicorn running on {url}" in (tmp_path / "serve-1.log").read_text()

@@ -25,21 +25,6 @@ from artclf.errors import ArtclfError
 MiB = 1 << 20
 
 
-@pytest.fixture
-def s3_env(s3_server, monkeypatch):
-    """boto3's environment pointed at the test server, restored (with the endpoint) afterwards."""
-    for name, value in s3_server.env().items():
-        monkeypatch.setenv(name, value)
-    yield s3_server
-    storage.set_endpoint(None)
-
-
-@pytest.fixture
-def s3_prefix(s3_env) -> str:
-    """A fresh ``s3://bucket/<random>`` prefix per test."""
-    return f"s3://{s3_env.bucket}/{uuid.uuid4().hex[:10]}"
-
-
 @pytest.fixture(params=["local", "s3"])
 def base(request, tmp_path) -> str:
     return str(tmp_path / "shards") if request.param == "local" else request.getfixturevalue("s3_prefix")
