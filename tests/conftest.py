@@ -73,12 +73,21 @@ def tree_digest(root: Path) -> dict[str, str]:
     }
 
 
+def tree_stat(root: Path) -> dict[str, tuple[int, int]]:
+    """relative path -> (size, mtime in ns) of every file under ``root``: any write changes one."""
+    return {
+        p.relative_to(root).as_posix(): (st.st_size, st.st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and (st := p.stat())
+    }
+
+
 def read_only(root: Path, value: object = None):
     """Yield ``value`` (default ``root``); at teardown, fail if any test changed, added or
     removed a file under ``root``."""
-    before = tree_digest(root)
+    before = tree_stat(root)
     yield root if value is None else value
-    after = tree_digest(root)
+    after = tree_stat(root)
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     assert not changed, f"a test changed the shared fixture {root} (copy it first): {changed[:10]}"
 

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
 
 # What a user edits for a GPU cluster, overridden for 2 CPU processes on the one local node.
 CPU_LAYOUT = ["--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2", "--mem=4G", "--time=15"]
+BATCH = 16  # global: 8 per process
 CPU_ENV = {"NPROC_PER_NODE": "2", "ACCELERATE_CONFIG": "launch/cpu_2proc.yaml", "ACCELERATE_USE_CPU": "1"}
 
 
@@ -41,9 +42,8 @@ def submit_train(slurm: Slurm, shards_dir: Path, run: Path, out: Path, *flags: s
     # the rendezvous port is the test's choice: train.sbatch's default, 29500 + job id % 1000,
     # collides between two test sessions on one host (both number their jobs from 1)
     env = {**CPU_ENV, "SHARDS": str(shards_dir), "RUN": str(run), "MAIN_PORT": str(procs.free_port())}
-    return slurm.sbatch(
-        *CPU_LAYOUT, f"--output={out}", "slurm/train.sbatch", *TINY, "--batch-size", "4", *flags, env=env
-    )
+    flags = (*TINY, "--batch-size", str(BATCH), *flags)
+    return slurm.sbatch(*CPU_LAYOUT, f"--output={out}", "slurm/train.sbatch", *flags, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_usr1_saves_requeues_and_resumes(slurm, shards, tmp_path):
     saved = re.search(r"preempted at step (\d+) ", text)
     assert saved, text[-3000:]
     step = int(saved.group(1))
-    steps = read_info(str(shards))["splits"]["train"]["num_samples"] // 4  # per epoch at batch 4
+    steps = read_info(str(shards))["splits"]["train"]["num_samples"] // BATCH  # per epoch
     assert 2 <= step < 2 * steps, step  # inside the run, after the first saved step
     assert "forwarding to the trainers" in text and f"requeueing job {job}" in text
     assert task["Restarts"] == "1" and "SLURM_RESTART_COUNT=1" in text

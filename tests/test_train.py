@@ -103,9 +103,9 @@ def test_two_process_training_learns_and_logs_once(trained_run, shards):
 
 def test_kill_9_mid_epoch_then_rerun_resumes(shards, tmp_path):
     """kill -9 in epoch 2 (the run was given 50 epochs: it cannot finish first), rerun for 2."""
-    run, batch, keep = tmp_path / "run", 4, 2
+    run, batch, keep = tmp_path / "run", 16, 2
     steps = read_info(str(shards))["splits"]["train"]["num_samples"] // batch  # per epoch, 1 process
-    flags = ["--batch-size", str(batch), "--save-every", "10", "--keep-last", str(keep)]
+    flags = ["--batch-size", str(batch), "--save-every", "3", "--keep-last", str(keep)]
     cmd = [sys.executable, *train_cmd(shards, run, *flags, "--epochs", "50")]
     with procs.running(cmd) as proc:
         procs.wait_for(lambda: any(s > steps for s in steps_saved(run)), 600, "a step saved in epoch 2", proc)
@@ -126,7 +126,7 @@ def test_kill_9_mid_epoch_then_rerun_resumes(shards, tmp_path):
 def test_sigterm_saves_within_the_step_and_exits_75(shards, tmp_path):
     """SIGTERM to the whole process group, DataLoader workers included, as torchrun, Kubernetes
     and SLURM send it, once the trainer is stepping (a step saved); resumed, epoch 1 ends."""
-    run, batch = tmp_path / "run", 4
+    run, batch = tmp_path / "run", 16
     steps = read_info(str(shards))["splits"]["train"]["num_samples"] // batch
     flags = ["--batch-size", str(batch), "--keep-last", "2"]
     cmd = [sys.executable, *train_cmd(shards, run, *flags, "--epochs", "50", "--save-every", "2")]
