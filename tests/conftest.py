@@ -27,16 +27,17 @@ import numpy as np
 import pytest
 import torch
 
+from artclf.transforms import Preprocess
 from tests import procs
+from tests.procs import REPO
 from tests.system import REQUIRE
-
-REPO = Path(__file__).resolve().parents[1]
 
 # Every process the session starts carries this in its environment (see pytest_sessionfinish).
 os.environ[procs.SESSION_MARK] = uuid.uuid4().hex
 
 # Class list and preprocessing of the untrained ``model_pt`` (predict, export and serve tests).
 CLASSES = ["Albrecht_Durer", "Claude_Monet", "Edgar_Degas", "Pablo_Picasso", "Paul_Klee", "Titian"]
+TINY_PRE = Preprocess(image_size=48, resize=56)
 # The tiny trainer recipe of the tests: a small arch, no weights, 48 px, few steps.
 TINY = ["--arch", "resnet18", "--weights", "none", "--image-size", "48", "--workers", "1", "--log-every", "1"]
 
@@ -62,6 +63,31 @@ def train_cmd(shards_dir: Path, run: Path, *extra: str) -> list[str]:
 
 def history(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+
+
+def steps_saved(run: Path) -> list[int]:
+    """Optimizer steps of the checkpoints in RUN/state, oldest first."""
+    from artclf.checkpoint import checkpoints
+
+    return [int(c.name[5:]) for c in checkpoints(run / "state")]
+
+
+def plain_predictions(model_path: Path, shards: Path, split: str = "val") -> tuple:
+    """(labels, probabilities, classes) of ``model_path`` on ``split``: one process, a plain loop,
+    no Accelerate; the reference the trainer's and evaluator's figures are checked against."""
+    from artclf.data import eval_loader, read_info
+    from artclf.model import load_model
+    from artclf.transforms import Preprocess
+
+    model, blob = load_model(model_path)
+    pre = Preprocess.from_dict(blob["preprocess"])
+    ys, ps = [], []
+    with torch.inference_mode():
+        for batch in eval_loader(read_info(str(shards)), split, pre, 8, 0, 0, 1):
+            if batch.keys:
+                ps.append(torch.softmax(model(batch.images).float(), dim=1).numpy())
+                ys.append(batch.labels.numpy())
+    return np.concatenate(ys), np.concatenate(ps), blob["classes"]
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -155,15 +181,13 @@ def trained_run(shards, tmp_path_factory):
     yield from read_only(run)
 
 
-def tiny_model(path: Path, classes: list[str] = CLASSES, image_size: int = 48) -> Path:
+def tiny_model(path: Path) -> Path:
     """An untrained resnet18 saved as model.pt (predict and export need no trained weights)."""
     from artclf.model import build_model, save_model
-    from artclf.transforms import Preprocess
 
-    pre = Preprocess(image_size=image_size, resize=image_size + 8)
     torch.manual_seed(0)
-    model = build_model("resnet18", "none", len(classes), pre)
-    save_model(path, model, classes, pre, "resnet18", {})
+    model = build_model("resnet18", "none", len(CLASSES), TINY_PRE)
+    save_model(path, model, CLASSES, TINY_PRE, "resnet18", {})
     return path
 
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from tests import procs
-from tests.procs import _ppid, output
+from tests.procs import _ppid, output, processes_with
 
 
 def accelerate_cmd(nproc: int, *args: str, launch_args: tuple[str, ...] = ()) -> list[str]:
@@ -71,20 +71,6 @@ def accelerate_cpu(nproc: int, *args: str, timeout: float = 600) -> subprocess.C
     cmd = accelerate_cmd(nproc, *args)
     code, out = finish(start(cmd), timeout)
     return subprocess.CompletedProcess(cmd, code, out, out)
-
-
-def processes_with(needle: str) -> list[int]:
-    """Pids whose command line contains ``needle`` (e.g. a run folder)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if needle in cmdline and int(entry) != os.getpid():
-                out.append(int(entry))
-    return out
 
 
 def rank_pids(needle: str) -> dict[int, int]:

@@ -71,6 +71,23 @@ def running(cmd: list[str], **kwargs) -> Iterator[subprocess.Popen]:
         stop_tree(proc)
 
 
+def run_together(commands: list[dict], timeout: float) -> list[tuple[int | None, str]]:
+    """Start every ``spawn(**kwargs)`` of ``commands`` (e.g. one per simulated node), wait for all;
+    (exit code, output) of each, None for one still running at ``timeout``. Every tree is ended."""
+    started = []
+    try:
+        for kwargs in commands:
+            started.append(spawn(**kwargs))
+        deadline = time.monotonic() + timeout
+        for p in started:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        return [(p.poll(), output(p)) for p in started]
+    finally:
+        for p in started:
+            stop_tree(p)
+
+
 def stop_tree(proc: subprocess.Popen) -> None:
     """Kill ``proc``, its process group and its descendants; reap it."""
     kill_tree(proc.pid)
@@ -91,14 +108,22 @@ def _ppid(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
+def _pids() -> list[int]:
+    """Every live process but this one."""
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) != os.getpid()]
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+
+
 def descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                children.setdefault(_ppid(int(entry)), []).append(int(entry))
-            except (OSError, ValueError, IndexError):
-                continue
+    for p in _pids():
+        try:
+            children.setdefault(_ppid(p), []).append(p)
+        except (OSError, ValueError, IndexError):
+            continue
     out, todo = [], [pid]
     while todo:
         for c in children.get(todo.pop(), []):
@@ -112,14 +137,24 @@ def marked(mark: str) -> dict[int, str]:
     (zombies have no environment left and are not listed)."""
     needle = f"{SESSION_MARK}={mark}".encode()
     out = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                if needle in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
-                    cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
-                    out[int(entry)] = cmd.decode(errors="replace").strip()
-            except OSError:
-                continue
+    for pid in _pids():
+        try:
+            if needle in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                out[pid] = _cmdline(pid)
+        except OSError:
+            continue
+    return out
+
+
+def processes_with(needle: str) -> list[int]:
+    """Pids whose command line contains ``needle`` (e.g. a run folder)."""
+    out = []
+    for pid in _pids():
+        try:
+            if needle in _cmdline(pid):
+                out.append(pid)
+        except OSError:
+            continue
     return out
 
 

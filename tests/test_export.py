@@ -13,7 +13,7 @@ from artclf import export
 from artclf.model import load_model
 from artclf.predict import load_image
 from tests.conftest import CLASSES, run_cli
-from tests.test_predict import PRE
+from tests.conftest import TINY_PRE as PRE
 
 
 def parity_figure(stdout: str) -> float:

@@ -430,22 +430,18 @@ def test_entrypoint_two_nodes_meet(tmp_path):
 
     rows_dir = tmp_path
 
-    def two_nodes(port: int) -> list[tuple[int, str]]:
+    def two_nodes(port: int) -> list[tuple[int | None, str]]:
         nonlocal rows_dir
         rows_dir = tmp_path / f"rows-{port}"  # a retry on another port starts from nothing
         rows_dir.mkdir()
         nodes = []
-        try:
-            for rank in (0, 1):
-                layout = {"PET_NNODES": "2", "PET_NODE_RANK": str(rank), "PET_NPROC_PER_NODE": "1"}
-                layout |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-                words = entrypoint(layout, str(rows_dir)).stdout.split()
-                i = words.index("-m")
-                nodes.append(procs.spawn([accelerate, *words[:i], str(script), *words[i + 2 :]], env=env))
-            return [(p.wait(timeout=300), procs.output(p)) for p in nodes]
-        finally:
-            for p in nodes:
-                procs.stop_tree(p)
+        for rank in (0, 1):
+            layout = {"PET_NNODES": "2", "PET_NODE_RANK": str(rank), "PET_NPROC_PER_NODE": "1"}
+            layout |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+            words = entrypoint(layout, str(rows_dir)).stdout.split()
+            i = words.index("-m")
+            nodes.append({"cmd": [accelerate, *words[:i], str(script), *words[i + 2 :]], "env": env})
+        return procs.run_together(nodes, timeout=300)
 
     results = procs.on_free_port(two_nodes)
     for code, out in results:
@@ -503,25 +499,16 @@ def test_entrypoint_restarts_the_gang_after_a_worker_dies(tmp_path):
     cwd, out, env = stand_in_trainer(tmp_path, DIES_ONCE)
     logs = [tmp_path / "node-0.log", tmp_path / "node-1.log"]
 
-    def two_nodes(port: int) -> list[tuple[int | str, str]]:
-        for f in out.iterdir():  # a retry on another port starts from nothing
-            f.unlink()
+    def two_nodes(port: int) -> list[tuple[int | None, str]]:
+        for f in [*out.iterdir(), *logs]:  # a retry on another port starts from nothing
+            f.unlink(missing_ok=True)
+        cmd = ["sh", str(K8S / "entrypoint.sh"), "--run", str(out)]
         nodes = []
-        try:
-            for rank in (0, 1):
-                layout = {"PET_NNODES": "2", "PET_NODE_RANK": str(rank), "PET_NPROC_PER_NODE": "1"}
-                layout |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "LOGLEVEL": "INFO"}
-                logs[rank].write_text("")
-                cmd = ["sh", str(K8S / "entrypoint.sh"), "--run", str(out)]
-                nodes.append(procs.spawn(cmd, cwd=cwd, env={**env, **layout}, log=logs[rank]))
-            try:
-                rcs: list[int | str] = [p.wait(timeout=300) for p in nodes]
-            except subprocess.TimeoutExpired:
-                rcs = ["timeout"]
-            return [(rc, procs.output(p)) for rc, p in zip(rcs, nodes, strict=False)]
-        finally:
-            for p in nodes:
-                procs.stop_tree(p)
+        for rank in (0, 1):
+            layout = {"PET_NNODES": "2", "PET_NODE_RANK": str(rank), "PET_NPROC_PER_NODE": "1"}
+            layout |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "LOGLEVEL": "INFO"}
+            nodes.append({"cmd": cmd, "cwd": cwd, "env": {**env, **layout}, "log": logs[rank]})
+        return procs.run_together(nodes, timeout=300)
 
     results = procs.on_free_port(two_nodes)
     assert [rc for rc, _ in results] == [0, 0], "\n".join(

@@ -19,8 +19,7 @@ from artclf.model import load_model
 from artclf.predict import load_image
 from artclf.transforms import Preprocess, decode, eval_image
 from tests.conftest import CLASSES, run_cli
-
-PRE = Preprocess(image_size=48, resize=56)  # what conftest.tiny_model saves
+from tests.conftest import TINY_PRE as PRE
 
 
 def test_predict_folder_json_reports_the_broken_file(images, model_pt):

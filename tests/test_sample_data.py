@@ -19,11 +19,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from artclf import sample_data
 from artclf.artists import ARTISTS, CSV_COLUMNS, fold
 from artclf.sample_data import SampleDataConfig, generate
+from tests.conftest import REPO, tree_digest
 
 SCALE, MAX_SIDE = 0.02, 96
 DURER_NFD = unicodedata.normalize("NFD", "Albrecht_Dürer")
 MOJIBAKE = "Albrecht_Du╠êrer"  # written out, not derived the way the module derives it
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +39,6 @@ def read_csv(root: Path) -> list[dict]:
         reader = csv.DictReader(f)
         assert tuple(reader.fieldnames) == CSV_COLUMNS
         return list(reader)
-
-
-def file_hashes(root: Path) -> dict[str, str]:
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 def odd_paths(truth: dict) -> set[str]:
@@ -86,7 +78,7 @@ def test_counts_follow_the_scaled_real_distribution(sample):
 def test_same_seed_same_bytes_any_worker_count(tmp_path):
     def run(name: str, seed: int, workers: int) -> dict[str, str]:
         generate(SampleDataConfig(out=tmp_path / name, scale=0.01, max_side=64, seed=seed, workers=workers))
-        return file_hashes(tmp_path / name)
+        return tree_digest(tmp_path / name)
 
     a, b, c = run("a", 7, 1), run("b", 7, 2), run("c", 8, 2)
     assert a == b

@@ -20,20 +20,17 @@ import tarfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from artclf import manifest
-from artclf.checkpoint import checkpoints
-from artclf.data import eval_loader, read_info
+from artclf.data import read_info
 from artclf.metrics import classification_metrics
-from artclf.model import load_model
 from artclf.runlock import RunLock
 from artclf.shard import ShardConfig, shard
-from artclf.transforms import Preprocess
-from tests.cpu_launch import accelerate_cmd, finish, launch, processes_with, rank_pids, start
-from tests.procs import kill_tree, wait_for
+from tests.conftest import history, plain_predictions, steps_saved
+from tests.cpu_launch import accelerate_cmd, finish, launch, rank_pids, start
+from tests.procs import kill_tree, processes_with, wait_for
 
 GLOBAL_BATCH = "24"  # divisible by 1, 2, 3 and 4 ranks
 TINY = ["--arch", "resnet18", "--weights", "none", "--image-size", "32", "--log-every", "1"]
@@ -53,14 +50,6 @@ def train_args(shards: Path, run: Path, *extra: str, workers: str = "0") -> list
         workers,
         *extra,
     ]
-
-
-def history(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
-
-
-def steps_saved(run: Path) -> list[int]:
-    return [int(c.name[5:]) for c in checkpoints(run / "state")]
 
 
 def assert_resumed_to_the_end(run: Path, shards: Path, epochs: int, keep: int = 3) -> None:
@@ -103,23 +92,9 @@ def unreadable_rank(shard_sets, tmp_path_factory) -> Path:
     return d
 
 
-def single_process_metrics(model_path: Path, shards: Path) -> dict:
-    """The reference: one process, a plain loop, no Accelerate."""
-    model, blob = load_model(model_path)
-    info = read_info(str(shards))
-    pre = Preprocess.from_dict(blob["preprocess"])
-    ys, ps = [], []
-    with torch.inference_mode():
-        for batch in eval_loader(info, "val", pre, 8, 0, 0, 1):
-            if batch.keys:
-                ps.append(torch.softmax(model(batch.images).float(), dim=1).numpy())
-                ys.append(batch.labels.numpy())
-    return classification_metrics(np.concatenate(ys), np.concatenate(ps), blob["classes"])
-
-
 def assert_same_metrics(run: Path, shards: Path) -> None:
     got = json.loads((run / "val_metrics.json").read_text())
-    ref = single_process_metrics(run / "model.pt", shards)
+    ref = classification_metrics(*plain_predictions(run / "model.pt", shards))
     assert got["confusion_matrix"] == ref["confusion_matrix"]
     for k in ("accuracy", "macro_f1", "macro_precision", "macro_recall"):
         assert got[k] == ref[k], k
@@ -192,9 +167,9 @@ def test_a_second_job_on_a_busy_run_is_refused_and_the_first_goes_on(shard_sets,
         assert "another job is training into this run folder" in out
         assert f"pid {holder['pid']}" in out and f"host {holder['host']}" in out
         assert refused_in < 30
-        steps = len(history(run)) if (run / "history.jsonl").exists() else 0
+        epochs_done = len(history(run)) if (run / "history.jsonl").exists() else 0
         assert first.poll() is None, "the first job ended"
-        wait_for(lambda: len(history(run)) > steps if (run / "history.jsonl").exists() else False,
+        wait_for(lambda: (run / "history.jsonl").exists() and len(history(run)) > epochs_done,
                  180, "an epoch of the first job after the refusal", first)  # fmt: skip
         os.killpg(first.pid, signal.SIGTERM)
         rc, out = finish(first, 240)

@@ -15,32 +15,18 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from artclf.checkpoint import checkpoints
 from artclf.data import eval_loader, read_info
 from artclf.errors import ArtclfError
 from artclf.model import load_model
 from artclf.preemption import EXIT_PREEMPTED
 from tests import procs
-from tests.conftest import assert_figure, history, run_cli, train_cmd
-
-
-def steps_saved(run: Path) -> list[int]:
-    return [int(c.name[5:]) for c in checkpoints(run / "state")]
+from tests.conftest import assert_figure, history, plain_predictions, run_cli, steps_saved, train_cmd
 
 
 def reference(model_path: Path, shards: Path, split: str = "val") -> dict:
     """Accuracy and macro F1 of ``model_path`` on ``split`` by scikit-learn, from a plain loop."""
-    model, blob = load_model(model_path)
-    info = read_info(str(shards))
-    from artclf.transforms import Preprocess
-
-    pre = Preprocess.from_dict(blob["preprocess"])
-    ys, ps = [], []
-    with torch.inference_mode():
-        for batch in eval_loader(info, split, pre, 8, 0, 0, 1):
-            ps += model(batch.images).argmax(1).tolist()
-            ys += batch.labels.tolist()
-    labels = list(range(len(blob["classes"])))
+    ys, probs, classes = plain_predictions(model_path, shards, split)
+    ps, labels = probs.argmax(1), list(range(len(classes)))
     return {
         "accuracy": skm.accuracy_score(ys, ps),
         "macro_f1": skm.f1_score(ys, ps, labels=labels, average="macro", zero_division=0),
@@ -218,7 +204,7 @@ def test_a_stop_during_evaluation_returns_no_metrics(shards):
     """The stop flag is checked per evaluation batch: the trainer saves instead of scoring."""
     from accelerate import Accelerator
 
-    from artclf.data import eval_loader, read_info
+    from artclf.data import read_info
     from artclf.engine import evaluate
     from artclf.model import build_model
     from artclf.transforms import Preprocess
