@@ -16,7 +16,6 @@ import io
 import json
 import multiprocessing
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -380,30 +379,21 @@ def bad_eval_shard(request, s3_server, shards, tmp_path_factory) -> Ran:
     return Ran(broken, "test", *run_stage(cmd, s3_server.env(), "artclf evaluate: error:"), out)
 
 
-def scored(ran: Ran) -> dict | None:
-    """What the stage wrote about the split: samples scored ("n") and reported missing; None
-    when it wrote no metrics."""
+def scored(ran: Ran) -> dict:
+    """What the stage wrote about the split: samples scored ("n") and reported missing."""
     if (ran.run / "metrics.json").exists():  # evaluate
         m = json.loads((ran.run / "metrics.json").read_text())
-        missing = m["skipped_samples"]
-        return {"n": m["n"], "missing": missing if isinstance(missing, int) else len(missing)}
-    if (ran.run / "history.jsonl").exists():  # train: its val pass
-        (row,) = history(ran.run)
-        return {"n": row["val_n"], "missing": row.get("val_skipped_samples")}
-    return None
+        return {"n": m["n"], "missing": m["skipped_samples"]}
+    (row,) = history(ran.run)  # train: its val pass
+    return {"n": row["val_n"], "missing": row["val_skipped_samples"]}
 
 
-def test_no_metrics_over_fewer_samples_without_saying_so(bad_eval_shard):
-    """Either the stage fails and writes no metrics, or its metrics say how many are missing."""
+def test_the_rest_is_scored_and_the_missing_samples_are_counted(bad_eval_shard):
+    """The stage finishes; its metrics are over the readable samples and say how many are not."""
     ran = bad_eval_shard
     total, length = ran.broken.totals[ran.split], ran.broken.lengths[ran.split]
-    if ran.code == 0:
-        assert scored(ran) == {"n": total - length, "missing": length}, scored(ran)
-    else:
-        assert ran.code == 1 and scored(ran) is None, (ran.code, scored(ran), ran.out[-4000:])
-        (error,) = re.findall(r"artclf \w+: error: [^\n]*", ran.out)
-        # the count it got and the count _info.json promised
-        assert re.search(rf"\b{total - length}\b", error) and re.search(rf"\b{total}\b", error), error
+    assert ran.code == 0, ran.out[-4000:]
+    assert scored(ran) == {"n": total - length, "missing": length}
 
 
 def test_an_unreadable_eval_shard_is_named_and_its_samples_counted(bad_eval_shard):
@@ -411,5 +401,5 @@ def test_an_unreadable_eval_shard_is_named_and_its_samples_counted(bad_eval_shar
     url, length = ran.broken.bad[ran.split], ran.broken.lengths[ran.split]
     said = [line for line in ran.out.splitlines() if url in line]
     assert said and all("ReadError" in line for line in said), ran.out[-4000:]
-    counted = re.search(rf"\b{length}\b[^\n]*unreadable|unreadable[^\n]*\b{length}\b", ran.out)
-    assert counted or (scored(ran) or {}).get("missing") == length, ran.out[-4000:]
+    if ran.split == "test":  # artclf evaluate says it on its own too
+        assert f"{length} of {ran.broken.totals['test']} samples unreadable" in ran.out, ran.out[-4000:]
