@@ -31,8 +31,7 @@ from __future__ import annotations
 
 import atexit
 import json
-import multiprocessing
-import multiprocessing.util
+import multiprocessing.util  # noqa: F401  (its exit handler is registered before ours, below)
 import random
 import signal
 import sys
@@ -47,6 +46,7 @@ from torch.utils.data import get_worker_info
 
 from artclf import storage
 from artclf.errors import ArtclfError
+from artclf.preemption import kill_workers
 from artclf.transforms import Preprocess, decode, eval_image, train_image
 
 
@@ -296,18 +296,11 @@ def _ignore_stop_signals(_worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def _kill_workers_at_exit() -> None:
-    """The workers ignore SIGTERM (above), and multiprocessing's own exit handler ends the
-    daemonic children of an exiting process with SIGTERM, then joins them: a trainer leaving on an
-    error (a worker's fatal error, a bad shard set) would wait for them forever. Registered after
-    multiprocessing's handler, so it runs first (atexit is last in, first out)."""
-    for child in multiprocessing.active_children():
-        if child.daemon:  # DataLoader workers; never a process someone started to outlive us
-            child.kill()
-            child.join(timeout=10)
-
-
-atexit.register(_kill_workers_at_exit)
+# multiprocessing's own exit handler SIGTERMs the daemonic children of an exiting process, then
+# joins them: as the workers ignore SIGTERM (above), a trainer leaving on an error (a worker's
+# fatal error, a bad shard set) would wait for them forever. Registered after multiprocessing's
+# handler (imported above), this one runs first (atexit is last in, first out) and SIGKILLs them.
+atexit.register(kill_workers)
 
 
 class _Nothing(torch.utils.data.IterableDataset):

@@ -103,9 +103,16 @@ def die(reason: str, code: int = EXIT_HUNG) -> None:
     print(f"artclf train [rank {rank}, pid {os.getpid()}]: {reason}; stacks:", file=sys.stderr, flush=True)
     faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
     sys.stderr.flush()
-    for worker in multiprocessing.active_children():  # DataLoader workers would linger otherwise
-        worker.kill()
+    kill_workers()  # they would linger otherwise
     os._exit(code)
+
+
+def kill_workers() -> None:
+    """SIGKILL this process's DataLoader workers (its daemonic children): they ignore SIGTERM
+    (artclf.data), so neither a TERM nor ``multiprocessing``'s exit handler ends them."""
+    for child in multiprocessing.active_children():
+        if child.daemon:  # never a process someone started to outlive us
+            child.kill()
 
 
 def _no_wakeup_fd() -> None:
