@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -72,6 +73,27 @@ def hparams_summary(writer, cfg, history: list[dict]) -> None:
         writer.add_scalar(k, v)
 
 
+def node_name() -> str:
+    """The node this process runs on: SLURM's name for it, else the host name (a pod's name on
+    Kubernetes). The nodes of a local test cluster share one host name, not their SLURM names."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+def placement(acc) -> dict:
+    """Where the processes run: the nodes, and rank, local rank, node and pid of each process in
+    rank order. Collective: every rank calls it."""
+    from accelerate.utils import gather_object
+
+    me = {
+        "rank": acc.process_index,
+        "local_rank": acc.local_process_index,
+        "node": node_name(),
+        "pid": os.getpid(),
+    }
+    ranks = sorted(gather_object([me]), key=lambda r: r["rank"])
+    return {"nodes": sorted({r["node"] for r in ranks}), "ranks": ranks}
+
+
 def derived(acc, per_device, steps, total, warmup, peak_lr, flips, classes, info, resume, sync_bn) -> dict:
     return {
         "world_size": acc.num_processes,
@@ -89,7 +111,7 @@ def derived(acc, per_device, steps, total, warmup, peak_lr, flips, classes, info
     }
 
 
-def print_derived(acc, cfg, per_device, steps, peak_lr, flips, resume, state, sync_bn) -> None:
+def print_derived(acc, cfg, per_device, steps, peak_lr, flips, resume, state, sync_bn, where) -> None:
     acc.print(
         f"artclf train: {acc.num_processes} process(es) on {acc.device} ({acc.mixed_precision}), "
         f"global batch {cfg.batch_size} = {per_device} per device × {acc.num_processes} × {cfg.grad_accum} "
@@ -101,6 +123,7 @@ def print_derived(acc, cfg, per_device, steps, peak_lr, flips, resume, state, sy
         f"{cfg.ddp_timeout} s (--ddp-timeout), batch wait {cfg.data_timeout:g} s (--data-timeout), "
         f"run lock {cfg.run / '.lock'}"
     )
+    acc.print("ranks on nodes: " + ", ".join(f"{r['rank']}@{r['node']}" for r in where["ranks"]))
     if resume:
         acc.print(f"resuming from {resume}: epoch {state.epoch + 1}, step {state.step}")
 

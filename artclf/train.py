@@ -238,6 +238,7 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
     state = checkpoint.TrainState()
     acc.register_for_checkpointing(state)
     resume = checkpoint.resume(acc, cfg.run / "state", state)
+    where = runlog.placement(acc)
     if acc.is_main_process:
         write_json(
             cfg.run / "config.json",
@@ -246,10 +247,11 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
                 "derived": runlog.derived(
                     acc, per_device, steps, total, warmup, peak_lr, flips, classes, info, resume, sync_bn
                 ),
+                "placement": where,
                 "versions": runlog.versions(),
             },
         )
-        runlog.print_derived(acc, cfg, per_device, steps, peak_lr, flips, resume, state, sync_bn)
+        runlog.print_derived(acc, cfg, per_device, steps, peak_lr, flips, resume, state, sync_bn, where)
     writer = runlog.writer_for(acc, cfg.run)
     history = plots.read_history(cfg.run / "history.jsonl")[: state.epoch]
 

@@ -284,4 +284,4 @@ def _terminal(config):
 
 
 from tests.s3server import s3_server  # noqa: E402, F401  (session fixture: a real S3 server)
-from tests.slurmcluster import slurm  # noqa: E402, F401  (session fixture: a real local SLURM)
+from tests.slurmcluster import slurm, slurm2  # noqa: E402, F401  (session fixtures: real local SLURMs)

@@ -1,9 +1,11 @@
-"""A real single-node SLURM for the tests, brought up by ``slurm/local/up.sh`` (session fixture).
+"""Real SLURM clusters for the tests, brought up by ``slurm/local/up.sh`` (session fixtures):
+``slurm``, one node (this machine), and ``slurm2``, two nodes, each a network namespace of its
+own on a bridge (``up.sh --nodes 2``).
 
-It needs root and either the Debian packages or apt-get to install them; where that is missing
-the SLURM tests are skipped, or fail under ``ARTCLF_REQUIRE_SYSTEM=1`` (tests/system.py). The
-cluster lives in its own folder with its own ports, so a cluster a user started with
-``slurm/local/up.sh`` is untouched.
+They need root and either the Debian packages or apt-get to install them (and iproute2 for two
+nodes); where that is missing the SLURM tests are skipped, or fail under
+``ARTCLF_REQUIRE_SYSTEM=1`` (tests/system.py). Each cluster lives in its own folder with its own
+ports, so a cluster a user started with ``slurm/local/up.sh`` is untouched.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ class Slurm:
     """Client side of the local cluster: sbatch/scontrol with this cluster's SLURM_CONF."""
 
     dir: Path
-    env: dict
+    env: dict  # SLURM_CONF, the ports, and what up.sh says jobs need (GLOO_SOCKET_IFNAME)
+    nodes: int = 1
     say: Callable[[str], None] = print  # job ids and states, shown even when pytest captures output
     submitted: list[str] = field(default_factory=list)  # every job id, for cancel_unfinished
 
@@ -101,17 +104,54 @@ class Slurm:
 
     def logs(self) -> str:
         tails = []
-        for name in ("slurmctld.log", "slurmd.log"):
-            lines = (self.dir / "log" / name).read_text(errors="replace").splitlines()
-            tails.append(f"--- {name}\n" + "\n".join(lines[-15:]))
+        for path in [self.dir / "log" / "slurmctld.log", *sorted((self.dir / "log").glob("slurmd-*.log"))]:
+            lines = path.read_text(errors="replace").splitlines()
+            tails.append(f"--- {path.name}\n" + "\n".join(lines[-15:]))
         return "\n".join(tails)
 
+    def node_names(self) -> list[str]:
+        return sorted(self.run("sinfo", "-h", "-N", "-o", "%N").split())
 
-def _cannot() -> str | None:
+    def node_pids(self, node: str) -> list[int]:
+        """Every process in the network namespace of `node` (up.sh names it after the node)."""
+        out = subprocess.run(["ip", "netns", "pids", node], capture_output=True, text=True, check=True).stdout
+        return [int(p) for p in out.split()]
+
+    def up(self) -> str:
+        """slurm/local/up.sh again: starts whatever daemon is gone (a killed node); its output."""
+        cmd = ["bash", str(REPO / "slurm/local/up.sh"), "--nodes", str(self.nodes), str(self.dir)]
+        res = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, f"slurm/local/up.sh failed:\n{res.stdout}\n{res.stderr}\n{self.logs()}"
+        return res.stdout
+
+    def release(self, job: str, deadline: float) -> None:
+        """Start a requeued job now instead of after SLURM's requeue delay (~2 min, BeginTime),
+        but only once SLURM is done with its previous start:
+        - every node has ended it (IDLE), and slurmctld has no RPC left to send (`sdiag`: agent
+          queue empty): the kill of the previous start, queued for a node that was DOWN, is
+          delivered when the node is back, and would kill the new start (same job id) on it;
+        - the second in which that happened has passed: slurmd refuses a credential issued within
+          the second in which it revoked the job's previous one ("Job credential revoked")."""
+
+        def settled() -> bool:
+            nodes = self.run("scontrol", "show", "node", "-o").splitlines()
+            agents = dict(re.findall(r"^\s*(Agent queue size|Agent count):\s*(\d+)", self.run("sdiag"), re.M))
+            busy = [n.split()[0] for n in nodes if "State=IDLE " not in n]
+            return bool(nodes) and not busy and agents == {"Agent queue size": "0", "Agent count": "0"}
+
+        procs.wait_for(settled, max(deadline - time.time(), 1), "idle nodes and no pending slurmctld RPC")
+        settled_second = int(time.time())
+        procs.wait_for(lambda: int(time.time()) > settled_second, 5, "the next second")
+        self.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+
+
+def _cannot(nodes: int) -> str | None:
     if os.geteuid() != 0:
         return "the local SLURM needs root (slurmd starts job steps as their users)"
     if not shutil.which("slurmctld") and not can_apt():
         return "neither slurmctld nor apt-get (to install it) is on this machine"
+    if nodes > 1 and not (shutil.which("ip") and shutil.which("nsenter")):
+        return "a SLURM of several nodes needs ip (iproute2) and nsenter for its network namespaces"
     return None
 
 
@@ -131,12 +171,23 @@ def _terminal(config) -> Callable[[str], None]:
 
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory, pytestconfig) -> Iterator[Slurm]:
-    reason = _cannot()
+    """One node: this machine."""
+    yield from _cluster(tmp_path_factory, pytestconfig, nodes=1)
+
+
+@pytest.fixture(scope="session")
+def slurm2(tmp_path_factory, pytestconfig) -> Iterator[Slurm]:
+    """Two nodes, each a network namespace with its own address and slurmd (up.sh --nodes 2)."""
+    yield from _cluster(tmp_path_factory, pytestconfig, nodes=2)
+
+
+def _cluster(tmp_path_factory, pytestconfig, nodes: int) -> Iterator[Slurm]:
+    reason = _cannot(nodes)
     if reason:
         cannot(reason)
     say = _terminal(pytestconfig)
     for attempt in range(3):
-        d = tmp_path_factory.mktemp("slurm")
+        d = tmp_path_factory.mktemp(f"slurm{nodes}n")
         ctld_port, slurmd_port = procs.free_ports(2)  # below the ephemeral range; retried below
         env = {
             **os.environ,
@@ -147,8 +198,8 @@ def slurm(tmp_path_factory, pytestconfig) -> Iterator[Slurm]:
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         }
         try:
-            up = subprocess.run(["bash", str(REPO / "slurm/local/up.sh"), str(d)], env=env,
-                                capture_output=True, text=True, timeout=900)  # fmt: skip
+            up = subprocess.run(["bash", str(REPO / "slurm/local/up.sh"), "--nodes", str(nodes), str(d)],
+                                env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
         except BaseException:
             _down(d, env)  # whatever up.sh had started
             raise
@@ -159,7 +210,9 @@ def slurm(tmp_path_factory, pytestconfig) -> Iterator[Slurm]:
         if attempt == 2 or "in use" not in logs + up.stderr:  # only a taken port is worth a retry
             pytest.fail(f"slurm/local/up.sh failed:\n{up.stdout}\n{up.stderr}\n{logs[-3000:]}")
         say(f"a port was taken ({ctld_port}, {slurmd_port}): starting again on others")
-    cluster = Slurm(d, env, say)
+    # what up.sh tells the jobs to set (GLOO_SOCKET_IFNAME on several nodes): sbatch passes it on
+    env |= dict(re.findall(r"^export (GLOO_SOCKET_IFNAME)=(\S+)", up.stdout, re.M))
+    cluster = Slurm(d, env, nodes, say)
     try:
         for line in up.stdout.splitlines():
             cluster.say(line)
