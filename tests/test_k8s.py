@@ -22,7 +22,6 @@ import yaml
 
 from tests import procs
 from tests.conftest import REPO
-from tests.test_launch import WORLD_SCRIPT
 
 K8S = REPO / "k8s"
 K8S_VERSION = "1.31.0"  # oldest cluster we claim (Indexed Job hostnames, backoffLimitPerIndex beta)
@@ -415,39 +414,6 @@ def test_image_has_what_the_manifests_run():
     ignored = (REPO / ".dockerignore").read_text().split()
     assert {".git", ".venv", "kaggle.json", ".env", "runs", "shards"} <= set(ignored)
     assert (REPO / "launch" / "multi_node.yaml").exists()
-
-
-@pytest.mark.slow
-def test_entrypoint_two_nodes_meet(tmp_path):
-    """Two "nodes" on this host: the line entrypoint.sh prints for ranks 0 and 1, with
-    launch/multi_node.yaml, run for real (CPU, gloo; the trainer module swapped for a script that
-    reports rank and world size) forms one world of 2 through the static rendezvous."""
-    script = tmp_path / "world.py"
-    script.write_text(WORLD_SCRIPT)
-    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
-    env |= {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-
-    rows_dir = tmp_path
-
-    def two_nodes(port: int) -> list[tuple[int | None, str]]:
-        nonlocal rows_dir
-        rows_dir = tmp_path / f"rows-{port}"  # a retry on another port starts from nothing
-        rows_dir.mkdir()
-        nodes = []
-        for rank in (0, 1):
-            layout = {"PET_NNODES": "2", "PET_NODE_RANK": str(rank), "PET_NPROC_PER_NODE": "1"}
-            layout |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-            words = entrypoint(layout, str(rows_dir)).stdout.split()
-            i = words.index("-m")
-            nodes.append({"cmd": [accelerate, *words[:i], str(script), *words[i + 2 :]], "env": env})
-        return procs.run_together(nodes, timeout=300)
-
-    results = procs.on_free_port(two_nodes)
-    for code, out in results:
-        assert code == 0, out[-3000:]
-    rows = sorted((json.loads(p.read_text()) for p in rows_dir.glob("*.json")), key=lambda r: r["rank"])
-    assert [(r["rank"], r["world"], r["backend"]) for r in rows] == [(0, 2, "gloo"), (1, 2, "gloo")]
 
 
 # A stand-in for artclf.train, shadowing the package (the current folder comes first on sys.path
