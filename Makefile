@@ -83,7 +83,7 @@ demo: $(DEMO)/data/artists.csv $(DEMO)/mobilenet_v2.pt
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/shellcheck slurm/*.sbatch slurm/local/*.sh k8s/entrypoint.sh
+	$(BIN)/shellcheck slurm/*.sbatch slurm/*.sh slurm/local/*.sh k8s/*.sh
 
 test: lint
 	$(BIN)/python -m pytest --durations=30

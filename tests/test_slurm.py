@@ -21,10 +21,11 @@ import torch
 
 from artclf.data import read_info
 from artclf.ingest import IngestConfig, ingest
+from artclf.metrics import classification_metrics
 from artclf.model import load_model
 from artclf.split import SplitConfig, split
 from tests import procs
-from tests.conftest import REPO, TINY, history, run_cli
+from tests.conftest import REPO, TINY, history, plain_predictions, run_cli
 from tests.slurmcluster import Slurm
 
 pytestmark = pytest.mark.slow
@@ -351,3 +352,60 @@ def test_usr1_without_a_saved_state_is_not_requeued(tmp_path):
         assert p.wait(timeout=30) == 1, out.read_text()
     assert "saved no state: not requeueing" in out.read_text()
     assert (tmp_path / "scancel").read_text() == "scancel --signal=TERM 4242\n"  # to the steps, as TERM
+
+
+# ---- the whole pipeline in one submission (slurm/pipeline.sh) ---------------------------------
+
+STAGES = ["ingest", "dedup-parts", "dedup-merge", "split", "shard-parts", "shard-merge", "train", "evaluate"]
+
+
+def submit_pipeline(slurm: Slurm, data: Path, d: Path, *train_flags: str) -> tuple[str, dict[str, str]]:
+    """slurm/pipeline.sh on the local cluster, laid out for its 2 CPUs: its output and the job id
+    of each stage."""
+    env = {
+        **CPU_ENV,
+        "NPROC_PER_NODE": "2",
+        "MAIN_PORT": str(procs.free_port()),
+        "DEDUP_ARGS": "--weights none --montages 0",
+        "SHARD_ARGS": "--store-size 96 --shard-samples 16",
+        "DATA_SBATCH_FLAGS": "--cpus-per-task=1 --mem-per-cpu=1G --time=10",
+        "TRAIN_SBATCH_FLAGS": " ".join(["--nodes=1", *CPU_LAYOUT]),
+        "LOG_DIR": str(d / "logs"),
+    }
+    args = [str(data), str(d / "work"), str(d / "shards"), str(d / "runs" / "tiny")]
+    out = slurm.run("bash", "slurm/pipeline.sh", *args, "--dedup-parts", "2", "--shard-parts", "2", "--",
+                    *TINY, "--batch-size", str(BATCH), *train_flags, env=env)  # fmt: skip
+    jobs = dict(re.findall(r"^(\S+)\s+job (\d+)$", out, re.M))
+    assert list(jobs) == STAGES, out
+    slurm.submitted += list(jobs.values())  # cancelled with the rest if the test fails
+    slurm.say("pipeline: " + ", ".join(f"{name} {job}" for name, job in jobs.items()))
+    return out, jobs
+
+
+def test_pipeline_runs_every_stage_in_order(slurm, sample_dir, tmp_path):
+    out, jobs = submit_pipeline(slurm, sample_dir, tmp_path, "--epochs", "1")
+    assert f"squeue -j {','.join(jobs.values())}" in out and "sacct -j" in out, out
+    assert "tensorboard --logdir" in out, out
+    ended = ""
+    for name, job in jobs.items():
+        tasks = slurm.wait(job, {"COMPLETED"}, timeout=600)
+        assert all(t["StartTime"] >= ended for t in tasks), (name, tasks)  # afterok held it
+        ended = max(t["EndTime"] for t in tasks)
+    assert len({t["ArrayTaskId"] for t in slurm.job(jobs["dedup-parts"])}) == 2
+    run, shards = tmp_path / "runs" / "tiny", tmp_path / "shards"
+    assert [r["epoch"] for r in history(run)] == [1]
+    # the test split, scored by the chain's last job, as a plain single-process loop scores it
+    got = json.loads((run / "eval-test" / "metrics.json").read_text())
+    ref = classification_metrics(*plain_predictions(run / "model.pt", shards, "test"))
+    assert got["confusion_matrix"] == ref["confusion_matrix"] and got["accuracy"] == ref["accuracy"]
+
+
+def test_a_failed_stage_stops_the_chain(slurm, tmp_path):
+    """ingest fails on a folder without the data set: no later stage ever starts."""
+    (tmp_path / "not-the-data").mkdir()
+    _, jobs = submit_pipeline(slurm, tmp_path / "not-the-data", tmp_path)
+    slurm.wait(jobs["ingest"], {"FAILED"}, timeout=120)
+    for name in STAGES[1:]:
+        (task, *_) = slurm.wait(jobs[name], {"CANCELLED"}, timeout=120)
+        assert task["Reason"] == "DependencyNeverSatisfied" and task["RunTime"] == "00:00:00", (name, task)
+    assert not (tmp_path / "work" / "manifest.jsonl").exists() and not (tmp_path / "shards").exists()
