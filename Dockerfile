@@ -1,24 +1,34 @@
-# artclf image: CUDA PyTorch + artclf, non-root. Build and push:
+# artclf image: the PyTorch the tests ran (constraints.txt), a C compiler for torch.compile, artclf,
+# non-root. Build and push:
 #   docker build -t registry.example.com/artclf:0.1.0 . && docker push registry.example.com/artclf:0.1.0
-# torch and torchvision come with the base image (inside pyproject's ranges), so pip keeps them.
-FROM pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime
+# torch's PyPI wheel brings its CUDA libraries as pip packages (nvidia-*, pinned in constraints.txt);
+# the GPU driver comes from the host (NVIDIA container toolkit / device plugin).
+FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# torch.compile (inductor) builds Triton's kernel launchers and its CPU kernels with the system C
+# compiler at run time; the python image already carries Python.h.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc g++ libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /opt/artclf
-COPY pyproject.toml README.md ./
+COPY constraints.txt pyproject.toml README.md ./
 COPY artclf ./artclf
-# [serve]: the same image answers `artclf serve --host 0.0.0.0 --model …` (port 8000)
-RUN pip install '.[serve]' && rm -rf build artclf.egg-info
+# [serve]: the same image answers `artclf serve --host 0.0.0.0 --model …` (port 8000).
+# -c constraints.txt: every version as in the virtualenv the tests ran in (`make constraints`).
+RUN pip install -c constraints.txt '.[serve]' && rm -rf build artclf.egg-info
 
 # The launchers: accelerate configs and the Kubernetes entry (`launch/...` is relative to WORKDIR).
 COPY launch ./launch
 COPY k8s/entrypoint.sh ./k8s/entrypoint.sh
 
-# uid/gid 1000 match runAsUser/runAsGroup in k8s/; HOME is an emptyDir there (read-only root fs).
+# uid/gid 1000 match runAsUser/runAsGroup in k8s/; HOME is an emptyDir there (read-only root fs),
+# and so is /tmp, where torch.compile keeps its cache (TORCHINDUCTOR_CACHE_DIR).
 RUN groupadd --gid 1000 artclf && useradd --uid 1000 --gid 1000 --create-home artclf
 USER 1000:1000
 ENV HOME=/home/artclf

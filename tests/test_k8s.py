@@ -407,7 +407,6 @@ def test_entrypoint_refuses_an_unknown_layout():
 
 def test_image_has_what_the_manifests_run():
     dockerfile = (REPO / "Dockerfile").read_text()
-    assert re.search(r"^FROM pytorch/pytorch:\S+-cuda\S+-runtime$", dockerfile, re.M)
     assert "COPY launch ./launch" in dockerfile and "COPY k8s/entrypoint.sh ./k8s/entrypoint.sh" in dockerfile
     assert f"USER {TRAINING_IMAGE_USER}:{TRAINING_IMAGE_USER}" in dockerfile
     assert 'ENTRYPOINT ["artclf"]' in dockerfile
@@ -520,3 +519,39 @@ def test_sigterm_leaves_the_trainers_the_shutdown_timeout(tmp_path, shutdown_tim
         code = p.wait(timeout=120)
     assert code != 0  # torchrun re-raises the signal after the shutdown
     assert len(list(out.glob("saved-*"))) == saved, procs.output(p)[-3000:]
+
+
+def test_image_installs_what_the_tests_ran():
+    """constraints.txt pins every distribution of this virtualenv at the version installed here
+    (and inside pyproject's ranges); the Dockerfile installs with it, on the Python the tests run,
+    with the C compiler torch.compile needs at run time."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not pinned with =="
+            pins[canonicalize_name(name)] = version
+    installed = {
+        canonicalize_name(d.metadata["Name"]): d.version
+        for d in metadata.distributions()
+        # what `pip freeze` leaves out: the project itself and the packaging tools
+        if canonicalize_name(d.metadata["Name"]) not in {"artclf", "pip", "setuptools", "wheel", "distribute"}
+    }
+    differ = {k: (pins.get(k), installed.get(k)) for k in pins.keys() | installed.keys()}
+    assert pins == installed, {k: v for k, v in differ.items() if v[0] != v[1]}  # (pinned, installed)
+    for req in map(Requirement, metadata.requires("artclf")):
+        if canonicalize_name(req.name) in pins and req.marker is None:
+            assert req.specifier.contains(pins[canonicalize_name(req.name)], prereleases=True), req
+
+    dockerfile = (REPO / "Dockerfile").read_text()
+    python = f"{sys.version_info.major}\\.{sys.version_info.minor}"
+    assert re.search(rf"^FROM python:{python}-slim", dockerfile, re.M)
+    assert re.search(r"^COPY constraints.txt ", dockerfile, re.M)
+    assert re.search(r"^RUN pip install -c constraints.txt '\.\[serve\]'", dockerfile, re.M)
+    assert re.search(r"apt-get install [^\n]*\bgcc\b", dockerfile)  # Triton's launchers, inductor's C++
+    assert "constraints.txt" not in (REPO / ".dockerignore").read_text().split()
