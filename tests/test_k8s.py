@@ -121,8 +121,11 @@ def test_layout():
         "k8s/overlays/prod-indexed",
         "k8s/stages/dedup",
         "k8s/stages/dedup-merge",
+        "k8s/stages/evaluate",
+        "k8s/stages/ingest",
         "k8s/stages/shard",
         "k8s/stages/shard-merge",
+        "k8s/stages/split",
     ]
 
 
@@ -555,3 +558,53 @@ def test_image_installs_what_the_tests_ran():
     assert re.search(r"^RUN pip install -c constraints.txt '\.\[serve\]'", dockerfile, re.M)
     assert re.search(r"apt-get install [^\n]*\bgcc\b", dockerfile)  # Triton's launchers, inductor's C++
     assert "constraints.txt" not in (REPO / ".dockerignore").read_text().split()
+
+
+# ---- k8s/pipeline.sh against a stand-in kubectl (no cluster here) -------------------------------
+
+STEPS = ["ingest", "dedup", "dedup-merge", "split", "shard", "shard-merge", "TRAIN", "evaluate"]
+PIPELINE = [f"k8s/stages/{s}" if s != "TRAIN" else "k8s/overlays/prod" for s in STEPS]
+# `kubectl apply -n NS -k DIR` is recorded and DIR rendered by the real kubectl; `kubectl get -n
+# NS KIND/NAME ...` answers the object's true conditions from $STATES ("KIND/NAME CONDITION").
+STAND_IN_KUBECTL = """#!/bin/sh
+case $1 in
+    kustomize) exec "$REAL_KUBECTL" "$@" ;;
+    apply) echo "$3 $5" >> "$OUT/applied"
+           { "$REAL_KUBECTL" kustomize "$5"; echo ---; } >> "$OUT/rendered.yaml" ;;
+    get) grep "^$4 " "$STATES" | cut -d" " -f2 ;;
+    *) echo "stand-in kubectl: $*" >&2; exit 9 ;;
+esac
+"""
+
+
+def pipeline(tmp_path, states: dict[str, str]) -> tuple[subprocess.CompletedProcess, list[str]]:
+    (tmp_path / "kubectl").write_text(STAND_IN_KUBECTL)
+    (tmp_path / "kubectl").chmod(0o755)
+    (tmp_path / "states").write_text("".join(f"{obj} {cond}\n" for obj, cond in states.items()))
+    env = {**os.environ, "KUBECTL": str(tmp_path / "kubectl"), "REAL_KUBECTL": kubectl()}
+    env |= {"OUT": str(tmp_path), "STATES": str(tmp_path / "states"), "POLL_SECONDS": "0"}
+    cmd = ["sh", "k8s/pipeline.sh"]
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    applied = (tmp_path / "applied").read_text().splitlines() if (tmp_path / "applied").exists() else []
+    return res, applied
+
+
+JOBS = {f"job/artclf-{s}": "Complete" for s in STEPS if s != "TRAIN"}
+
+
+def test_pipeline_applies_every_step_in_order(tmp_path):
+    res, applied = pipeline(tmp_path, {**JOBS, "pytorchjob/artclf-train": "Succeeded"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert applied == [f"artclf {d}" for d in PIPELINE]  # the prod overlay's namespace for every step
+    docs = [d for d in yaml.safe_load_all((tmp_path / "rendered.yaml").read_text()) if d]
+    for doc in docs:  # what was applied is what the other tests validate
+        validate(doc)
+    jobs = [d["metadata"]["name"] for d in docs if d["kind"] in ("Job", "PyTorchJob")]
+    assert jobs == [f"artclf-{s.lower()}" for s in STEPS]
+
+
+def test_pipeline_stops_at_a_failed_step(tmp_path):
+    res, applied = pipeline(tmp_path, {**JOBS, "job/artclf-dedup": "Failed"})
+    assert res.returncode == 1
+    assert applied == ["artclf k8s/stages/ingest", "artclf k8s/stages/dedup"]
+    assert "job/artclf-dedup Failed: the steps after it are not applied" in res.stderr
