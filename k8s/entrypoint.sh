@@ -5,7 +5,8 @@
 #   Indexed Job: JOB_COMPLETION_INDEX (from the Job controller) is the machine rank; NNODES,
 #     NPROC_PER_NODE, JOB_NAME and SERVICE_NAME come from the manifest; rank 0's stable hostname
 #     <job>-0.<headless service> hosts the rendezvous.
-# MAX_RESTARTS (default 3): how often torchrun's agent restarts the gang after a worker fails,
+# MAX_RESTARTS (default: the operator's PET_MAX_RESTARTS of an elasticPolicy, else 3): how often
+# torchrun's agent restarts the gang after a worker fails,
 # before the container exits and `restartPolicy: OnFailure` takes over (launch/README.md).
 # ACCELERATE names the launcher (tests set it to `echo`).
 #
@@ -32,6 +33,19 @@ else
     exit 2
 fi
 port=${MASTER_PORT:-29500}
+# An elasticPolicy makes the operator set PET_NNODES to MIN:MAX (and PET_MAX_RESTARTS). accelerate
+# launch takes one node count, and the global batch is fixed over the world size, so only
+# MIN = MAX is run: elasticity here means restarts on a c10d rendezvous, not a changing world.
+case $nnodes in
+    *:*)
+        if [ "${nnodes%%:*}" != "${nnodes##*:}" ]; then
+            echo "entrypoint.sh: PET_NNODES=$nnodes: a node range needs torchrun's --nnodes MIN:MAX, which" \
+                "accelerate launch cannot pass; set elasticPolicy.minReplicas = maxReplicas" >&2
+            exit 2
+        fi
+        nnodes=${nnodes%%:*}
+        ;;
+esac
 
 # c10d rendezvous on host:port, so that a failed worker restarts every node's gang (launch/README.md).
 # Rank 0 hosts it (is_host: no guessing from DNS, which may not list pod 0 yet); join_timeout: pods
@@ -47,4 +61,4 @@ exec ${ACCELERATE:-accelerate} launch --config_file "${ACCELERATE_CONFIG:-launch
     --num_machines "$nnodes" --num_processes "$((nnodes * nproc))" --machine_rank "$rank" \
     --main_process_ip "$host" --main_process_port "$port" \
     --rdzv_backend c10d --rdzv_conf "is_host=$is_host,join_timeout=900" \
-    --max_restarts "${MAX_RESTARTS:-3}" -m artclf.train "$@"
+    --max_restarts "${MAX_RESTARTS:-${PET_MAX_RESTARTS:-3}}" -m artclf.train "$@"

@@ -118,6 +118,7 @@ def test_layout():
         "k8s/base/pytorchjob",
         "k8s/overlays/dev",
         "k8s/overlays/prod",
+        "k8s/overlays/prod-elastic",
         "k8s/overlays/prod-indexed",
         "k8s/stages/dedup",
         "k8s/stages/dedup-merge",
@@ -383,6 +384,65 @@ def test_pytorchjob_ranks(nnodes):
         )
         seen.append(int(flags["--machine_rank"]))
     assert seen == list(range(nnodes))
+
+
+OPERATOR_PORT = 23456  # training-operator v1's default for the port "pytorchjob-port"
+
+
+def operator_env(job: dict, kind: str, index: int) -> dict[str, str]:
+    """What training-operator v1 (>= 1.7) adds to the environment of replica `kind` `index` of a
+    PyTorchJob: pkg/controller.v1/pytorch/envvar.go (setPodEnv), master.go and elastic.go."""
+    name, specs = job["metadata"]["name"], job["spec"]["pytorchReplicaSpecs"]
+    replicas = sum(s["replicas"] for s in specs.values())
+    nproc = job["spec"].get("nprocPerNode", "auto")
+    rank = index + (kind == "Worker")
+    env = {
+        "PYTHONUNBUFFERED": "0",
+        "MASTER_PORT": str(OPERATOR_PORT),
+        "MASTER_ADDR": f"{name}-master-0",
+        "WORLD_SIZE": str(replicas * (int(nproc) if nproc.isdigit() else 1)),
+        "RANK": str(rank),
+        "PET_NPROC_PER_NODE": nproc,
+        "PET_NODE_RANK": str(rank),
+    }
+    elastic = job["spec"].get("elasticPolicy")
+    if elastic is None:
+        return env | {"PET_NNODES": str(replicas)}
+    env["PET_RDZV_ENDPOINT"] = (
+        f"{elastic.get('rdzvHost', f'{name}-worker-0')}:{elastic.get('rdzvPort', OPERATOR_PORT)}"
+    )
+    env["PET_RDZV_BACKEND"] = elastic.get("rdzvBackend", "c10d")
+    if "minReplicas" in elastic or "maxReplicas" in elastic:
+        env["PET_NNODES"] = f"{elastic['minReplicas']}:{elastic['maxReplicas']}"
+    else:
+        env["PET_NNODES"] = str(specs["Worker"]["replicas"])
+    if "maxRestarts" in elastic:
+        env["PET_MAX_RESTARTS"] = str(elastic["maxRestarts"])
+    return env
+
+
+def test_elastic_overlay_restarts_a_fixed_world():
+    """prod-elastic: c10d, minReplicas = maxReplicas = every replica, and the entrypoint turns the
+    operator's PET_NNODES=MIN:MAX and PET_MAX_RESTARTS into a fixed node count and the restarts."""
+    job = first(render("k8s/overlays/prod-elastic"), "PyTorchJob", "artclf-train")
+    replicas = sum(s["replicas"] for s in job["spec"]["pytorchReplicaSpecs"].values())
+    policy = job["spec"]["elasticPolicy"]
+    assert policy["rdzvBackend"] == "c10d" and policy["minReplicas"] == policy["maxReplicas"] == replicas
+    assert policy["maxRestarts"] >= 1
+    for kind, index in (("Master", 0), ("Worker", replicas - 2)):
+        env = operator_env(job, kind, index)
+        assert env["PET_NNODES"] == f"{replicas}:{replicas}"
+        flags = launch_flags(entrypoint(env, "--run", "/runs/x"))
+        assert flags["--num_machines"] == str(replicas)
+        assert flags["--num_processes"] == str(replicas * int(job["spec"]["nprocPerNode"]))
+        assert flags["--max_restarts"] == str(policy["maxRestarts"])
+        assert flags["--machine_rank"] == env["RANK"] and flags["--main_process_ip"] == env["MASTER_ADDR"]
+
+
+def test_entrypoint_refuses_a_node_range():
+    env = {"PET_NNODES": "2:4", "PET_NODE_RANK": "0", "PET_NPROC_PER_NODE": "8", "MASTER_ADDR": "m-0"}
+    res = entrypoint(env)
+    assert res.returncode == 2 and "minReplicas = maxReplicas" in res.stderr
 
 
 def test_entrypoint_restarts_and_rendezvous(tmp_path):

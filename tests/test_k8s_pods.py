@@ -25,12 +25,11 @@ import torch
 from artclf.metrics import classification_metrics
 from tests import etchosts, procs
 from tests.conftest import REPO, history, plain_predictions
-from tests.test_k8s import first, render
+from tests.test_k8s import first, operator_env, render
 
 pytestmark = pytest.mark.slow
 
 IMAGE_WORKDIR = "/opt/artclf"  # the Dockerfile's WORKDIR: this repository here
-OPERATOR_PORT = 23456  # training-operator v1: port "pytorchjob-port" of the Master, else 23456
 TINY_ARGS = ["--arch", "resnet18", "--weights", "none", "--image-size", "48", "--log-every", "1"]
 
 
@@ -72,28 +71,15 @@ def pod(container: dict, env: dict[str, str], run: Path, shards: Path, log: Path
 
 def pytorchjob_pods(docs: list[dict], port: int) -> list[tuple[dict, dict[str, str]]]:
     """(container, env) of each replica of the PyTorchJob, Master then Workers, with what the
-    training-operator v1 adds (pkg/controller.v1/pytorch/envvar.go, master.go: setPodEnv)."""
+    training-operator adds (tests/test_k8s.py: operator_env) and the test's port."""
     job = first(docs, "PyTorchJob", "artclf-train")
-    specs = job["spec"]["pytorchReplicaSpecs"]
-    replicas = sum(s["replicas"] for s in specs.values())
-    nproc = job["spec"]["nprocPerNode"]
     pods = []
     for kind in ("Master", "Worker"):
-        for index in range(specs.get(kind, {}).get("replicas", 0)):
-            (container,) = specs[kind]["template"]["spec"]["containers"]
-            rank = index + (kind == "Worker")
-            env = container_env(container, docs, {})
-            env |= {
-                "PYTHONUNBUFFERED": "0",
-                "MASTER_PORT": str(port),
-                "MASTER_ADDR": f"{job['metadata']['name']}-master-0",
-                "WORLD_SIZE": str(replicas * int(nproc)),
-                "RANK": str(rank),
-                "PET_NPROC_PER_NODE": nproc,
-                "PET_NODE_RANK": str(rank),
-                "PET_NNODES": str(replicas),
-            }
-            pods.append((container, env))
+        spec = job["spec"]["pytorchReplicaSpecs"].get(kind, {"replicas": 0})
+        for index in range(spec["replicas"]):
+            (container,) = spec["template"]["spec"]["containers"]
+            env = container_env(container, docs, {}) | operator_env(job, kind, index)
+            pods.append((container, env | {"MASTER_PORT": str(port)}))
     return pods
 
 
