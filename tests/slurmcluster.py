@@ -155,8 +155,8 @@ def _cannot(nodes: int) -> str | None:
     return None
 
 
-def _terminal(config) -> Callable[[str], None]:
-    """Write a line to the terminal past pytest's capture, so CI logs show the jobs."""
+def evidence(config, tag: str) -> Callable[[str], None]:
+    """Write "[tag] line" to the terminal past pytest's capture, so CI logs show what ran."""
     reporter = config.pluginmanager.getplugin("terminalreporter")
     capture = config.pluginmanager.getplugin("capturemanager")
     if reporter is None or capture is None:
@@ -164,7 +164,7 @@ def _terminal(config) -> Callable[[str], None]:
 
     def say(line: str) -> None:
         with capture.global_and_fixture_disabled():
-            reporter.write_line(f"  [slurm] {line}")
+            reporter.write_line(f"  [{tag}] {line}")
 
     return say
 
@@ -185,7 +185,7 @@ def _cluster(tmp_path_factory, pytestconfig, nodes: int) -> Iterator[Slurm]:
     reason = _cannot(nodes)
     if reason:
         cannot(reason)
-    say = _terminal(pytestconfig)
+    say = evidence(pytestconfig, "slurm")
     for attempt in range(3):
         d = tmp_path_factory.mktemp(f"slurm{nodes}n")
         ctld_port, slurmd_port = procs.free_ports(2)  # below the ephemeral range; retried below

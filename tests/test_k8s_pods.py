@@ -25,6 +25,7 @@ import torch
 from artclf.metrics import classification_metrics
 from tests import etchosts, procs
 from tests.conftest import REPO, history, plain_predictions
+from tests.slurmcluster import evidence
 from tests.test_k8s import first, operator_env, render
 
 pytestmark = pytest.mark.slow
@@ -113,12 +114,19 @@ def two_pods_train(tmp_path: Path, shards: Path, pods_for) -> tuple[Path, list[s
     return run, outs
 
 
-def assert_trained_once_by_two(run: Path, shards: Path, outs: list[str]) -> None:
+@pytest.fixture
+def say(pytestconfig):
+    return evidence(pytestconfig, "k8s")
+
+
+def assert_trained_once_by_two(run: Path, shards: Path, outs: list[str], say, layout: str) -> None:
     """One world of 2 (one rank per pod), one epoch, one model.pt whose metrics a plain
     single-process loop reproduces."""
     config = json.loads((run / "config.json").read_text())
     assert config["derived"]["world_size"] == 2
-    assert [r["rank"] for r in config["placement"]["ranks"]] == [0, 1]
+    ranks = config["placement"]["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1] and len({r["pid"] for r in ranks}) == 2
+    say(f"{layout}: 2 pods, ranks " + ", ".join(f"{r['rank']}@{r['node']} (pid {r['pid']})" for r in ranks))
     assert [r["epoch"] for r in history(run)] == [1]
     assert "2 process(es) on cpu" in outs[0] and "done: best val macro F1" in outs[0]
     got = json.loads((run / "val_metrics.json").read_text())
@@ -129,7 +137,7 @@ def assert_trained_once_by_two(run: Path, shards: Path, outs: list[str]) -> None
     assert len(list(run.glob("model.pt"))) == 1 and not list(run.glob("*.tmp*"))
 
 
-def test_pytorchjob_two_pods_train(shards, tmp_path):
+def test_pytorchjob_two_pods_train(shards, tmp_path, say):
     """prod's PyTorchJob shrunk to Master + 1 Worker x 1 process (its replica count and
     nprocPerNode: the layout of this machine), everything else as rendered."""
     docs = render("k8s/overlays/prod")
@@ -139,10 +147,10 @@ def test_pytorchjob_two_pods_train(shards, tmp_path):
     head = f"{job['metadata']['name']}-master-0"  # the Master's Service name
     with etchosts.names({head: "127.0.0.1"}):
         run, outs = two_pods_train(tmp_path, shards, lambda port: pytorchjob_pods(docs, port))
-    assert_trained_once_by_two(run, shards, outs)
+    assert_trained_once_by_two(run, shards, outs, say, "PyTorchJob (Master + 1 Worker)")
 
 
-def test_indexed_job_two_pods_train(shards, tmp_path):
+def test_indexed_job_two_pods_train(shards, tmp_path, say):
     """prod-indexed's Job with completions = parallelism = NNODES = 2 and NPROC_PER_NODE = 1;
     pod 0's stable name <job>-0.<service> resolves to loopback."""
     docs = render("k8s/overlays/prod-indexed")
@@ -159,4 +167,4 @@ def test_indexed_job_two_pods_train(shards, tmp_path):
 
     with etchosts.names({head: "127.0.0.1"}):
         run, outs = two_pods_train(tmp_path, shards, pods)
-    assert_trained_once_by_two(run, shards, outs)
+    assert_trained_once_by_two(run, shards, outs, say, "Indexed Job (2 completions)")
