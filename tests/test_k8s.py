@@ -606,7 +606,11 @@ def test_image_installs_what_the_tests_ran():
         if canonicalize_name(d.metadata["Name"]) not in {"artclf", "pip", "setuptools", "wheel", "distribute"}
     }
     differ = {k: (pins.get(k), installed.get(k)) for k in pins.keys() | installed.keys()}
-    assert pins == installed, {k: v for k, v in differ.items() if v[0] != v[1]}  # (pinned, installed)
+    mismatch = {k: v for k, v in differ.items() if v[0] != v[1]}  # name: (pinned, installed)
+    assert not mismatch, (
+        f"constraints.txt and this virtualenv differ, (pinned, installed): {mismatch}; \
+after a change of dependencies, `make constraints` writes the file anew"
+    )
     for req in map(Requirement, metadata.requires("artclf")):
         if canonicalize_name(req.name) in pins and req.marker is None:
             assert req.specifier.contains(pins[canonicalize_name(req.name)], prereleases=True), req
