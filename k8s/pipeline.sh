@@ -25,8 +25,9 @@ TRAIN=${1:-k8s/overlays/prod}
 TIMEOUT=${TIMEOUT:-86400}
 [ -f k8s/pipeline.sh ] || { echo "k8s/pipeline.sh: run it from the repository root" >&2; exit 2; }
 [ -f "$TRAIN/kustomization.yaml" ] || { echo "k8s/pipeline.sh: $TRAIN: no kustomization.yaml" >&2; exit 2; }
+rendered=$($KUBECTL kustomize "$TRAIN") # read once: its namespace and the kind of its job
 if [ -z "${NAMESPACE:-}" ]; then
-    NAMESPACE=$($KUBECTL kustomize "$TRAIN" | sed -n 's/^  namespace: //p' | sed -n 1p)
+    NAMESPACE=$(printf '%s\n' "$rendered" | sed -n 's/^  namespace: //p' | sed -n 1p)
 fi
 [ -n "$NAMESPACE" ] || { echo "k8s/pipeline.sh: set NAMESPACE (the overlay names none)" >&2; exit 2; }
 
@@ -63,7 +64,7 @@ step() { # step DIR KIND/NAME OK FAILED
     wait_for "$2" "$3" "$4"
 }
 
-train_kind=$($KUBECTL kustomize "$TRAIN" | sed -n 's/^kind: \(PyTorchJob\)$/\1/p' | sed -n 1p)
+train_kind=$(printf '%s\n' "$rendered" | sed -n 's/^kind: \(PyTorchJob\)$/\1/p' | sed -n 1p)
 step k8s/stages/ingest job/artclf-ingest Complete Failed
 step k8s/stages/dedup job/artclf-dedup Complete Failed
 step k8s/stages/dedup-merge job/artclf-dedup-merge Complete Failed

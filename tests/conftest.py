@@ -77,7 +77,6 @@ def plain_predictions(model_path: Path, shards: Path, split: str = "val") -> tup
     no Accelerate; the reference the trainer's and evaluator's figures are checked against."""
     from artclf.data import eval_loader, read_info
     from artclf.model import load_model
-    from artclf.transforms import Preprocess
 
     model, blob = load_model(model_path)
     pre = Preprocess.from_dict(blob["preprocess"])

@@ -103,8 +103,9 @@ def test_usr1_saves_requeues_and_resumes(request, nodes, shards, tmp_path):
     slurm.say(f"job {job} requeued: {task['JobState']} ({task['Reason']}), restarts {task['Restarts']}")
     saved = re.search(r"preempted at step (\d+) ", out.read_text())
     assert saved, out.read_text()[-3000:]
+    step = int(saved.group(1))
     # every rank saved its part of the state (rank 1 on the second node when there are two)
-    assert {p.name for p in (run / "state" / f"step-{int(saved.group(1)):08d}").glob("random_states_*")} == {
+    assert {p.name for p in (run / "state" / f"step-{step:08d}").glob("random_states_*")} == {
         "random_states_0.pkl",
         "random_states_1.pkl",
     }
@@ -112,9 +113,6 @@ def test_usr1_saves_requeues_and_resumes(request, nodes, shards, tmp_path):
     (task,) = slurm.wait(job, {"COMPLETED"}, timeout=300)
     slurm.say(f"preemption test on {nodes} node(s): wall time {time.time() - started:.1f} s")
     text = out.read_text()
-    saved = re.search(r"preempted at step (\d+) ", text)
-    assert saved, text[-3000:]
-    step = int(saved.group(1))
     steps = read_info(str(shards))["splits"]["train"]["num_samples"] // BATCH  # per epoch
     assert 2 <= step < 2 * steps, step  # inside the run, after the first saved step
     assert "forwarding to the trainers" in text and f"requeueing job {job}" in text
