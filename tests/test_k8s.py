@@ -605,11 +605,14 @@ def test_image_installs_what_the_tests_ran():
         # what `pip freeze` leaves out: the project itself and the packaging tools
         if canonicalize_name(d.metadata["Name"]) not in {"artclf", "pip", "setuptools", "wheel", "distribute"}
     }
-    differ = {k: (pins.get(k), installed.get(k)) for k in pins.keys() | installed.keys()}
-    mismatch = {k: v for k, v in differ.items() if v[0] != v[1]}  # name: (pinned, installed)
+    mismatch = {  # name: (pinned, installed)
+        k: (pins.get(k), installed.get(k))
+        for k in pins.keys() | installed.keys()
+        if pins.get(k) != installed.get(k)
+    }
     assert not mismatch, (
-        f"constraints.txt and this virtualenv differ, (pinned, installed): {mismatch}; \
-after a change of dependencies, `make constraints` writes the file anew"
+        f"constraints.txt and this virtualenv differ, (pinned, installed): {mismatch}; "
+        "after a change of dependencies, `make constraints` writes the file anew"
     )
     for req in map(Requirement, metadata.requires("artclf")):
         if canonicalize_name(req.name) in pins and req.marker is None:
