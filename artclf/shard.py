@@ -231,8 +231,15 @@ def write_info(
 ) -> dict:
     splits: dict[str, dict] = {}
     for (split, job), rec in zip(split_jobs, records, strict=True):
-        s = splits.setdefault(
-            split, {"num_samples": 0, "filenames": [], "shard_lengths": [], "class_counts": [0] * len(names)}
+        s = splits.setdefault(  # timm's `wds` reader needs each split's own `name`
+            split,
+            {
+                "name": split,
+                "num_samples": 0,
+                "filenames": [],
+                "shard_lengths": [],
+                "class_counts": [0] * len(names),
+            },
         )
         for r in job.samples:  # per-class counts: the trainer picks its flip classes from them
             s["class_counts"][r["label"]] += 1

@@ -1,5 +1,6 @@
-"""shard: read back with plain webdataset and `tar`, against the manifest; _info.json schema;
-kill -9 then rerun; a corrupt sample is found by --verify and skipped by the pipeline; S3."""
+"""shard: read back with plain webdataset, `tar` and timm's `wds` reader, against the manifest;
+_info.json schema; kill -9 then rerun; a corrupt sample is found by --verify and skipped by the
+pipeline; S3."""
 
 from __future__ import annotations
 
@@ -76,12 +77,27 @@ def test_info_json_schema(work, shards):
     )
     assert info["store_size"] == 96 and info["manifest_sha256"] == manifest.manifest_sha256(work)
     for split_name, s in info["splits"].items():
+        assert s["name"] == split_name
         assert s["num_samples"] == sum(s["shard_lengths"]) == len(expected(work)[split_name])
         assert all(f.startswith(f"{split_name}-") and f.endswith(".tar") for f in s["filenames"])
         for f in s["filenames"]:
             data = (shards / f).read_bytes()
             assert info["shards"][f]["sha256"] == hashlib.sha256(data).hexdigest()
             assert info["shards"][f]["bytes"] == len(data)
+
+
+def test_timm_reads_the_shard_set_with_its_own_wds_reader(work, shards):
+    """timm's `wds/` dataset (the reader whose `_info.json` layout we follow) reads every split:
+    each sample once, the manifest's count and label per class."""
+    from collections import Counter
+
+    from timm.data import create_dataset
+
+    for split_name, rows in expected(work).items():
+        ds = create_dataset(f"wds/{shards.name}", root=str(shards), split=split_name, is_training=False)
+        labels = [int(target) for _image, target in ds]
+        assert len(labels) == len(ds) == len(rows), split_name
+        assert Counter(labels) == Counter(r["label"] for r in rows.values()), split_name
 
 
 def test_rerun_keeps_complete_shards(work, shards, tmp_path, capsys):
