@@ -11,7 +11,7 @@ truncated and zero-byte files, and a stray ``Thumbs.db``. Same seed, same bytes,
 
 ``DIR/sample_truth.json`` lists what was planted (paths relative to DIR, forward slashes)::
 
-    {"seed": 0, "scale": 0.05, "max_side": 384, "quirks": true,
+    {"seed": 0, "scale": 0.05, "max_side": 384, "sizes": "capped", "quirks": true,
      "counts":  {artist name: files in its primary folder, copies and odd files included},
      "folders": {artist name: "images/images/<folder>"},
      "duplicate_groups": [{"cross_artist": bool,
@@ -53,6 +53,7 @@ from artclf.paintings import (
     JUNK,
     PAINT,
     PLAN,
+    SIZES,
     Style,
     copy_of,
     image_size,
@@ -76,7 +77,16 @@ class SampleDataConfig:
     out: Path = field(metadata=arg("output folder (Kaggle layout); must not exist or be empty", True))
     scale: float = field(default=0.05, metadata=arg("fraction of the real per-artist counts (at least 4)"))
     seed: int = field(default=0, metadata=arg("random seed; the same seed gives byte-identical files"))
-    max_side: int = field(default=384, metadata=arg("cap on the longer image side, px (0 = real sizes)"))
+    max_side: int = field(
+        default=384, metadata=arg("cap on the longer image side, px (0: no cap, mostly 0.3-1.2 MP)")
+    )
+    sizes: str = field(
+        default="capped",
+        metadata=arg(
+            "image sizes: capped (by --max-side), or kaggle: the Kaggle originals' sizes (median 1.5 MP, "
+            "1-3 MP common, 2 %% of 10-14 MP; --max-side is then unused), for loader benchmarks"
+        ),
+    )
     quirks: bool = field(default=True, metadata=arg("plant the real set's odd files (--no-quirks: clean)"))
     workers: int = field(default=0, metadata=arg("worker processes (0 = all usable CPUs); same output"))
 
@@ -86,6 +96,8 @@ class SampleDataConfig:
             raise ValueError(f"scale must be > 0 (fraction of the real counts), got {self.scale}")
         if self.max_side != 0 and self.max_side < 32:
             raise ValueError(f"max_side must be 0 (real sizes) or at least 32 px, got {self.max_side}")
+        if self.sizes not in SIZES:
+            raise ValueError(f"sizes must be one of {', '.join(SIZES)}, got {self.sizes!r}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.workers < 0:
@@ -125,10 +137,10 @@ def _save(img: Image.Image, path: Path, kind: str, quality: int, rng: np.random.
         img.save(path, "JPEG", **opts)
 
 
-def make_files(root: str, seed: int, max_side: int, styles: Sequence[Style], job: Job) -> None:
+def make_files(root: str, seed: int, max_side: int, sizes: str, styles: Sequence[Style], job: Job) -> None:
     """Worker: paint one painting, write it and its copies (each from its own RNG stream)."""
     rng = rng_for(seed, PAINT, job.artist, job.number)
-    img = paint(styles[job.artist], image_size(rng, max_side), rng)
+    img = paint(styles[job.artist], image_size(rng, max_side, sizes), rng)
     for k, (rel, kind, _) in enumerate(job.outputs):
         crng = rng_for(seed, COPY, job.artist, job.number, k)
         if k == 0:
@@ -228,6 +240,7 @@ def _truth(
         "seed": cfg.seed,
         "scale": cfg.scale,
         "max_side": cfg.max_side,
+        "sizes": cfg.sizes,
         "quirks": cfg.quirks,
         "counts": dict(zip(names, counts, strict=True)),
         "folders": dict(zip(names, folders, strict=True)),
@@ -255,7 +268,7 @@ def generate(cfg: SampleDataConfig) -> dict:
         tmp.chmod(0o755)
         for folder in truth["folders"].values():
             (tmp / folder).mkdir(parents=True)
-        _run(partial(make_files, str(tmp), cfg.seed, cfg.max_side, styles), jobs, cfg.workers)
+        _run(partial(make_files, str(tmp), cfg.seed, cfg.max_side, cfg.sizes, styles), jobs, cfg.workers)
         for rel, kind, i in extras:  # a zero-byte .jpg, or junk behind an OLE header like a real Thumbs.db
             junk = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + rng_for(cfg.seed, JUNK, i).bytes(2048)
             (tmp / rel).write_bytes(b"" if kind == "zero_bytes" else junk)

@@ -205,9 +205,29 @@ def test_no_quirks_gives_a_clean_set(tmp_path):
 
 
 def test_config_rejects_bad_values(tmp_path):
-    for bad in ({"scale": 0}, {"max_side": 8}, {"seed": -1}, {"workers": -2}):
+    for bad in ({"scale": 0}, {"max_side": 8}, {"seed": -1}, {"workers": -2}, {"sizes": "huge"}):
         with pytest.raises(ValueError):
             SampleDataConfig(out=tmp_path, **bad)
+
+
+def test_kaggle_sizes_follow_the_real_originals():
+    """--sizes kaggle, 4,000 draws: median ~1.5 MP, most of 1-3 MP, ~2 % above 10 MP (the Kaggle
+    zip: 2.29 GiB for 8,446 JPEGs); a painting of the median size encodes to about 270 KB."""
+    import io
+
+    from artclf.paintings import image_size, make_styles, paint
+
+    rng = np.random.default_rng(0)
+    sizes = [image_size(rng, 384, "kaggle") for _ in range(4000)]  # max_side is not used
+    mp = np.array([w * h / 1e6 for w, h in sizes])
+    assert 1.3 <= float(np.median(mp)) <= 1.7
+    assert 0.55 <= float(np.mean((mp >= 1) & (mp <= 3))) <= 0.8
+    assert 0.01 <= float(np.mean(mp > 10)) <= 0.035 and mp.max() <= 14.0
+    aspect = np.array([w / h for w, h in sizes])
+    assert aspect.min() >= 0.59 and aspect.max() <= 1.61
+    buf = io.BytesIO()
+    paint(make_styles(0)[0], (1500, 1000), np.random.default_rng(1)).save(buf, "JPEG", quality=90)
+    assert 150_000 <= len(buf.getvalue()) <= 450_000
 
 
 def test_cli(tmp_path):
