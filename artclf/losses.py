@@ -62,8 +62,11 @@ def soft_counts(logits: Tensor, targets: Tensor, num_classes: int) -> Tensor:
     ``targets`` holds class indices [N] or per-class target probabilities [N, C].
     """
     p = torch.softmax(_at_least_fp32(logits), dim=1)
-    y = F.one_hot(targets.long(), num_classes) if targets.ndim == 1 else targets
-    y = y.to(p.dtype)
+    if targets.ndim == 1:  # one-hot by comparison: F.one_hot reads min and max back to the host on CPU
+        classes = torch.arange(num_classes, device=targets.device)
+        y = (targets.long()[:, None] == classes).to(p.dtype)
+    else:
+        y = targets.to(p.dtype)
     tp = (p * y).sum(0)
     fp = (p * (1 - y)).sum(0)
     fn = ((1 - p) * y).sum(0)
