@@ -1,14 +1,16 @@
 """The input pipeline over WebDataset shards (disk or ``s3://``), used by train and evaluate.
 
-Train (per rank, rebuilt each epoch so its seeds move on):
+Train (per rank; one endless stream for a whole run, epochs sliced off it):
 
-    shard list ─ resample (seed, rank, worker, epoch) ─ tar → samples ─ shuffle buffer
-      ─ decode + crop/flip → uint8 ─ batch ─ exactly ``steps`` batches per rank
+    shard list ─ resample (seed, rank, worker) ─ tar → samples ─ shuffle buffer
+      ─ decode + crop/flip → uint8 ─ batch ─ [pinned] ─ next ``steps`` batches = one epoch
 
 Resampling instead of splitting the shard list: every rank draws shards with replacement
 from the whole list, so no rank can run short and hang the others at a collective, and
-``with_epoch`` on the loader makes every rank yield the same number of batches. An epoch is
-``num_samples // (world × batch)`` steps, one pass in expectation.
+taking the same number of batches from every rank's stream gives every rank the same number
+of steps. An epoch is ``num_samples // (world × batch)`` steps, one pass in expectation. The
+stream's workers start once per run, not once per epoch; a resumed run starts a new stream
+seeded by the step it resumes at.
 
 Eval: rank r reads shards r, r+W, …; its workers split those; no resampling, partial last
 batch, keys carried along, so every sample is seen exactly once across ranks.
@@ -57,6 +59,11 @@ class Batch:
     keys: list[str]
     failed: list[str] = field(default_factory=list)  # since the last batch: keys, or "URL: cause" of a shard
     lost: int = 0  # samples not read since the last batch (a failed shard: all it had left)
+
+    def pin_memory(self) -> Batch:
+        """Page-locked copies (the DataLoader's pin-memory thread calls this), so the copy to
+        the GPU with ``non_blocking=True`` is asynchronous."""
+        return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.keys, self.failed, self.lost)
 
 
 def read_info(url: str) -> dict:
@@ -196,6 +203,52 @@ def steps_per_epoch(num_samples: int, world_size: int, batch_size: int) -> int:
     return max(1, num_samples // (world_size * batch_size))
 
 
+def train_stream(
+    info: dict,
+    pre: Preprocess,
+    batch_size: int,
+    workers: int,
+    rank: int,
+    world_size: int,
+    seed: int,
+    flip_classes: frozenset[int] = frozenset(),
+    shuffle_buffer: int = 1000,
+    max_failed_shards: int = 10,
+    timeout: float = 0,
+    pin_memory: bool = False,
+) -> wds.WebLoader:
+    """An endless stream of ``batch_size`` batches for this rank, for a whole run: iterate it
+    once and slice epochs off it (``itertools.islice``), so the workers start once and their
+    shuffle buffers stay full across epochs and through evaluation.
+
+    ``max_failed_shards``: failed shards in a row (per worker) that are skipped; one more raises
+    :class:`ArtclfError` (0: the first failed shard raises). ``timeout``: seconds a worker may
+    take for one batch before the loader raises (0: no limit; ignored without workers, as
+    PyTorch has no timeout there). A permanent storage error always raises at once.
+    ``pin_memory``: page-locked batches, for asynchronous copies to a GPU.
+    """
+    if max_failed_shards < 0:
+        raise ValueError(f"max_failed_shards must be >= 0, got {max_failed_shards}")
+    split = info["splits"]["train"]
+    if len(split["urls"]) < world_size * max(1, workers):
+        warnings.warn(
+            f"{len(split['urls'])} train shards for {world_size} ranks × {max(1, workers)} workers: "
+            "ranks and workers will often read the same shards; pack smaller shards "
+            "(artclf shard --shard-samples)",
+            stacklevel=2,
+        )
+    pipeline = wds.DataPipeline(
+        wds.ResampledShards(
+            split["urls"], seed=seed, worker_seed=partial(_worker_seed, rank), deterministic=True
+        ),
+        partial(tar_samples, max_failed=max_failed_shards, lengths=_lengths(split)),
+        wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed * 1000 + rank),
+        partial(_decode_train, pre=pre, flip=flip_classes, seed=seed * 1000 + rank),
+        partial(_batches, batch_size=batch_size, partial_last=False, max_failed=MAX_FAILED_SAMPLES_IN_A_ROW),
+    )
+    return _loader(pipeline, workers, timeout, pin_memory)
+
+
 def train_loader(
     info: dict,
     pre: Preprocess,
@@ -211,37 +264,20 @@ def train_loader(
     max_failed_shards: int = 10,
     timeout: float = 0,
 ) -> wds.WebLoader:
-    """Exactly ``steps`` (default: one pass) batches of ``batch_size`` for this rank and epoch.
-
-    ``max_failed_shards``: failed shards in a row (per worker) that are skipped; one more raises
-    :class:`ArtclfError` (0: the first failed shard raises). ``timeout``: seconds a worker may
-    take for one batch before the loader raises (0: no limit; ignored without workers, as
-    PyTorch has no timeout there). A permanent storage error always raises at once.
-    """
-    if max_failed_shards < 0:
-        raise ValueError(f"max_failed_shards must be >= 0, got {max_failed_shards}")
-    split = info["splits"]["train"]
-    if len(split["urls"]) < world_size * max(1, workers):
-        warnings.warn(
-            f"{len(split['urls'])} train shards for {world_size} ranks × {max(1, workers)} workers: "
-            "ranks and workers will often read the same shards; pack smaller shards "
-            "(artclf shard --shard-samples)",
-            stacklevel=2,
-        )
-    epoch_seed = seed * 100_003 + epoch
-    pipeline = wds.DataPipeline(
-        wds.ResampledShards(
-            split["urls"], seed=epoch_seed, worker_seed=partial(_worker_seed, rank), deterministic=True
-        ),
-        partial(tar_samples, max_failed=max_failed_shards, lengths=_lengths(split)),
-        wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=epoch_seed * 1000 + rank),
-        partial(_decode_train, pre=pre, flip=flip_classes, seed=epoch_seed * 1000 + rank),
-        partial(_batches, batch_size=batch_size, partial_last=False, max_failed=MAX_FAILED_SAMPLES_IN_A_ROW),
+    """Exactly ``steps`` (default: one pass) batches of ``batch_size`` for this rank and epoch:
+    :func:`train_stream` cut to one epoch, started afresh each time it is iterated."""
+    n = (
+        steps
+        if steps is not None
+        else steps_per_epoch(info["splits"]["train"]["num_samples"], world_size, batch_size)
     )
-    n = steps if steps is not None else steps_per_epoch(split["num_samples"], world_size, batch_size)
     if n < 1:
         raise ValueError(f"steps must be >= 1, got {n}")
-    return _loader(pipeline, workers, timeout).with_epoch(n)
+    stream = train_stream(
+        info, pre, batch_size, workers, rank, world_size, seed * 100_003 + epoch, flip_classes,
+        shuffle_buffer, max_failed_shards, timeout,
+    )  # fmt: skip
+    return stream.with_epoch(n)
 
 
 def eval_loader(
@@ -253,6 +289,7 @@ def eval_loader(
     rank: int,
     world_size: int,
     timeout: float = 0,
+    pin_memory: bool = False,
 ) -> wds.WebLoader:
     """Every sample of ``split`` exactly once across all ranks (partial last batches); failed
     shards are skipped and counted, a permanent storage error raises; ``timeout`` as in
@@ -268,7 +305,7 @@ def eval_loader(
         partial(_decode_eval, pre=pre),
         partial(_batches, batch_size=batch_size, partial_last=True),
     )
-    return _loader(pipeline, min(workers, max(1, len(urls))), timeout)
+    return _loader(pipeline, min(workers, max(1, len(urls))), timeout, pin_memory)
 
 
 def _lengths(split: dict) -> dict[str, int]:
@@ -276,7 +313,9 @@ def _lengths(split: dict) -> dict[str, int]:
     return dict(zip(split["urls"], split["shard_lengths"], strict=True)) if "shard_lengths" in split else {}
 
 
-def _loader(pipeline: wds.DataPipeline, workers: int, timeout: float) -> wds.WebLoader:
+def _loader(
+    pipeline: wds.DataPipeline, workers: int, timeout: float, pin_memory: bool = False
+) -> wds.WebLoader:
     if timeout < 0:
         raise ValueError(f"timeout must be >= 0 seconds, got {timeout}")
     # PyTorch's DataLoader refuses a timeout without workers; in-process reads just block.
@@ -286,6 +325,7 @@ def _loader(pipeline: wds.DataPipeline, workers: int, timeout: float) -> wds.Web
         num_workers=workers,
         timeout=timeout if workers else 0,
         worker_init_fn=_ignore_stop_signals if workers else None,
+        pin_memory=pin_memory,
     )
 
 

@@ -36,13 +36,15 @@ def learning_curve(history: list[dict], path: Path) -> None:
     """Loss (train, val) and val accuracy / macro F1 per epoch."""
     plt = pyplot()
     ep = [h["epoch"] for h in history]
+    evaluated = [h for h in history if "val_log_loss" in h]  # --eval-every skips some epochs
+    val_ep = [h["epoch"] for h in evaluated]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     a.plot(ep, [h["train_loss"] for h in history], "o-", label="train loss (0.3 CE + 0.7 soft-F1)")
-    a.plot(ep, [h["val_log_loss"] for h in history], "o-", label="val cross-entropy")
+    a.plot(val_ep, [h["val_log_loss"] for h in evaluated], "o-", label="val cross-entropy")
     a.set(xlabel="epoch", ylabel="loss", title="Loss")
     a.legend()
     for key, label in (("val_accuracy", "val accuracy"), ("val_macro_f1", "val macro F1")):
-        b.plot(ep, [h[key] for h in history], "o-", label=label)
+        b.plot(val_ep, [h[key] for h in evaluated], "o-", label=label)
     b.set(xlabel="epoch", ylim=(0, 1), title="Validation")
     b.legend()
     save(fig, path)

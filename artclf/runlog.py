@@ -21,11 +21,29 @@ def scalars(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, int | float)}
 
 
-def epoch_row(epoch: int, step: int, out: dict, val: dict, seconds: float) -> dict:
+def epoch_row(epoch: int, step: int, out: dict, val: dict | None, seconds: float) -> dict:
+    """A line of ``history.jsonl``; ``val_*`` only for epochs that evaluated (``--eval-every``)."""
     row = {"epoch": epoch, "step": step, "seconds": round(seconds, 2)}
     row.update({k: v for k, v in out.items() if k != "preempted"})
-    row.update({f"val_{k}": v for k, v in scalars(val).items()})
+    row.update({f"val_{k}": v for k, v in scalars(val or {}).items()})
     return row
+
+
+def epoch_line(row: dict, epochs: int) -> str:
+    """The console line of an epoch: loss, val figures when evaluated, throughput (steady state
+    beside the whole epoch, which includes start-up)."""
+    parts = [f"train_loss {row['train_loss']:.4g}"]
+    if "val_accuracy" in row:
+        parts += [f"val_accuracy {row['val_accuracy']:.4g}", f"val_macro_f1 {row['val_macro_f1']:.4g}"]
+    steady = row.get("images_per_s_steady")
+    wait = row.get("data_wait_steady")
+    if steady is not None:
+        parts.append(f"{steady:.1f} img/s steady (data wait {100 * wait:.1f} %)")
+    if row.get("images_per_s") is not None:
+        parts.append(
+            f"{row['images_per_s']:.1f} img/s with start-up (data wait {100 * row['data_wait']:.1f} %)"
+        )
+    return f"epoch {row['epoch']}/{epochs}: " + ", ".join(parts)
 
 
 def writer_for(acc: Accelerator, run: Path):
@@ -62,7 +80,8 @@ def hparams_summary(writer, cfg, history: list[dict]) -> None:
     from torch.utils.tensorboard.summary import hparams
 
     params = {k: (v if isinstance(v, int | float | str | bool) else str(v)) for k, v in to_dict(cfg).items()}
-    best = max(history, key=lambda h: h["val_macro_f1"]) if history else {}
+    evaluated = [h for h in history if "val_macro_f1" in h]
+    best = max(evaluated, key=lambda h: h["val_macro_f1"]) if evaluated else {}
     metrics = {
         "hparam/val_macro_f1": best.get("val_macro_f1", 0.0),
         "hparam/val_accuracy": best.get("val_accuracy", 0.0),

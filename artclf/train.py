@@ -15,6 +15,7 @@ import faulthandler
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -24,8 +25,8 @@ from accelerate.utils import InitProcessGroupKwargs, set_seed
 from artclf import checkpoint, plots, runlog, storage
 from artclf.atomic import write_json, write_jsonl
 from artclf.config import arg, stage_main, strings, to_dict
-from artclf.data import eval_loader, read_info, steps_per_epoch, train_loader
-from artclf.engine import evaluate, lr_at, train_one_epoch
+from artclf.data import eval_loader, read_info, steps_per_epoch, train_stream
+from artclf.engine import Meter, evaluate, lr_at, train_one_epoch
 from artclf.errors import ArtclfError
 from artclf.model import build_model, save_model
 from artclf.preemption import EXIT_PREEMPTED, Preemption, die, watch_launcher
@@ -103,17 +104,33 @@ class TrainConfig:
         default=600.0, metadata=arg("seconds to wait for one batch from a DataLoader worker (0: forever)")
     )
     log_every: int = field(default=10, metadata=arg("optimizer steps between log lines / TensorBoard points"))
+    check_every: int = field(
+        default=10,
+        metadata=arg(
+            "optimizer steps between the all-rank check for a stop request or a non-finite loss (also "
+            "before every save): a stop or a NaN ends every rank within this many steps"
+        ),
+    )
+    eval_every: int = field(default=1, metadata=arg("epochs between evaluations on val (the last always)"))
     endpoint_url: str | None = field(default=None, metadata=arg("S3 endpoint (default: AWS_ENDPOINT_URL)"))
 
     def __post_init__(self) -> None:
         if (
             min(
-                self.batch_size, self.epochs, self.grad_accum, self.keep_last, self.log_every, self.image_size
+                self.batch_size,
+                self.epochs,
+                self.grad_accum,
+                self.keep_last,
+                self.log_every,
+                self.image_size,
+                self.check_every,
+                self.eval_every,
             )
             < 1
         ):
             raise ValueError(
-                "--batch-size, --epochs, --grad-accum, --keep-last, --log-every, --image-size: >= 1"
+                "--batch-size, --epochs, --grad-accum, --keep-last, --log-every, --image-size, "
+                "--check-every, --eval-every: >= 1"
             )
         if self.ce_weight < 0 or self.f1_weight < 0 or self.ce_weight + self.f1_weight == 0:
             raise ValueError("--ce-weight and --f1-weight must be >= 0 and not both 0")
@@ -138,11 +155,17 @@ def flip_set(spec: str, classes: list[str], counts: list[int]) -> frozenset[int]
     return frozenset(classes.index(n) for n in strings(spec))
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: torch.nn.Module, lr: float, weight_decay: float, fused: bool = False
+) -> torch.optim.Optimizer:
+    """AdamW, weight decay on matrices and kernels only. ``fused``: one kernel for the whole
+    update (CUDA), instead of a few per parameter group."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]  # norms, biases
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        fused=fused or None,
     )
 
 
@@ -226,14 +249,17 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
     flips = flip_set(cfg.flip_classes, classes, info["splits"]["train"]["class_counts"])
     sync_bn = sync_bn_choice(cfg.sync_bn, per_device, world, acc.device.type)
 
+    cuda = acc.device.type == "cuda"
+    torch.backends.cudnn.benchmark = True  # fixed input size: autotune each convolution once
     model = build_model(cfg.arch, cfg.weights, len(classes), pre)
     if sync_bn[0]:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if cfg.channels_last and acc.device.type == "cuda":
+    channels_last = cfg.channels_last and cuda
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.compile:
         model.compile(backend=cfg.compile_backend)  # in place: state_dict keys stay plain
-    optimizer = make_optimizer(model, peak_lr, cfg.weight_decay)
+    optimizer = make_optimizer(model, peak_lr, cfg.weight_decay, fused=cuda)
     model, optimizer = acc.prepare(model, optimizer)
     state = checkpoint.TrainState()
     acc.register_for_checkpointing(state)
@@ -264,34 +290,32 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
         acc.print(f"preempted at step {state.step} (epoch {epoch + 1}): state saved, exit {EXIT_PREEMPTED}")
         return EXIT_PREEMPTED
 
+    # one input stream for the run (seeded by the step it starts at); each epoch takes its steps
+    stream = iter(
+        train_stream(
+            info,
+            pre,
+            per_device,
+            cfg.workers,
+            acc.process_index,
+            world,
+            cfg.seed * 1_000_003 + state.step,
+            flips,
+            max_failed_shards=cfg.max_failed_shards,
+            timeout=cfg.data_timeout,
+            pin_memory=cuda,
+        )
+    )
+    meter = Meter(world)
     for epoch in range(state.epoch, cfg.epochs):
         t0 = time.perf_counter()
+        # none left when a step checkpoint landed on the epoch's last step: go on to evaluation
         remaining = steps - state.step_in_epoch
-        # a resumed epoch reads a fresh stream (seeded by where it resumes) for the steps left
-        # (none left when a step checkpoint landed on the epoch's last step: go on to evaluation)
-        batches = (
-            train_loader(
-                info,
-                pre,
-                per_device,
-                cfg.workers,
-                acc.process_index,
-                world,
-                epoch,
-                cfg.seed * 1_000_003 + state.step_in_epoch,
-                flips,
-                steps=remaining * cfg.grad_accum,
-                max_failed_shards=cfg.max_failed_shards,
-                timeout=cfg.data_timeout,
-            )
-            if remaining > 0
-            else []
-        )
         out = train_one_epoch(
             acc,
             model,
             optimizer,
-            batches,
+            islice(stream, remaining * cfg.grad_accum),
             num_classes=len(classes),
             ce_weight=cfg.ce_weight,
             f1_weight=cfg.f1_weight,
@@ -305,26 +329,32 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
             save_every=cfg.save_every,
             log_every=cfg.log_every,
             total_steps=steps,
+            check_every=cfg.check_every,
+            meter=meter,
+            channels_last=channels_last,
         )
         if out["preempted"]:
             return preempted(epoch)
-        val_batches = eval_loader(
-            info, "val", pre, per_device, cfg.workers, acc.process_index, world, timeout=cfg.data_timeout
-        )
-        val, _ = evaluate(
-            acc, model, val_batches, classes, info["splits"]["val"]["num_samples"], lambda: stop.requested
-        )
-        if val is None:  # stopped during evaluation: the saved step is the epoch's last one
-            return preempted(epoch)
+        val = None
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            val_batches = eval_loader(
+                info, "val", pre, per_device, cfg.workers, acc.process_index, world, cfg.data_timeout, cuda
+            )
+            val, _ = evaluate(
+                acc, model, val_batches, classes, info["splits"]["val"]["num_samples"], lambda: stop.requested
+            )
+            if val is None:  # stopped during evaluation: the saved step is the epoch's last one
+                return preempted(epoch)
         state.epoch, state.step_in_epoch = epoch + 1, 0
         if acc.is_main_process:
             row = runlog.epoch_row(epoch + 1, state.step, out, val, time.perf_counter() - t0)
             history.append(row)
             write_jsonl(cfg.run / "history.jsonl", history)
-            runlog.log_scalars(
-                writer, "val", {k[4:]: v for k, v in row.items() if k.startswith("val_")}, state.step
-            )
-            if val["macro_f1"] > state.best_f1:
+            if val is not None:
+                runlog.log_scalars(
+                    writer, "val", {k[4:]: v for k, v in row.items() if k.startswith("val_")}, state.step
+                )
+            if val is not None and val["macro_f1"] > state.best_f1:
                 state.best_f1, state.best_epoch = val["macro_f1"], epoch + 1
                 save_model(
                     cfg.run / "model.pt",
@@ -339,13 +369,7 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
             plots.learning_curve(
                 plots.read_history(cfg.run / "history.jsonl"), cfg.run / "learning_curve.png"
             )
-            acc.print(
-                f"epoch {epoch + 1}/{cfg.epochs}: "
-                + ", ".join(
-                    f"{k} {row[k]:.4g}"
-                    for k in ("train_loss", "val_accuracy", "val_macro_f1", "images_per_s")
-                )
-            )
+            acc.print(runlog.epoch_line(row, cfg.epochs))
         state.best_f1 = _broadcast(acc, state.best_f1)
         save_state()
     if acc.is_main_process:

@@ -1,5 +1,6 @@
 """The input pipeline with 2 real ranks × 2 workers (gloo on CPU): equal train batch counts per
-rank, every eval key exactly once; and the transforms against torchvision's reference."""
+rank, a persistent train stream sliced into epochs, every eval key exactly once; and the
+transforms against torchvision's reference."""
 
 from __future__ import annotations
 
@@ -37,6 +38,15 @@ def test_two_ranks_two_workers(work, shards, tmp_path):
     assert ranks[0]["train_batches"] == ranks[1]["train_batches"] == [4] * steps
     keys = ranks[0]["val_keys"] + ranks[1]["val_keys"]
     assert sorted(keys) == sorted(expected(work)["val"])  # each exactly once
+    # one persistent stream, 3 epochs sliced off it: the same steps on every rank, and the
+    # stream goes on across epochs (a fresh stream's first 3 epochs), it does not start over
+    for r in ranks:
+        epochs = r["stream_epochs"]
+        assert [len(e) for e in epochs] == [steps] * 3
+        assert all(len(b) == 4 for e in epochs for b in e)
+        assert [b for e in epochs for b in e] == r["fresh_stream"]
+        assert epochs[1] != epochs[0] and epochs[2] != epochs[0]
+    assert ranks[0]["stream_epochs"] != ranks[1]["stream_epochs"]  # each rank its own draw
 
 
 def square_picture(size: int = 90) -> Image.Image:

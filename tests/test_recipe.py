@@ -1,6 +1,7 @@
 """The training recipe around the model: the learning-rate schedule, which classes are flipped,
 where weight decay goes, gradient accumulation under 2-process DDP (against 1 process, written
-out here), the global-batch rule, and bf16 autocast through `accelerate launch`."""
+out here), the all-rank stop and non-finite checks, the global-batch rule, and bf16 autocast
+through `accelerate launch`."""
 
 from __future__ import annotations
 
@@ -256,6 +257,62 @@ def test_grad_accum_under_ddp_equals_one_process_mean_of_micro_batch_losses(tmp_
     for r in ranks:
         torch.testing.assert_close(r["after"][0], w, **close)
         torch.testing.assert_close(r["after"][1], b, **close)
+
+
+def first_check(after: int, check_every: int, save_every: int, steps: int) -> int:
+    """The first optimizer step (1-based) after ``after`` at which the loop checks all ranks, as
+    ``--check-every`` documents it: every ``check_every`` steps, every step a save follows, the
+    epoch's last step."""
+    return next(
+        k
+        for k in range(after + 1, steps + 1)
+        if k % check_every == 0 or (save_every and k % save_every == 0) or k == steps
+    )
+
+
+CHECK_CASES = [  # name, check_every, save_every, stop (rank, after steps), NaN (rank, in step)
+    ("plain", 4, 3, None, None),
+    ("stop-rank1", 4, 0, (1, 5), None),
+    ("stop-rank0-every-step", 1, 0, (0, 5), None),
+    ("nan-rank0", 4, 0, None, (0, 6)),
+    ("nan-rank1-before-save", 4, 3, None, (1, 5)),
+]
+
+
+@pytest.mark.slow
+def test_stop_and_non_finite_checks_end_every_rank_within_check_every_steps(tmp_path):
+    """2 ranks, 12 steps of ``train_one_epoch``: a stop asked on one rank ends both at the same
+    step, at most ``check_every`` steps later; a NaN on one rank raises on both, before the next
+    save (a checkpoint never holds it)."""
+    steps = 12
+    cases = [
+        {
+            "name": name, "check_every": every, "save_every": save, "steps": steps,
+            "stop_rank": stop[0] if stop else None, "stop_at": stop[1] if stop else None,
+            "nan_rank": nan[0] if nan else None, "nan_at": nan[1] if nan else None,
+        }
+        for name, every, save, stop, nan in CHECK_CASES
+    ]  # fmt: skip
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    code, out = launch(2, "tests/dist_checks.py", str(tmp_path / "cases.json"), str(tmp_path), timeout=300)
+    assert code == 0, out[-4000:]
+    for case in cases:
+        name, every, save = case["name"], case["check_every"], case["save_every"]
+        ranks = [json.loads((tmp_path / f"{name}-rank{r}.json").read_text()) for r in (0, 1)]
+        assert ranks[0] | {"rank": 1} == ranks[1], (name, ranks)  # the same outcome on both ranks
+        got = ranks[0]
+        if case["stop_at"] is not None:  # asked once stop_at steps were taken: seen at the next check
+            k = first_check(case["stop_at"], every, save, steps)
+            assert k - case["stop_at"] <= every
+            assert (got["preempted"], got["step"], got["error"]) == (True, k, None), (name, got)
+        elif case["nan_at"] is not None:  # seen at the first check from the NaN's step on, before it
+            k = first_check(case["nan_at"] - 1, every, save, steps)
+            assert got["preempted"] is None and got["step"] == k - 1, (name, got)
+            assert got["error"].startswith(f"non-finite loss at step {k} (epoch 1)"), (name, got)
+            assert all(s < case["nan_at"] for s in got["saves"]), (name, got)
+        else:
+            assert (got["preempted"], got["step"], got["error"]) == (False, steps, None), (name, got)
+        assert got["saves"] == (list(range(save, got["step"] + 1, save)) if save else []), (name, got)
 
 
 @pytest.mark.slow
