@@ -49,12 +49,12 @@ from torch.utils.data import get_worker_info
 from artclf import storage
 from artclf.errors import ArtclfError
 from artclf.preemption import kill_workers
-from artclf.transforms import Preprocess, decode, eval_image, train_image
+from artclf.transforms import Preprocess, decode, eval_image, is_jpeg, train_batch_on_device, train_image
 
 
 @dataclass
 class Batch:
-    images: torch.Tensor  # uint8 N×3×H×W
+    images: torch.Tensor | list[torch.Tensor]  # uint8 N×3×H×W; with --gpu-decode, encoded JPEGs
     labels: torch.Tensor  # int64 N
     keys: list[str]
     failed: list[str] = field(default_factory=list)  # since the last batch: keys, or "URL: cause" of a shard
@@ -63,7 +63,12 @@ class Batch:
     def pin_memory(self) -> Batch:
         """Page-locked copies (the DataLoader's pin-memory thread calls this), so the copy to
         the GPU with ``non_blocking=True`` is asynchronous."""
-        return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.keys, self.failed, self.lost)
+        images = (
+            [x.pin_memory() for x in self.images]
+            if isinstance(self.images, list)
+            else self.images.pin_memory()
+        )
+        return Batch(images, self.labels.pin_memory(), self.keys, self.failed, self.lost)
 
 
 def read_info(url: str) -> dict:
@@ -152,8 +157,14 @@ MAX_FAILED_SAMPLES_IN_A_ROW = 1000
 
 
 def _batches(
-    items: Iterator[tuple], batch_size: int, partial_last: bool, max_failed: int | None = None
+    items: Iterator[tuple],
+    batch_size: int,
+    partial_last: bool,
+    max_failed: int | None = None,
+    stack: bool = True,
 ) -> Iterator[Batch]:
+    """Batches of ``batch_size`` (a partial last one if ``partial_last``); ``stack`` False keeps
+    the images a list (encoded JPEGs of different lengths, for the GPU decode path)."""
     xs, ys, keys, failed, lost, in_a_row = [], [], [], [], 0, 0
     for x, y, key in items:
         if x is None:  # y: samples lost (see _decode)
@@ -171,10 +182,10 @@ def _batches(
         ys.append(y)
         keys.append(key)
         if len(xs) == batch_size:
-            yield Batch(torch.stack(xs), torch.tensor(ys), keys, failed, lost)
+            yield Batch(torch.stack(xs) if stack else xs, torch.tensor(ys), keys, failed, lost)
             xs, ys, keys, failed, lost = [], [], [], [], 0
     if xs and partial_last:
-        yield Batch(torch.stack(xs), torch.tensor(ys), keys, failed, lost)
+        yield Batch(torch.stack(xs) if stack else xs, torch.tensor(ys), keys, failed, lost)
     elif failed:  # nothing left to carry them: an empty batch reports them
         empty = torch.empty(0, 3, 0, 0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
         yield Batch(*empty, [], failed, lost)
@@ -186,11 +197,40 @@ def _train_tensor(
     return train_image(x, pre, label in flip, rng)
 
 
-def _decode_train(src: Iterator[dict], pre: Preprocess, flip: frozenset[int], seed: int) -> Iterator[tuple]:
+def _decode_train(
+    src: Iterator[dict], pre: Preprocess, flip: frozenset[int], seed: int, encoded: bool = False
+) -> Iterator[tuple]:
+    """Decoded, cropped and flipped samples; ``encoded``: JPEGs stay encoded (1-D uint8) for
+    :func:`decode_on_device`, anything else is still decoded here."""
     rng = random.Random(seed * 7919 + _worker()[0])
     make = partial(_train_tensor, pre=pre, flip=flip, rng=rng)
     for sample in src:
-        yield _decode(sample, make)
+        jpg = sample.get("jpg", b"")
+        if encoded and "__error__" not in sample and is_jpeg(jpg):
+            try:
+                label = int(sample["cls"])
+            except Exception:  # counted by the caller, as _decode does
+                yield None, 1, sample.get("__key__", "?")
+                continue
+            yield torch.frombuffer(bytearray(jpg), dtype=torch.uint8), label, sample.get("__key__", "?")
+        else:
+            yield _decode(sample, make)
+
+
+def decode_on_device(
+    batches: Iterator[Batch], pre: Preprocess, flip: frozenset[int], seed: int, device: torch.device
+) -> Iterator[Batch]:
+    """The GPU decode path: batches of encoded JPEGs (``train_stream(encoded=True)``) decoded,
+    cropped and flipped on ``device`` (:func:`artclf.transforms.train_batch_on_device`); a JPEG
+    that fails to decode is dropped from its batch and counted like any failed sample."""
+    rng = random.Random(seed * 7919 + 7)
+    for b in batches:
+        if isinstance(b.images, list):
+            x, bad = train_batch_on_device(b.images, b.labels.tolist(), pre, flip, rng, device)
+            keep = [i for i in range(len(b.keys)) if i not in set(bad)]
+            failed = b.failed + [b.keys[i] for i in bad]
+            b = Batch(x, b.labels[keep], [b.keys[i] for i in keep], failed, b.lost + len(bad))
+        yield b
 
 
 def _decode_eval(src: Iterator[dict], pre: Preprocess) -> Iterator[tuple]:
@@ -216,6 +256,7 @@ def train_stream(
     max_failed_shards: int = 10,
     timeout: float = 0,
     pin_memory: bool = False,
+    encoded: bool = False,
 ) -> wds.WebLoader:
     """An endless stream of ``batch_size`` batches for this rank, for a whole run: iterate it
     once and slice epochs off it (``itertools.islice``), so the workers start once and their
@@ -225,7 +266,8 @@ def train_stream(
     :class:`ArtclfError` (0: the first failed shard raises). ``timeout``: seconds a worker may
     take for one batch before the loader raises (0: no limit; ignored without workers, as
     PyTorch has no timeout there). A permanent storage error always raises at once.
-    ``pin_memory``: page-locked batches, for asynchronous copies to a GPU.
+    ``pin_memory``: page-locked batches, for asynchronous copies to a GPU. ``encoded``: JPEGs
+    stay encoded, batches hold lists of them (the GPU decode path, :func:`decode_on_device`).
     """
     if max_failed_shards < 0:
         raise ValueError(f"max_failed_shards must be >= 0, got {max_failed_shards}")
@@ -243,8 +285,14 @@ def train_stream(
         ),
         partial(tar_samples, max_failed=max_failed_shards, lengths=_lengths(split)),
         wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed * 1000 + rank),
-        partial(_decode_train, pre=pre, flip=flip_classes, seed=seed * 1000 + rank),
-        partial(_batches, batch_size=batch_size, partial_last=False, max_failed=MAX_FAILED_SAMPLES_IN_A_ROW),
+        partial(_decode_train, pre=pre, flip=flip_classes, seed=seed * 1000 + rank, encoded=encoded),
+        partial(
+            _batches,
+            batch_size=batch_size,
+            partial_last=False,
+            max_failed=MAX_FAILED_SAMPLES_IN_A_ROW,
+            stack=not encoded,
+        ),
     )
     return _loader(pipeline, workers, timeout, pin_memory)
 

@@ -142,6 +142,11 @@ def print_derived(acc, cfg, per_device, steps, peak_lr, flips, resume, state, sy
         f"{cfg.ddp_timeout} s (--ddp-timeout), batch wait {cfg.data_timeout:g} s (--data-timeout), "
         f"run lock {cfg.run / '.lock'}"
     )
+    where_decoded = "on the GPU (--gpu-decode)" if cfg.gpu_decode else "in the workers"
+    acc.print(
+        f"input: {cfg.workers} workers per process, JPEGs decoded {where_decoded}; all-rank stop/NaN "
+        f"check every {cfg.check_every} steps, val every {cfg.eval_every} epoch(s) and after the last"
+    )
     acc.print("ranks on nodes: " + ", ".join(f"{r['rank']}@{r['node']}" for r in where["ranks"]))
     if resume:
         acc.print(f"resuming from {resume}: epoch {state.epoch + 1}, step {state.step}")

@@ -25,7 +25,7 @@ from accelerate.utils import InitProcessGroupKwargs, set_seed
 from artclf import checkpoint, plots, runlog, storage
 from artclf.atomic import write_json, write_jsonl
 from artclf.config import arg, stage_main, strings, to_dict
-from artclf.data import eval_loader, read_info, steps_per_epoch, train_stream
+from artclf.data import decode_on_device, eval_loader, read_info, steps_per_epoch, train_stream
 from artclf.engine import Meter, evaluate, lr_at, train_one_epoch
 from artclf.errors import ArtclfError
 from artclf.model import build_model, save_model
@@ -72,6 +72,13 @@ class TrainConfig:
         metadata=arg("classes flipped at random: small (below the median count), all, none, or names"),
     )
     workers: int = field(default=8, metadata=arg("DataLoader workers per GPU"))
+    gpu_decode: bool = field(
+        default=False,
+        metadata=arg(
+            "decode train JPEGs on the GPU (nvJPEG, a batch at a time) and crop/flip there; the workers "
+            "only read: for nodes with few cores per GPU (CUDA only)"
+        ),
+    )
     seed: int = field(default=0, metadata=arg("seeds weights of the head, data order and augmentation"))
     save_every: int = field(
         default=0, metadata=arg("also save state every N optimizer steps (0: per epoch only)")
@@ -250,6 +257,8 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
     sync_bn = sync_bn_choice(cfg.sync_bn, per_device, world, acc.device.type)
 
     cuda = acc.device.type == "cuda"
+    if cfg.gpu_decode and not cuda:
+        raise ArtclfError(f"--gpu-decode decodes on CUDA devices; these processes use {acc.device.type}")
     torch.backends.cudnn.benchmark = True  # fixed input size: autotune each convolution once
     model = build_model(cfg.arch, cfg.weights, len(classes), pre)
     if sync_bn[0]:
@@ -291,6 +300,7 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
         return EXIT_PREEMPTED
 
     # one input stream for the run (seeded by the step it starts at); each epoch takes its steps
+    stream_seed = cfg.seed * 1_000_003 + state.step
     stream = iter(
         train_stream(
             info,
@@ -299,13 +309,16 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
             cfg.workers,
             acc.process_index,
             world,
-            cfg.seed * 1_000_003 + state.step,
+            stream_seed,
             flips,
             max_failed_shards=cfg.max_failed_shards,
             timeout=cfg.data_timeout,
             pin_memory=cuda,
+            encoded=cfg.gpu_decode,
         )
     )
+    if cfg.gpu_decode:
+        stream = decode_on_device(stream, pre, flips, stream_seed * 1000 + acc.process_index, acc.device)
     meter = Meter(world)
     for epoch in range(state.epoch, cfg.epochs):
         t0 = time.perf_counter()

@@ -47,6 +47,10 @@ def to_uint8_tensor(im: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
+def is_jpeg(data: bytes) -> bool:
+    return data[:3] == b"\xff\xd8\xff"
+
+
 def decode(data: bytes) -> torch.Tensor:
     """Encoded image bytes -> upright RGB uint8 CHW tensor.
 
@@ -54,7 +58,7 @@ def decode(data: bytes) -> torch.Tensor:
     (``torchvision.io.decode_jpeg``, about 2x faster than Pillow plus conversion); anything
     else goes the general way (:func:`artclf.images.open_rgb`: EXIF, CMYK, PNG, …).
     """
-    if data[:3] == b"\xff\xd8\xff":
+    if is_jpeg(data):
         try:
             return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
         except RuntimeError:
@@ -97,6 +101,40 @@ def train_image(
     if flip and rng.random() < 0.5:
         x = x.flip(-1)
     return x
+
+
+def train_batch_on_device(
+    images: list[torch.Tensor],
+    labels: list[int],
+    pre: Preprocess,
+    flip: frozenset[int],
+    rng: random.Random,
+    device: torch.device | str,
+) -> tuple[torch.Tensor, list[int]]:
+    """The GPU decode path (``artclf train --gpu-decode``): a batch's encoded JPEGs (1-D uint8)
+    decoded together on ``device`` (nvJPEG on CUDA), each then cropped and flipped by
+    :func:`train_image` there. Items that are already decoded (3-D, a worker's work) pass
+    through. Returns (N×3×S×S uint8 on ``device``, indices of the items that failed to decode).
+    """
+    encoded = [i for i, x in enumerate(images) if x.ndim == 1]
+    decoded = {i: x.to(device, non_blocking=True) for i, x in enumerate(images) if x.ndim == 3}
+    failed: list[int] = []
+    if encoded:
+        try:
+            outs = decode_jpeg([images[i] for i in encoded], mode=ImageReadMode.RGB, device=device)
+            decoded.update(zip(encoded, outs, strict=True))
+        except RuntimeError:  # one bad JPEG fails the whole call: decode one by one, drop the bad
+            for i in encoded:
+                try:
+                    decoded[i] = decode_jpeg(images[i], mode=ImageReadMode.RGB, device=device)
+                except RuntimeError:
+                    failed.append(i)
+    out = [
+        x if images[i].ndim == 3 else train_image(x, pre, labels[i] in flip, rng)
+        for i, x in sorted(decoded.items())
+    ]
+    empty = torch.empty(0, 3, pre.image_size, pre.image_size, dtype=torch.uint8, device=device)
+    return (torch.stack(out) if out else empty), failed
 
 
 class Normalize(nn.Module):

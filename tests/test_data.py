@@ -99,3 +99,51 @@ def test_decode_matches_pillow_for_jpeg_and_handles_other_formats(tmp_path):
     im.convert("L").save(png, "PNG")
     gray = decode(png.getvalue())
     assert gray.shape == (3, 64, 64) and (gray[0] == gray[1]).all()
+
+
+def jpeg_bytes(seed: int, size: tuple[int, int]) -> bytes:
+    import io
+
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    small.resize(size).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_device_decode_path_equals_the_workers_path_on_cpu():
+    """The --gpu-decode code path, run with device "cpu": the same crops and flips as the
+    workers' decode + train_image with the same random stream; a broken JPEG is dropped and
+    named, the rest unchanged."""
+    from artclf.transforms import train_batch_on_device
+
+    pre = Preprocess(image_size=48, resize=56)
+    blobs = [jpeg_bytes(i, (90 + 7 * i, 70 + 5 * i)) for i in range(5)]
+    blobs[3] = blobs[3][:200]  # truncated: no image in it
+    labels, flip = [0, 1, 2, 1, 0], frozenset({1})
+    want, rng = [], random.Random(42)
+    for i, b in enumerate(blobs):
+        if i != 3:
+            want.append(train_image(decode(b), pre, labels[i] in flip, rng))
+    tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+    got, failed = train_batch_on_device(tensors, labels, pre, flip, random.Random(42), "cpu")
+    assert failed == [3]
+    assert got.shape == (4, 3, 48, 48) and got.dtype == torch.uint8
+    assert torch.equal(got, torch.stack(want))
+
+
+def test_encoded_train_stream_decoded_on_the_device_keeps_keys_and_labels(shards):
+    """train_stream(encoded=True) + decode_on_device ("cpu" here) yields the same samples, in the
+    same order, as the workers' decode path, as uint8 image batches of the right size."""
+    from itertools import islice
+
+    from artclf.data import decode_on_device, read_info, train_stream
+
+    info, pre = read_info(str(shards)), Preprocess(image_size=48, resize=56)
+    plain = list(islice(iter(train_stream(info, pre, 4, 0, 0, 1, seed=3)), 6))
+    encoded = list(islice(iter(train_stream(info, pre, 4, 0, 0, 1, seed=3, encoded=True)), 6))
+    assert all(isinstance(b.images, list) and all(x.ndim == 1 for x in b.images) for b in encoded)
+    on_device = list(decode_on_device(iter(encoded), pre, frozenset(), 3, torch.device("cpu")))
+    assert [b.keys for b in on_device] == [b.keys for b in plain]
+    assert [b.labels.tolist() for b in on_device] == [b.labels.tolist() for b in plain]
+    assert all(b.images.shape == (4, 3, 48, 48) and b.images.dtype == torch.uint8 for b in on_device)
