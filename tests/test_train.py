@@ -36,7 +36,7 @@ def reference(model_path: Path, shards: Path, split: str = "val") -> dict:
 def assert_model_pt_is_the_best_epoch(run: Path, shards: Path) -> None:
     """model.pt is the epoch of history.jsonl with the highest val macro F1 (the first of ties),
     and evaluating it again gives that row's figures."""
-    rows = history(run)
+    rows = [r for r in history(run) if "val_macro_f1" in r]  # --eval-every leaves some out
     best = max(rows, key=lambda r: r["val_macro_f1"])  # max keeps the first of equal values
     blob = torch.load(run / "model.pt", weights_only=True)
     assert blob["epoch"] == best["epoch"], ([(r["epoch"], r["val_macro_f1"]) for r in rows], blob["epoch"])
@@ -50,6 +50,9 @@ def test_two_process_training_learns_and_logs_once(trained_run, shards):
     run = trained_run
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["derived"]["world_size"] == 2 and cfg["derived"]["per_device_batch"] == 16 // 2
+    # on CPU the workers decode (the GPU decode path is off by default, and refused without CUDA)
+    assert cfg["config"]["gpu_decode"] is False
+    assert "JPEGs decoded in the workers" in (run.parent / "train.log").read_text()
     rows = history(run)
     epochs = list(range(1, 7))
     assert [r["epoch"] for r in rows] == epochs
@@ -63,6 +66,16 @@ def test_two_process_training_learns_and_logs_once(trained_run, shards):
     assert reference(run / "model.pt", shards, "train")["accuracy"] > 3 * majority["train"]
     assert max(r["val_accuracy"] for r in rows) > 2 * majority["val"], (majority, rows)
     assert_model_pt_is_the_best_epoch(run, shards)
+    # throughput beside the whole epoch's: steady state leaves out each process's first 10 steps
+    steps = splits["train"]["num_samples"] // 16
+    for r in rows:
+        assert r["images_per_s"] > 0 and 0 <= r["data_wait"] <= 1, r
+        if (r["epoch"] - 1) * steps >= 10:  # all of the epoch's steps are past the first 10
+            assert r["images_per_s_steady"] == pytest.approx(r["images_per_s"])
+        elif r["epoch"] * steps <= 10:  # none of them is
+            assert r["images_per_s_steady"] is None and r["data_wait_steady"] is None, r
+        else:
+            assert r["images_per_s_steady"] > 0 and 0 <= r["data_wait_steady"] <= 1, r
     events = list((run / "tb").glob("events.out.tfevents.*"))
     assert len(events) == 1  # main process only
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -75,6 +88,8 @@ def test_two_process_training_learns_and_logs_once(trained_run, shards):
         "train/lr",
         "train/images_per_s",
         "train/data_wait",
+        "train/images_per_s_steady",
+        "train/data_wait_steady",
         "val/macro_f1",
         "val/accuracy",
     } <= tags
@@ -85,6 +100,31 @@ def test_two_process_training_learns_and_logs_once(trained_run, shards):
     assert json.loads((run / "val_metrics.json").read_text())["macro_f1"] == pytest.approx(
         max(r["val_macro_f1"] for r in rows)
     )
+
+
+def test_eval_every_skips_evaluation_but_never_the_last_epoch(shards, tmp_path):
+    """--eval-every 2 over 3 epochs: val figures for epochs 2 and 3 only; model.pt is the better of
+    those two, and evaluating it gives its row's figures."""
+    run = tmp_path / "run"
+    res = run_cli(
+        "train", *train_cmd(shards, run, "--batch-size", "16", "--epochs", "3", "--eval-every", "2")[2:]
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = history(run)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [any(k.startswith("val_") for k in r) for r in rows] == [False, True, True]
+    assert_model_pt_is_the_best_epoch(run, shards)
+    line = next(line for line in res.stdout.splitlines() if line.startswith("epoch 1/3: "))
+    assert "val_" not in line and "img/s" in line, line
+    assert_figure(run / "learning_curve.png")
+
+
+def test_gpu_decode_is_refused_on_cpu_processes(shards, tmp_path):
+    run = tmp_path / "run"
+    res = run_cli("train", *train_cmd(shards, run, "--gpu-decode")[2:], timeout=300)
+    assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "--gpu-decode decodes on CUDA devices; these processes use cpu" in res.stderr
+    assert not (run / "config.json").exists() and not (run / "state").exists()
 
 
 def test_kill_9_mid_epoch_then_rerun_resumes(shards, tmp_path):
