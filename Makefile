@@ -91,7 +91,7 @@ demo: $(DEMO)/data/artists.csv $(DEMO)/mobilenet_v2.pt
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/shellcheck slurm/*.sbatch slurm/*.sh slurm/local/*.sh k8s/*.sh
+	$(BIN)/shellcheck slurm/*.sbatch slurm/*.sh slurm/local/*.sh k8s/*.sh bench/*.sh
 
 test: lint
 	$(BIN)/python -m pytest --durations=30
