@@ -160,7 +160,6 @@ def train_one_epoch(
         t_now = time.perf_counter()
         meter.add(len(y), t_data - t_end, t_now - t_data)
         meter.step()
-        t_end = t_now
         if state.step % log_every == 0:
             window = sums[1].tolist()  # the one wait for the device between checks
             sums[1].zero_()
@@ -174,13 +173,15 @@ def train_one_epoch(
                 }
             )
             window_images = 0
-            t_end = time.perf_counter()  # the wait for the device is not data time
         if stop:
             bar.close()
             return {"preempted": True}
         if save_every and state.step % save_every == 0:
             on_save()
-            t_end = time.perf_counter()
+        # the read above waits for the steps queued on the device, a save takes its time: both
+        # are the trainer's own time, not waiting for data
+        t_end = time.perf_counter()
+        meter.add(0, 0.0, t_end - t_now)
     bar.close()
     # the epoch's figures over all ranks (one all-reduce per epoch)
     tail = torch.tensor([images, lost], dtype=torch.float32, device=acc.device)
