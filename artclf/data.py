@@ -41,6 +41,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import torch
 import webdataset as wds
@@ -306,26 +307,18 @@ def train_loader(
     world_size: int,
     epoch: int,
     seed: int,
-    flip_classes: frozenset[int] = frozenset(),
-    shuffle_buffer: int = 1000,
     steps: int | None = None,
-    max_failed_shards: int = 10,
-    timeout: float = 0,
+    **stream: Any,
 ) -> wds.WebLoader:
     """Exactly ``steps`` (default: one pass) batches of ``batch_size`` for this rank and epoch:
-    :func:`train_stream` cut to one epoch, started afresh each time it is iterated."""
-    n = (
-        steps
-        if steps is not None
-        else steps_per_epoch(info["splits"]["train"]["num_samples"], world_size, batch_size)
-    )
+    :func:`train_stream` (``stream``: its other arguments) cut to one epoch, started afresh each
+    time it is iterated."""
+    one_pass = steps_per_epoch(info["splits"]["train"]["num_samples"], world_size, batch_size)
+    n = steps if steps is not None else one_pass
     if n < 1:
         raise ValueError(f"steps must be >= 1, got {n}")
-    stream = train_stream(
-        info, pre, batch_size, workers, rank, world_size, seed * 100_003 + epoch, flip_classes,
-        shuffle_buffer, max_failed_shards, timeout,
-    )  # fmt: skip
-    return stream.with_epoch(n)
+    epoch_seed = seed * 100_003 + epoch
+    return train_stream(info, pre, batch_size, workers, rank, world_size, epoch_seed, **stream).with_epoch(n)
 
 
 def eval_loader(
