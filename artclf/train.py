@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import faulthandler
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from itertools import islice
@@ -299,26 +300,7 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
         acc.print(f"preempted at step {state.step} (epoch {epoch + 1}): state saved, exit {EXIT_PREEMPTED}")
         return EXIT_PREEMPTED
 
-    # one input stream for the run (seeded by the step it starts at); each epoch takes its steps
-    stream_seed = cfg.seed * 1_000_003 + state.step
-    stream = iter(
-        train_stream(
-            info,
-            pre,
-            per_device,
-            cfg.workers,
-            acc.process_index,
-            world,
-            stream_seed,
-            flips,
-            max_failed_shards=cfg.max_failed_shards,
-            timeout=cfg.data_timeout,
-            pin_memory=cuda,
-            encoded=cfg.gpu_decode,
-        )
-    )
-    if cfg.gpu_decode:
-        stream = decode_on_device(stream, pre, flips, stream_seed * 1000 + acc.process_index, acc.device)
+    stream = _input_stream(cfg, acc, info, pre, per_device, flips, state.step)
     meter = Meter(world)
     for epoch in range(state.epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -361,28 +343,7 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
         state.epoch, state.step_in_epoch = epoch + 1, 0
         if acc.is_main_process:
             row = runlog.epoch_row(epoch + 1, state.step, out, val, time.perf_counter() - t0)
-            history.append(row)
-            write_jsonl(cfg.run / "history.jsonl", history)
-            if val is not None:
-                runlog.log_scalars(
-                    writer, "val", {k[4:]: v for k, v in row.items() if k.startswith("val_")}, state.step
-                )
-            if val is not None and val["macro_f1"] > state.best_f1:
-                state.best_f1, state.best_epoch = val["macro_f1"], epoch + 1
-                save_model(
-                    cfg.run / "model.pt",
-                    acc.unwrap_model(model),
-                    classes,
-                    pre,
-                    cfg.arch,
-                    {"config": to_dict(cfg), "epoch": epoch + 1, "val": runlog.scalars(val)},
-                )
-                write_json(cfg.run / "val_metrics.json", val)
-                runlog.confusion(writer, cfg.run, classes, epoch + 1, state.step)
-            plots.learning_curve(
-                plots.read_history(cfg.run / "history.jsonl"), cfg.run / "learning_curve.png"
-            )
-            acc.print(runlog.epoch_line(row, cfg.epochs))
+            _record_epoch(cfg, acc, writer, history, row, val, state, acc.unwrap_model(model), classes, pre)
         state.best_f1 = _broadcast(acc, state.best_f1)
         save_state()
     if acc.is_main_process:
@@ -393,6 +354,43 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
             f"-> {cfg.run / 'model.pt'}"
         )
     return 0
+
+
+def _input_stream(
+    cfg: TrainConfig, acc: Accelerator, info: dict, pre: Preprocess, per_device: int, flips, start: int
+) -> Iterator:
+    """The run's one train stream, seeded by the step it starts at; epochs are sliced off it."""
+    seed = cfg.seed * 1_000_003 + start
+    cuda = acc.device.type == "cuda"
+    stream = iter(
+        train_stream(
+            info, pre, per_device, cfg.workers, acc.process_index, acc.num_processes, seed, flips,
+            max_failed_shards=cfg.max_failed_shards, timeout=cfg.data_timeout, pin_memory=cuda,
+            encoded=cfg.gpu_decode,
+        )
+    )  # fmt: skip
+    if cfg.gpu_decode:
+        return decode_on_device(stream, pre, flips, seed * 1000 + acc.process_index, acc.device)
+    return stream
+
+
+def _record_epoch(cfg, acc, writer, history, row, val, state, model, classes, pre) -> None:
+    """Main process, after an epoch: history.jsonl, TensorBoard, ``model.pt`` (and its val
+    metrics and confusion matrix) when val macro F1 improved, the learning curve, the line."""
+    epoch = row["epoch"]
+    history.append(row)
+    write_jsonl(cfg.run / "history.jsonl", history)
+    if val is not None:
+        val_row = {k[4:]: v for k, v in row.items() if k.startswith("val_")}
+        runlog.log_scalars(writer, "val", val_row, state.step)
+    if val is not None and val["macro_f1"] > state.best_f1:
+        state.best_f1, state.best_epoch = val["macro_f1"], epoch
+        extra = {"config": to_dict(cfg), "epoch": epoch, "val": runlog.scalars(val)}
+        save_model(cfg.run / "model.pt", model, classes, pre, cfg.arch, extra)
+        write_json(cfg.run / "val_metrics.json", val)
+        runlog.confusion(writer, cfg.run, classes, epoch, state.step)
+    plots.learning_curve(plots.read_history(cfg.run / "history.jsonl"), cfg.run / "learning_curve.png")
+    acc.print(runlog.epoch_line(row, cfg.epochs))
 
 
 def _broadcast(acc: Accelerator, value: float) -> float:
