@@ -224,11 +224,11 @@ def decode_on_device(
     """The GPU decode path: batches of encoded JPEGs (``train_stream(encoded=True)``) decoded,
     cropped and flipped on ``device`` (:func:`artclf.transforms.train_batch_on_device`); a JPEG
     that fails to decode is dropped from its batch and counted like any failed sample."""
-    rng = random.Random(seed * 7919 + 7)
+    rng = random.Random(seed)  # the caller's seed differs by rank
     for b in batches:
         if isinstance(b.images, list):
             x, bad = train_batch_on_device(b.images, b.labels.tolist(), pre, flip, rng, device)
-            keep = [i for i in range(len(b.keys)) if i not in set(bad)]
+            keep = [i for i in range(len(b.keys)) if i not in bad]
             failed = b.failed + [b.keys[i] for i in bad]
             b = Batch(x, b.labels[keep], [b.keys[i] for i in keep], failed, b.lost + len(bad))
         yield b
