@@ -25,14 +25,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
-from artclf.checkpoint import TrainState
 from artclf.data import Batch
-from artclf.engine import lr_at, train_one_epoch
 from artclf.model import build_model
-from artclf.train import TrainConfig, make_optimizer
+from artclf.train import make_optimizer
 from artclf.transforms import Preprocess
+from bench.train_overhead import CLASSES, run_loop
 
-CLASSES = 50
 VARIANTS = {  # name: (mixed precision, channels_last, compile)
     "fp32": ("no", False, False),
     "bf16": ("bf16", False, False),
@@ -41,23 +39,13 @@ VARIANTS = {  # name: (mixed precision, channels_last, compile)
 }
 
 
-def default(name: str):
-    return TrainConfig.__dataclass_fields__[name].default
-
-
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
 def run_steps(acc, model, opt, batch: Batch, steps: int, channels_last: bool) -> None:
-    train_one_epoch(
-        acc, model, opt, itertools.repeat(batch, steps), num_classes=CLASSES, ce_weight=0.3, f1_weight=0.7,
-        grad_accum=1, clip_grad=default("clip_grad"), lr_of_step=lambda s: lr_at(s, 10_000, 100, 3e-4),
-        state=TrainState(), stop_requested=lambda: False, on_log=lambda row: None, on_save=lambda: None,
-        save_every=0, log_every=default("log_every"), total_steps=steps, check_every=default("check_every"),
-        channels_last=channels_last,
-    )  # fmt: skip
+    run_loop(acc, model, opt, itertools.repeat(batch, steps), steps, channels_last=channels_last)
 
 
 def measure(arch: str, size: int, batch: int, steps: int, variant: str, device: str, backend: str) -> dict:

@@ -26,6 +26,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Iterable
 from contextlib import contextmanager
 
 import torch
@@ -70,14 +71,16 @@ def default(name: str):
     return TrainConfig.__dataclass_fields__[name].default
 
 
-def ours(acc, model, opt, data: list[Batch], loop=train_one_epoch) -> float:
+def run_loop(acc, model, opt, batches: Iterable[Batch], steps: int, loop=train_one_epoch, **settings) -> None:
+    """``steps`` optimizer steps of ``loop`` (artclf's ``train_one_epoch``; ``--engine``: a former
+    one) over in-memory batches, with the trainer's defaults; ``settings`` override them."""
     kwargs = dict(
         num_classes=CLASSES,
         ce_weight=0.3,
         f1_weight=0.7,
         grad_accum=1,
-        clip_grad=0.0,
-        lr_of_step=lambda s: lr_at(s, 1000, 10, 3e-4),
+        clip_grad=default("clip_grad"),
+        lr_of_step=lambda s: lr_at(s, 10_000, 100, 3e-4),
         state=TrainState(),
         stop_requested=lambda: False,
         on_log=lambda row: None,
@@ -85,11 +88,16 @@ def ours(acc, model, opt, data: list[Batch], loop=train_one_epoch) -> float:
         save_every=0,
         log_every=default("log_every"),
         check_every=default("check_every"),
-        total_steps=len(data),
+        total_steps=steps,
     )
+    kwargs.update(settings)
     accepted = inspect.signature(loop).parameters  # an older loop may not take every argument
+    loop(acc, model, opt, batches, **{k: v for k, v in kwargs.items() if k in accepted})
+
+
+def ours(acc, model, opt, data: list[Batch], loop=train_one_epoch) -> float:
     t = time.perf_counter()
-    loop(acc, model, opt, data, **{k: v for k, v in kwargs.items() if k in accepted})
+    run_loop(acc, model, opt, data, len(data), loop, clip_grad=0.0)  # the bare loop does not clip
     return len(data) / (time.perf_counter() - t)
 
 
