@@ -139,14 +139,17 @@ def tar_samples(
         yield {"__key__": url, "__error__": cause, "__lost__": lost}
 
 
-def _decode(sample: dict, make_tensor) -> tuple:
+def _decode(sample: dict, make_tensor, encoded: bool = False) -> tuple:
     """(tensor, label, key), or for what could not be read (None, samples lost, what): a sample
-    that fails to decode is (None, 1, key), a failed shard (None, its unread samples, "URL: cause")."""
+    that fails to decode is (None, 1, key), a failed shard (None, its unread samples, "URL: cause").
+    ``encoded``: a JPEG stays encoded (1-D uint8, for :func:`decode_on_device`)."""
     key = sample.get("__key__", "?")
     if "__error__" in sample:
         return None, sample["__lost__"], f"{key}: {sample['__error__']}"
     try:
         label = int(sample["cls"])
+        if encoded and is_jpeg(sample["jpg"]):
+            return torch.frombuffer(bytearray(sample["jpg"]), dtype=torch.uint8), label, key
         return make_tensor(decode(sample["jpg"]), label), label, key
     except Exception:  # a corrupt sample is counted by the caller, never fatal
         return None, 1, key
@@ -206,16 +209,7 @@ def _decode_train(
     rng = random.Random(seed * 7919 + _worker()[0])
     make = partial(_train_tensor, pre=pre, flip=flip, rng=rng)
     for sample in src:
-        jpg = sample.get("jpg", b"")
-        if encoded and "__error__" not in sample and is_jpeg(jpg):
-            try:
-                label = int(sample["cls"])
-            except Exception:  # counted by the caller, as _decode does
-                yield None, 1, sample.get("__key__", "?")
-                continue
-            yield torch.frombuffer(bytearray(jpg), dtype=torch.uint8), label, sample.get("__key__", "?")
-        else:
-            yield _decode(sample, make)
+        yield _decode(sample, make, encoded)
 
 
 def decode_on_device(
