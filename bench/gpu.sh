@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU check, in one call, at most ~9.5 minutes (the sum of its parts' time limits; not yet run on a GPU) on a bare machine: Python 3.12 with PyTorch,
-# torchvision, Accelerate, TensorBoard, scikit-learn and Pillow; no network).
+# The GPU check, in one call: at most ~9.5 minutes, the sum of its parts' time limits (not yet run
+# on a GPU), on a bare machine: Python 3.12 with PyTorch, torchvision, Accelerate, TensorBoard,
+# scikit-learn and Pillow; no network.
 #   setup      what artclf needs beyond those, from bench/wheels (bench/device_wheels.sh), no index
 #   synthetic  synthetic batches through the trainer's own step loop at per-device batch 8, 16, 64,
 #              128: fp32, bf16, bf16+channels_last, +compile (compile time); peak memory, syncs/step
