@@ -124,3 +124,15 @@ def class_names(names: list[str] | tuple[str, ...]) -> list[str]:
     if len(folded) != len(names):
         raise ValueError(f"artist names collide after folding: {sorted(names)}")
     return folded
+
+
+_KNOWN = {fold(a.name): a.name for a in ARTISTS}
+
+
+def display_names(classes: list[str], given: list[str] | None = None) -> list[str]:
+    """The names people read, in class order: ``given`` (``artists.csv``'s names, carried in
+    ``_info.json`` and ``model.pt``) when it matches ``classes``, else the Kaggle name of a
+    known class id, else the id with spaces (``Albrecht_Durer`` -> ``Albrecht Dürer``)."""
+    if given is not None and len(given) == len(classes) and [fold(g) for g in given] == list(classes):
+        return list(given)
+    return [_KNOWN.get(c, c.replace("_", " ")) for c in classes]

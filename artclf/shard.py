@@ -35,6 +35,7 @@ from artclf.artists import class_names, fold
 from artclf.config import arg, stage_main
 from artclf.errors import ArtclfError
 from artclf.images import open_rgb
+from artclf.sample_data import SAMPLE_TRUTH
 from artclf.split import SPLITS
 
 INFO = "_info.json"
@@ -227,7 +228,12 @@ def pack(cfg: ShardConfig, jobs: list[Job]) -> list[dict]:
 
 
 def write_info(
-    cfg: ShardConfig, split_jobs: list[tuple[str, Job]], records: list[dict], names: list[str]
+    cfg: ShardConfig,
+    split_jobs: list[tuple[str, Job]],
+    records: list[dict],
+    names: list[str],
+    artists: list[str],
+    root: Path,
 ) -> dict:
     splits: dict[str, dict] = {}
     for (split, job), rec in zip(split_jobs, records, strict=True):
@@ -251,6 +257,9 @@ def write_info(
         "version": __version__,
         "splits": splits,
         "classes": names,
+        "artists": artists,  # the names as artists.csv writes them, in class order (for people)
+        # where the images came from; a set made by `artclf sample-data` says so (model cards show it)
+        "data": {"dir": str(root), "generated_sample": (root / SAMPLE_TRUTH).is_file()},
         "store_size": cfg.store_size,
         "quality": cfg.quality,
         "shards": {r["name"]: {k: r[k] for k in ("num_samples", "bytes", "sha256")} for r in records},
@@ -270,10 +279,11 @@ def shard(cfg: ShardConfig) -> dict | None:
     rows = manifest.read_manifest(cfg.work)
     if not any(r.get("split") for r in rows):
         raise ArtclfError(f"{manifest.manifest_path(cfg.work)}: no split field; run `artclf split` first")
-    names = class_names(sorted({r["artist"] for r in manifest.usable(rows)}))
-    split_jobs = _jobs(
-        cfg, plan(rows, cfg.shard_samples, cfg.seed), manifest.data_dir(cfg.work, cfg.data_dir)
-    )
+    artists = sorted({r["artist"] for r in manifest.usable(rows)})
+    names = class_names(artists)
+    display = dict(zip([fold(a) for a in artists], artists, strict=True))
+    root = manifest.data_dir(cfg.work, cfg.data_dir)
+    split_jobs = _jobs(cfg, plan(rows, cfg.shard_samples, cfg.seed), root)
     mine = [i for i in range(len(split_jobs)) if cfg.part is None or i % cfg.num_parts == cfg.part]
     if cfg.merge:
         records = [existing_record(job) for _, job in split_jobs]
@@ -288,7 +298,7 @@ def shard(cfg: ShardConfig) -> dict | None:
         if cfg.part is not None:
             print(f"shard: part {cfg.part}/{cfg.num_parts}: {len(mine)} shards -> {cfg.out}")
             return None
-    info = write_info(cfg, split_jobs, records, names)
+    info = write_info(cfg, split_jobs, records, names, [display[n] for n in names], root)
     counts = {s: v["num_samples"] for s, v in info["splits"].items()}
     files = {s: len(v["filenames"]) for s, v in info["splits"].items()}
     print(
