@@ -228,7 +228,8 @@ def evaluate(
     stop_requested: Callable[[], bool] = lambda: False,
 ) -> tuple[dict | None, dict | None]:
     """Metrics over every sample of the split exactly once, whatever the number of ranks, and
-    the predictions behind them (``keys``, ``labels``, ``probs``; gathered on every rank).
+    the predictions behind them (``keys``, ``labels``, ``logits``, ``probs``; gathered on every
+    rank).
     ``(None, None)`` on every rank when a stop was requested on any rank meanwhile.
 
     Each rank keeps (key, label, probabilities) of what it read; one ``gather_object`` at the
@@ -239,7 +240,7 @@ def evaluate(
     model = acc.unwrap_model(model)  # DDP's forward broadcasts buffers: a collective per batch
     _broadcast_buffers(acc, model)
     model.eval()
-    keys, labels, probs, failed, lost, stopped = [], [], [], [], 0, False
+    keys, labels, logits, failed, lost, stopped = [], [], [], [], 0, False
     for batch in batches:
         failed += batch.failed
         lost += batch.lost
@@ -249,15 +250,15 @@ def evaluate(
         if not batch.keys:
             continue
         with acc.autocast():
-            logits = model(batch.images.to(acc.device))
-        probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+            out = model(batch.images.to(acc.device))
+        logits.append(out.float().cpu().numpy())
         labels.append(batch.labels.numpy())
         keys += batch.keys
     mine = [
         (
             keys,
             np.concatenate(labels) if labels else np.zeros(0, np.int64),
-            np.concatenate(probs) if probs else np.zeros((0, len(classes)), np.float32),
+            np.concatenate(logits) if logits else np.zeros((0, len(classes)), np.float32),
             failed,
             lost,
             stopped,
@@ -270,7 +271,8 @@ def evaluate(
     if len(set(all_keys)) != len(all_keys):
         raise ArtclfError("evaluation saw a sample twice; the shard split across ranks is broken")
     y = np.concatenate([p[1] for p in parts])
-    p = np.concatenate([p[2] for p in parts])
+    z = np.concatenate([p[2] for p in parts])
+    p = torch.softmax(torch.from_numpy(z), dim=1).numpy()  # as before: float32 softmax of float32 logits
     unreadable = [k for part in parts for k in part[3]]
     skipped = sum(part[4] for part in parts)
     if len(all_keys) + skipped != expected:
@@ -281,7 +283,7 @@ def evaluate(
     metrics = classification_metrics(y, p, classes)
     metrics["skipped_samples"] = skipped  # samples not scored: in history.jsonl as val_skipped_samples
     metrics["unreadable"] = unreadable  # what they were: sample keys, or "URL: cause" of a shard
-    return metrics, {"keys": all_keys, "labels": y, "probs": p}
+    return metrics, {"keys": all_keys, "labels": y, "logits": z, "probs": p}
 
 
 def _broadcast_buffers(acc: Accelerator, model: torch.nn.Module) -> None:

@@ -9,7 +9,14 @@ the same ``metrics.json``. Writes into ``--out`` (default ``RUN/eval-<split>/``)
     probabilities.npy   the N×C softmax probabilities, rows in predictions.csv order
     per_class.csv       precision, recall, F1 and support of each class
     confusion_matrix.png, errors.png (the most confident mistakes), learning_curve.png
+    reliability.png     accuracy against confidence before and after the model's temperature
     report.md           the run's config, learning curve, metrics and plots on one page
+
+Probabilities are calibrated (``model.pt``'s temperature, fitted on val by the trainer);
+``metrics.json`` ``calibration`` holds ECE and log loss before (T = 1) and after. ``open_set``
+holds the model's "unknown" threshold and the share of this split it rejects; with
+``--unseen DIR`` (paintings by artists the model never saw, e.g. ``sample-data --unseen``:
+``DATA/unseen``) also the AUROC of known against unseen and the share of unseen it rejects.
 
 The default split is ``test``; the trainer chooses its model on ``val`` and never reads test.
 """
@@ -28,11 +35,16 @@ import torch
 from accelerate import Accelerator
 
 from artclf import plots, storage
+from artclf.artists import display_names
 from artclf.atomic import atomic_open, write_json
+from artclf.calibration import SCORE, auroc, softmax
 from artclf.config import arg, stage_main, to_dict
 from artclf.data import eval_loader, read_info, tar_samples
 from artclf.engine import evaluate
-from artclf.model import load_model
+from artclf.errors import ArtclfError
+from artclf.metrics import ECE_BINS, expected_calibration_error, log_loss
+from artclf.model import load_model, temperature
+from artclf.predict import find_images, probabilities
 from artclf.transforms import Preprocess, decode
 
 SCALARS = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "top5_accuracy", "confidence", "ece")
@@ -47,6 +59,10 @@ class EvaluateConfig:
     batch_size: int = field(default=64, metadata=arg("images per batch, per process"))
     workers: int = field(default=4, metadata=arg("DataLoader workers per process"))
     errors: int = field(default=16, metadata=arg("misclassified images in errors.png (0 disables)"))
+    unseen: Path | None = field(
+        default=None,
+        metadata=arg("folder of paintings by artists the model never saw: open-set AUROC and rejection"),
+    )
     endpoint_url: str | None = field(default=None, metadata=arg("S3 endpoint (default: AWS_ENDPOINT_URL)"))
 
     def __post_init__(self) -> None:
@@ -84,19 +100,45 @@ def run(cfg: EvaluateConfig) -> int:
     out.mkdir(parents=True, exist_ok=True)
     metrics = {"split": cfg.split, "model": str(cfg.model), "shards": cfg.shards, **metrics}
     metrics["world_size"] = acc.num_processes
+    t = temperature(blob)
+    raw = softmax(preds["logits"] * t)  # the model divides by T: undo it for "before"
+    metrics["calibration"] = {
+        "temperature": t,
+        "ece_before": expected_calibration_error(raw, labels),
+        "ece_after": metrics["ece"],
+        "log_loss_before": log_loss(raw, labels),
+        "log_loss_after": metrics["log_loss"],
+    }
+    plots.reliability(
+        {"before (T = 1)": (raw, labels), f"after (T = {t:.2f})": (probs, labels)},
+        out / "reliability.png",
+        ECE_BINS,
+        f"{cfg.split}: ECE {metrics['calibration']['ece_before']:.3f} -> {metrics['ece']:.3f}",
+    )
+    metrics["open_set"] = open_set_metrics(blob.get("open_set"), probs, cfg, model.to(acc.device), pre)
+    names = display_names(classes, blob.get("artists"))
     write_json(out / "metrics.json", metrics)
     _write_predictions(out, keys, labels, probs, classes)
     _write_per_class(out / "per_class.csv", metrics["per_class"])
     title = f"{cfg.split}, macro F1 {metrics['macro_f1']:.3f}, accuracy {metrics['accuracy']:.3f}"
-    plots.confusion_matrix(metrics["confusion_matrix"], classes, out / "confusion_matrix.png", title)
+    plots.confusion_matrix(metrics["confusion_matrix"], names, out / "confusion_matrix.png", title)
     worst = _worst(keys, labels, probs, cfg.errors)
     if worst:
-        errors_grid(info["splits"][cfg.split]["urls"], worst, classes, out / "errors.png")
+        errors_grid(info["splits"][cfg.split]["urls"], worst, names, out / "errors.png")
     history = plots.read_history(cfg.model.parent / "history.jsonl")
     if history:
         plots.learning_curve(history, out / "learning_curve.png")
     _write_report(out, cfg, metrics, blob, bool(history), bool(worst))
     print("  ".join(f"{k} {metrics[k]:.4f}" for k in SCALARS) + f"  (n={metrics['n']})")
+    cal, ood = metrics["calibration"], metrics["open_set"]
+    print(f"calibration: temperature {t:.3f}, ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}")
+    if ood:
+        line = (
+            f"open set: threshold {ood['threshold']:.4f} rejects {ood['known_rejected']:.1%} of {cfg.split}"
+        )
+        if "auroc" in ood:
+            line += f", {ood['unseen_rejected']:.1%} of {ood['unseen_n']} unseen; AUROC {ood['auroc']:.4f}"
+        print(line)
     if metrics["skipped_samples"]:
         print(
             f"artclf evaluate: warning: {metrics['skipped_samples']} of {expected} samples unreadable, "
@@ -104,6 +146,37 @@ def run(cfg: EvaluateConfig) -> int:
         )
     print(f"report: {out / 'report.md'}")
     return 0
+
+
+def open_set_metrics(open_set: dict | None, probs: np.ndarray, cfg: EvaluateConfig, model, pre) -> dict:
+    """The model's "unknown" threshold on this split and, with ``--unseen``, on paintings of
+    artists it never saw (AUROC of the score, known = positive; the share rejected, per folder)."""
+    known = probs.max(1)
+    threshold = open_set["threshold"] if open_set else None
+    out = {
+        "score": SCORE,
+        "threshold": threshold,
+        "reject_rate_on_val": open_set["reject_rate"] if open_set else None,
+        "known_rejected": float((known < threshold).mean()) if open_set else None,
+    }
+    if cfg.unseen is None:
+        return out
+    if not cfg.unseen.is_dir():
+        raise ArtclfError(f"--unseen {cfg.unseen}: no such folder")
+    scores: dict[str, list[float]] = {}
+    for path, p in probabilities(model, pre, find_images([cfg.unseen]), cfg.batch_size):
+        who = path.relative_to(cfg.unseen).parts[0] if len(path.relative_to(cfg.unseen).parts) > 1 else "."
+        scores.setdefault(who, []).append(float(p.max()))
+    unseen = np.array([s for v in scores.values() for s in v])
+    if not len(unseen):
+        raise ArtclfError(f"--unseen {cfg.unseen}: no readable image in it")
+    out.update(unseen=str(cfg.unseen), unseen_n=len(unseen), auroc=auroc(known, unseen))
+    if open_set:
+        out["unseen_rejected"] = float((unseen < threshold).mean())
+        out["unseen_rejected_per_folder"] = {
+            k: float((np.array(v) < threshold).mean()) for k, v in scores.items()
+        }
+    return out
 
 
 def _write_predictions(out: Path, keys: list[str], labels: np.ndarray, probs: np.ndarray, classes) -> None:
@@ -160,6 +233,35 @@ def errors_grid(urls: list[str], worst: list[tuple], classes: list[str], path: P
     plots.save(fig, path)
 
 
+def _write_calibration(w, cfg: EvaluateConfig, metrics: dict, blob: dict) -> None:
+    cal, ood = metrics["calibration"], metrics["open_set"]
+    fitted = blob.get("calibration")
+    w("\n## Calibration\n\n")
+    if fitted:
+        w(f"Temperature T = {cal['temperature']:.3f}, fitted on val ({fitted['n']} images) by the trainer. ")
+    else:
+        w("This model has no fitted temperature (T = 1): its confidence is not calibrated. ")
+    w(f"On {cfg.split}: ECE ({ECE_BINS} bins) {cal['ece_before']:.4f} before, **{cal['ece_after']:.4f}** ")
+    w(f"after; log loss {cal['log_loss_before']:.4f} before, {cal['log_loss_after']:.4f} after.\n\n")
+    w("![reliability diagram](reliability.png)\n\n## None of these artists\n\n")
+    if ood["threshold"] is None:
+        w("This model has no open-set threshold (trained before artclf stored one).\n")
+    else:
+        w(f"Answer `unknown` when the calibrated max probability is below {ood['threshold']:.4f} ")
+        w(f"(chosen to reject {ood['reject_rate_on_val']:.0%} of val); it rejects ")
+        w(f"{ood['known_rejected']:.1%} of this split's paintings by known artists.")
+    if "auroc" in ood:
+        w(f"\n\nOn {ood['unseen_n']} paintings by artists the model never saw (`{ood['unseen']}`): ")
+        w(f"AUROC known vs unseen **{ood['auroc']:.4f}**")
+        if "unseen_rejected" in ood:
+            w(f", rejected {ood['unseen_rejected']:.1%}.\n\n| unseen folder | rejected |\n| --- | --- |\n")
+            for k, v in ood["unseen_rejected_per_folder"].items():
+                w(f"| {k} | {v:.1%} |\n")
+        else:
+            w(".\n")
+    w("\n")
+
+
 def _write_report(
     out: Path, cfg: EvaluateConfig, metrics: dict, blob: dict, curve: bool, errors: bool
 ) -> None:
@@ -176,6 +278,7 @@ def _write_report(
     w("| metric | value |\n| --- | --- |\n")
     for k in (*SCALARS, "log_loss"):
         w(f"| {k} | {metrics[k]:.4f} |\n")
+    _write_calibration(w, cfg, metrics, blob)
     w("\n![confusion matrix](confusion_matrix.png)\n\n")
     if errors:
         w("## Most confident mistakes\n\n![errors](errors.png)\n\n")

@@ -63,3 +63,22 @@ def confusion_matrix(cm: list[list[int]], classes: list[str], path: Path, title:
     ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.colorbar(im, ax=ax, fraction=0.03, label="fraction of the true class")
     save(fig, path)
+
+
+def reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, bins: int, title: str) -> None:
+    """Reliability diagram: per confidence bin (equal width, as ECE bins them), accuracy against
+    mean confidence, one line per ``label -> (probs N×C, labels N)``; the diagonal is perfect."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", label="perfectly calibrated")
+    edges = np.linspace(0, 1, bins + 1)
+    for label, (probs, y) in curves.items():
+        conf, correct = probs.max(1), probs.argmax(1) == y
+        which = np.searchsorted(edges[1:-1], conf, side="left")
+        used = [b for b in range(bins) if (which == b).any()]
+        xs = [conf[which == b].mean() for b in used]
+        ys = [correct[which == b].mean() for b in used]
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max probability)", ylabel="accuracy", title=title)
+    ax.legend(loc="upper left", fontsize=8)
+    save(fig, path)

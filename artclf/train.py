@@ -15,7 +15,7 @@ import faulthandler
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from itertools import islice
 from pathlib import Path
 
@@ -24,7 +24,9 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
 
 from artclf import checkpoint, plots, runlog, storage
+from artclf.artists import display_names
 from artclf.atomic import write_json, write_jsonl
+from artclf.calibration import calibrate
 from artclf.config import arg, stage_main, strings, to_dict
 from artclf.data import decode_on_device, eval_loader, read_info, steps_per_epoch, train_stream
 from artclf.engine import Meter, evaluate, lr_at, train_one_epoch
@@ -120,6 +122,13 @@ class TrainConfig:
         ),
     )
     eval_every: int = field(default=1, metadata=arg("epochs between evaluations on val (the last always)"))
+    reject_rate: float = field(
+        default=0.05,
+        metadata=arg(
+            "share of val images (known artists) answered 'unknown': sets the open-set threshold "
+            "stored in model.pt with the calibration temperature (0: never unknown)"
+        ),
+    )
     endpoint_url: str | None = field(default=None, metadata=arg("S3 endpoint (default: AWS_ENDPOINT_URL)"))
 
     def __post_init__(self) -> None:
@@ -146,6 +155,8 @@ class TrainConfig:
             raise ValueError(f"--sync-bn must be auto, on or off, got {self.sync_bn!r}")
         if self.ddp_timeout < 10 or self.data_timeout < 0 or self.max_failed_shards < 0:
             raise ValueError("--ddp-timeout >= 10 s, --data-timeout >= 0, --max-failed-shards >= 0")
+        if not 0 <= self.reject_rate < 1:
+            raise ValueError(f"--reject-rate must be in [0, 1), got {self.reject_rate}")
 
 
 def flip_set(spec: str, classes: list[str], counts: list[int]) -> frozenset[int]:
@@ -335,7 +346,7 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
             val_batches = eval_loader(
                 info, "val", pre, per_device, cfg.workers, acc.process_index, world, cfg.data_timeout, cuda
             )
-            val, _ = evaluate(
+            val, preds = evaluate(
                 acc, model, val_batches, classes, info["splits"]["val"]["num_samples"], lambda: stop.requested
             )
             if val is None:  # stopped during evaluation: the saved step is the epoch's last one
@@ -343,7 +354,9 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
         state.epoch, state.step_in_epoch = epoch + 1, 0
         if acc.is_main_process:
             row = runlog.epoch_row(epoch + 1, state.step, out, val, time.perf_counter() - t0)
-            _record_epoch(cfg, acc, writer, history, row, val, state, acc.unwrap_model(model), classes, pre)
+            _record_epoch(
+                cfg, acc, writer, history, row, val, preds, state, acc.unwrap_model(model), info, pre
+            )
         state.best_f1 = _broadcast(acc, state.best_f1)
         save_state()
     if acc.is_main_process:
@@ -374,9 +387,11 @@ def _input_stream(
     return stream
 
 
-def _record_epoch(cfg, acc, writer, history, row, val, state, model, classes, pre) -> None:
-    """Main process, after an epoch: history.jsonl, TensorBoard, ``model.pt`` (and its val
-    metrics and confusion matrix) when val macro F1 improved, the learning curve, the line."""
+def _record_epoch(cfg, acc, writer, history, row, val, preds, state, model, info, pre) -> None:
+    """Main process, after an epoch: history.jsonl, TensorBoard, ``model.pt`` (with its
+    calibration and open-set threshold fitted on these val predictions, its val metrics and
+    confusion matrix) when val macro F1 improved, the learning curve, the line."""
+    classes = info["classes"]
     epoch = row["epoch"]
     history.append(row)
     write_jsonl(cfg.run / "history.jsonl", history)
@@ -385,7 +400,21 @@ def _record_epoch(cfg, acc, writer, history, row, val, state, model, classes, pr
         runlog.log_scalars(writer, "val", val_row, state.step)
     if val is not None and val["macro_f1"] > state.best_f1:
         state.best_f1, state.best_epoch = val["macro_f1"], epoch
-        extra = {"config": to_dict(cfg), "epoch": epoch, "val": runlog.scalars(val)}
+        extra = {
+            "config": to_dict(cfg),
+            "epoch": epoch,
+            "val": runlog.scalars(val),
+            "artists": display_names(classes, info.get("artists")),
+            "trained_on": {
+                "shards": cfg.shards,
+                "name": info.get("name"),
+                "images": info["splits"]["train"]["num_samples"],
+                "classes": len(classes),
+                "generated_sample": info.get("data", {}).get("generated_sample"),
+            },
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **calibrate(preds["logits"], preds["labels"], cfg.reject_rate),
+        }
         save_model(cfg.run / "model.pt", model, classes, pre, cfg.arch, extra)
         write_json(cfg.run / "val_metrics.json", val)
         runlog.confusion(writer, cfg.run, classes, epoch, state.step)
