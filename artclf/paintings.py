@@ -47,34 +47,65 @@ def rng_for(seed: int, tag: int, artist: int = 0, number: int = 0, k: int = 0) -
     return np.random.default_rng([seed, tag, artist, number, k])
 
 
+# Painters outside Kaggle's 50, for open-set tests: ``sample-data --unseen N`` paints the first N
+# in the stroke x layout x tone combinations no known artist uses.
+UNSEEN = (
+    "Katsushika Hokusai",
+    "Mary Cassatt",
+    "Giuseppe Arcimboldo",
+    "Johannes Vermeer",
+    "Egon Schiele",
+    "Artemisia Gentileschi",
+    "Edward Hopper",
+    "Georgia O'Keeffe",
+    "Hilma af Klint",
+    "Utagawa Hiroshige",
+)
+
+
+def _style_plan(seed: int) -> tuple[list[tuple[str, str, float]], np.ndarray, np.ndarray]:
+    """Every stroke x layout x tone combination, their order (the known artists take the first
+    50, unseen ones the rest) and the known artists' evenly spread hues."""
+    rng = rng_for(seed, STYLE)
+    combos = [(s, la, t) for s in STROKES for la in LAYOUTS for t in TONES]
+    order = rng.permutation(len(combos))
+    hues = ((np.arange(len(ARTISTS)) / len(ARTISTS) + rng.random()) % 1.0)[rng.permutation(len(ARTISTS))]
+    return combos, order, hues
+
+
 def make_styles(seed: int) -> list[Style]:
     """One style per artist. Stroke kind x layout x tone is a distinct combination for every artist and
     hues are spread evenly, so any two artists differ on several axes at once."""
-    rng = rng_for(seed, STYLE)
-    combos = [(s, la, t) for s in STROKES for la in LAYOUTS for t in TONES]
-    picks = rng.permutation(len(combos))[: len(ARTISTS)]
-    hues = ((np.arange(len(ARTISTS)) / len(ARTISTS) + rng.random()) % 1.0)[rng.permutation(len(ARTISTS))]
-    styles = []
-    for i, a in enumerate(ARTISTS):
-        r = rng_for(seed, STYLE, zlib.crc32(a.name.encode()), 1)
-        stroke, layout, tone = combos[picks[i]]
-        count_f, size_f = STROKES[stroke]
-        styles.append(
-            Style(
-                palette=_palette(float(hues[i]), tone, r),
-                stroke=stroke,
-                layout=layout,
-                anchor=float(r.uniform(0.25, 0.75)),
-                angle=float(r.uniform(0, math.pi)),
-                spread=float(r.choice([0.08, 0.3, 1.5])),
-                size=float(r.uniform(0.015, 0.05) * size_f),
-                density=int(r.uniform(100, 280) * count_f),
-                grain=float(r.choice([2.0, 6.0, 12.0])),
-                grain_px=int(r.choice([1, 2, 4])),
-                blur=float(r.choice([0.0, 0.0, 0.004, 0.01])),
-            )
-        )
-    return styles
+    combos, order, hues = _style_plan(seed)
+    return [_style(seed, a.name, combos[order[i]], float(hues[i])) for i, a in enumerate(ARTISTS)]
+
+
+def unseen_styles(seed: int, n: int) -> list[Style]:
+    """Styles of the first ``n`` of :data:`UNSEEN`: combinations no known artist has, any hue."""
+    if not 0 <= n <= len(UNSEEN):
+        raise ValueError(f"at most {len(UNSEEN)} unseen artists, got {n}")
+    combos, order, _ = _style_plan(seed)
+    hue = [float(rng_for(seed, STYLE, zlib.crc32(name.encode()), 2).random()) for name in UNSEEN[:n]]
+    return [_style(seed, name, combos[order[len(ARTISTS) + i]], hue[i]) for i, name in enumerate(UNSEEN[:n])]
+
+
+def _style(seed: int, name: str, combo: tuple[str, str, float], hue: float) -> Style:
+    r = rng_for(seed, STYLE, zlib.crc32(name.encode()), 1)
+    stroke, layout, tone = combo
+    count_f, size_f = STROKES[stroke]
+    return Style(
+        palette=_palette(hue, tone, r),
+        stroke=stroke,
+        layout=layout,
+        anchor=float(r.uniform(0.25, 0.75)),
+        angle=float(r.uniform(0, math.pi)),
+        spread=float(r.choice([0.08, 0.3, 1.5])),
+        size=float(r.uniform(0.015, 0.05) * size_f),
+        density=int(r.uniform(100, 280) * count_f),
+        grain=float(r.choice([2.0, 6.0, 12.0])),
+        grain_px=int(r.choice([1, 2, 4])),
+        blur=float(r.choice([0.0, 0.0, 0.004, 0.01])),
+    )
 
 
 def _palette(hue: float, tone: float, rng: np.random.Generator) -> tuple[tuple[float, float, float], ...]:

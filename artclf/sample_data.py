@@ -19,7 +19,13 @@ truncated and zero-byte files, and a stray ``Thumbs.db``. Same seed, same bytes,
                                         "color_cast" | "grayscale" | "flip" | "crop"}]}],
      "odd_files": [{"path", "artist", "kind": "grayscale" | "cmyk" | "exif_rotated" | "png_as_jpg" |
                     "truncated" | "zero_bytes" | "not_an_image", "usable": bool}],
-     "duplicate_folder": {"path", "copy_of", "files"} | null}
+     "duplicate_folder": {"path", "copy_of", "files"} | null,
+     "unseen": {name: "unseen/<Folder>"}}
+
+With ``--unseen N`` it also paints N artists who are not among the 50 (``paintings.UNSEEN``:
+Hokusai, Cassatt, Arcimboldo, …, in styles no known artist has) into ``DIR/unseen/<Folder>/``,
+outside ``images/images`` so no stage trains on them: ``evaluate --unseen DIR/unseen`` measures
+how well a model answers "none of these artists".
 
 Each group has one ``original``; a ``cross_artist`` group is one painting filed under two artists (a
 mislabel). Odd files lie in primary folders only; the duplicate folder repeats Dürer's files. No later
@@ -54,15 +60,18 @@ from artclf.paintings import (
     PAINT,
     PLAN,
     SIZES,
+    UNSEEN,
     Style,
     copy_of,
     image_size,
     make_styles,
     paint,
     rng_for,
+    unseen_styles,
 )
 
 IMAGES = "images/images"
+SAMPLE_TRUTH = "sample_truth.json"  # its presence marks a generated set (shard records it)
 DURER = [a.name for a in ARTISTS].index("Albrecht Dürer")
 DURER_NFD = unicodedata.normalize("NFD", "Albrecht_Dürer")
 DURER_MOJIBAKE = DURER_NFD.encode("utf-8").decode("cp437")  # how a cp437 unzip shows it: Albrecht_Du╠êrer
@@ -70,6 +79,7 @@ COPY_KINDS = ("resize_reencode", "color_cast", "grayscale", "flip", "crop")
 COPY_P = (0.25, 0.25, 0.15, 0.10, 0.25)
 ODD_KINDS = ("grayscale", "cmyk", "exif_rotated", "png_as_jpg", "truncated", "zero_bytes", "not_an_image")
 UNUSABLE = ("truncated", "zero_bytes", "not_an_image")
+UNSEEN_TYPICAL, UNSEEN_MIN = 120, 8  # paintings per unseen artist: a mid-sized class at --scale 1
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,13 @@ class SampleDataConfig:
         ),
     )
     quirks: bool = field(default=True, metadata=arg("plant the real set's odd files (--no-quirks: clean)"))
+    unseen: int = field(
+        default=0,
+        metadata=arg(
+            f"also paint N artists outside the 50 (at most {len(UNSEEN)}: Hokusai, Cassatt, …; styles no "
+            "known artist has) into DIR/unseen/<Name>/, outside the Kaggle layout (evaluate --unseen)"
+        ),
+    )
     workers: int = field(default=0, metadata=arg("worker processes (0 = all usable CPUs); same output"))
 
     def __post_init__(self) -> None:
@@ -102,6 +119,8 @@ class SampleDataConfig:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0 (0 = all CPUs), got {self.workers}")
+        if not 0 <= self.unseen <= len(UNSEEN):
+            raise ValueError(f"unseen must be in [0, {len(UNSEEN)}], got {self.unseen}")
 
 
 @dataclass(frozen=True)
@@ -200,6 +219,19 @@ def plan(cfg: SampleDataConfig) -> tuple[list[Job], list[tuple[str, str, int]], 
     return jobs, extras, _truth(cfg, counts, folders, jobs, extras)
 
 
+def unseen_jobs(cfg: SampleDataConfig, truth: dict) -> list[Job]:
+    """Paintings of the unseen artists (style index 50 + i), plain JPEGs in ``unseen/<Folder>/``;
+    fills ``truth["unseen"]`` (name -> folder)."""
+    jobs = []
+    n = max(UNSEEN_MIN, round(UNSEEN_TYPICAL * cfg.scale))
+    for i, name in enumerate(UNSEEN[: cfg.unseen]):
+        folder = name.replace(" ", "_").replace("'", "")
+        truth["unseen"][name] = f"unseen/{folder}"
+        a = len(ARTISTS) + i
+        jobs += [Job(a, j, ((f"unseen/{folder}/{folder}_{j}.jpg", "original", a),)) for j in range(1, n + 1)]
+    return jobs
+
+
 def _copy_kind(rng: np.random.Generator) -> str:
     return str(rng.choice(COPY_KINDS, p=COPY_P))
 
@@ -245,6 +277,7 @@ def _truth(
         "counts": dict(zip(names, counts, strict=True)),
         "folders": dict(zip(names, folders, strict=True)),
         "duplicate_groups": groups,
+        "unseen": {},  # name -> folder of each unseen artist (sample-data --unseen)
         "odd_files": [
             {"path": p, "artist": names[i], "kind": k, "usable": k not in UNUSABLE} for p, k, i in odd
         ],
@@ -260,13 +293,14 @@ def generate(cfg: SampleDataConfig) -> dict:
     """Write the data set into a temp folder beside ``cfg.out``, then rename it into place; -> truth."""
     start = time.perf_counter()
     _refuse_full(cfg.out)
-    styles = make_styles(cfg.seed)
+    styles = make_styles(cfg.seed) + unseen_styles(cfg.seed, cfg.unseen)
     jobs, extras, truth = plan(cfg)
+    jobs += unseen_jobs(cfg, truth)
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{cfg.out.name}.", suffix=".tmp", dir=cfg.out.parent))
     try:
         tmp.chmod(0o755)
-        for folder in truth["folders"].values():
+        for folder in [*truth["folders"].values(), *truth["unseen"].values()]:
             (tmp / folder).mkdir(parents=True)
         _run(partial(make_files, str(tmp), cfg.seed, cfg.max_side, cfg.sizes, styles), jobs, cfg.workers)
         for rel, kind, i in extras:  # a zero-byte .jpg, or junk behind an OLE header like a real Thumbs.db
@@ -278,7 +312,7 @@ def generate(cfg: SampleDataConfig) -> dict:
             for f in sorted(src.iterdir()):
                 shutil.copyfile(f, dst / f.name.replace(DURER_NFD, DURER_MOJIBAKE, 1))
         _write_csv(tmp / "artists.csv", truth["counts"])
-        write_json(tmp / "sample_truth.json", truth)
+        write_json(tmp / SAMPLE_TRUTH, truth)
         _refuse_full(cfg.out)
         if cfg.out.exists():
             cfg.out.rmdir()
@@ -291,7 +325,9 @@ def generate(cfg: SampleDataConfig) -> dict:
     print(
         f"sample-data: {n_files} files for {len(ARTISTS)} artists "
         f"({sum(len(g['members']) - 1 for g in groups)} copies in {len(groups)} duplicate groups, "
-        f"{len(truth['odd_files'])} odd files, {int(cfg.quirks)} duplicate folder) "
+        f"{len(truth['odd_files'])} odd files, {int(cfg.quirks)} duplicate folder"
+        + (f"; {len(truth['unseen'])} unseen artists in unseen/" if truth["unseen"] else "")
+        + ") "
         f"-> {cfg.out} in {time.perf_counter() - start:.1f} s"
     )
     return truth
