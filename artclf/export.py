@@ -3,7 +3,10 @@
 The exported graph is the whole :class:`artclf.model.Classifier`: uint8 N×3×S×S images in
 (normalisation inside, as in training), logits out, batch axis dynamic. The class list and the
 Preprocess travel inside the file (ONNX ``metadata_props`` / TorchScript extra file
-``artclf.json``), so a server needs nothing else.
+``artclf.json``), with the artists' names, the open-set threshold and the model card (what it
+was trained on, its test scores when ``eval-test/metrics.json`` lies beside ``model.pt``), so a
+server needs nothing else. The graph is the calibrated model: its logits are divided by the
+temperature stored in ``model.pt``.
 
 ONNX uses torch's TorchScript-based exporter (``dynamo=False``, opset 17): the dynamo exporter
 needs ``onnxscript``, which artclf does not install. Before the file appears under its name it
@@ -25,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from artclf.artists import display_names
 from artclf.config import arg, stage_main
 from artclf.errors import ArtclfError
-from artclf.model import load_model
+from artclf.model import load_model, model_card
 from artclf.predict import find_images, load_image
 from artclf.transforms import Preprocess
 
@@ -60,7 +64,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(cfg: ExportConfig) -> int:
     model, blob = load_model(cfg.model)
     pre = Preprocess.from_dict(blob["preprocess"])
-    meta = json.dumps({"classes": blob["classes"], "preprocess": pre.to_dict(), "arch": blob["arch"]})
+    meta = json.dumps(
+        {
+            "classes": blob["classes"],
+            "artists": display_names(blob["classes"], blob.get("artists")),
+            "preprocess": pre.to_dict(),
+            "arch": blob["arch"],
+            "open_set": blob.get("open_set"),
+            "card": model_card(cfg.model, blob),  # the temperature is in the graph
+        },
+        ensure_ascii=False,
+    )
     x = sample_batch(cfg.images, pre, cfg.samples)
     tmp = cfg.out.with_name(f".{cfg.out.name}.tmp{os.getpid()}")
     cfg.out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Sequence
 
 from PIL import Image, ImageOps
 
@@ -18,21 +19,28 @@ class TooManyPixels(ValueError):
 
 
 def open_rgb(
-    src: str | os.PathLike | bytes, min_side: int | None = None, max_pixels: int | None = None
+    src: str | os.PathLike | bytes,
+    min_side: int | None = None,
+    max_pixels: int | None = None,
+    formats: Sequence[str] | None = None,
+    reduce_others: bool = False,
 ) -> Image.Image:
     """Decode ``src`` (path or bytes) upright and in RGB.
 
     ``min_side``: the caller will shrink the image until its shorter side is about this
-    many pixels; JPEG decoding may then skip up to 7/8 of the work (never below it).
+    many pixels; JPEG decoding may then skip up to 7/8 of the work (never below it), and with
+    ``reduce_others`` any other format is box-reduced by a whole factor right after decoding
+    (never below it), so its full-size copy is gone before the RGB conversion copies it.
     ``max_pixels``: refuse (:class:`TooManyPixels`) before decoding when width × height from
-    the header exceeds it; for untrusted uploads.
+    the header exceeds it; for untrusted uploads. ``formats``: Pillow format names to try
+    (others raise ``UnidentifiedImageError``); for untrusted uploads, only the ones served.
     """
     f = io.BytesIO(src) if isinstance(src, bytes | bytearray) else src
     with warnings.catch_warnings():
         # ingest already marked images beyond the bomb limit unusable.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            im = Image.open(f)
+            im = Image.open(f, formats=formats)
         except Image.DecompressionBombError as e:  # Pillow's own limit, 2 × MAX_IMAGE_PIXELS
             if max_pixels is None:
                 raise
@@ -45,5 +53,9 @@ def open_rgb(
             scale = min_side / min(w, h)
             if scale < 1:
                 im.draft("RGB", (max(1, round(w * scale)), max(1, round(h * scale))))
+        elif min_side and reduce_others and min(im.size) // min_side >= 2:
+            if im.mode not in ("L", "LA", "I", "F", "RGB", "RGBA", "CMYK"):  # reduce refuses 1, P, I;16
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            im = im.reduce(min(im.size) // min_side)
         im = ImageOps.exif_transpose(im)
         return im.convert("RGB")
