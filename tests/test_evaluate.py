@@ -93,6 +93,7 @@ def test_report_and_plots(trained_run, evaluated):
     for link in ("confusion_matrix.png", "errors.png", "learning_curve.png", "per_class.csv"):
         assert f"({link})" in report
     assert "| arch | `resnet18` |" in report  # the run's config, from RUN/config.json
+    assert "## Calibration" in report and "## None of these artists" in report
     assert str(out / "report.md") in res.stdout
 
 
@@ -119,3 +120,61 @@ def test_one_and_two_processes_give_identical_metrics(shards, trained_run, evalu
     assert one == two
     by_key = {r["key"]: r for r in read_predictions(evaluated[0])}
     assert {r["key"]: r for r in read_predictions(out)} == by_key
+
+
+@pytest.fixture(scope="module")
+def unseen_dir(tmp_path_factory):
+    """Paintings of 2 artists outside the 50, in the styles of the session's sample set (seed 7)."""
+    from artclf.sample_data import SampleDataConfig, generate
+
+    out = tmp_path_factory.mktemp("unseen") / "data"
+    generate(SampleDataConfig(out=out, scale=0.02, seed=7, max_side=128, unseen=2, quirks=False))
+    return out / "unseen"
+
+
+def test_calibration_and_open_set_on_test_and_unseen(shards, trained_run, unseen_dir, tmp_path):
+    out = tmp_path / "eval"
+    ev = evaluate(shards, trained_run, out, "--unseen", unseen_dir)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    blob_t = m["calibration"]["temperature"]
+    probs = np.load(out / "probabilities.npy").astype(np.float64)
+    y = np.array([int(r["label"]) for r in read_predictions(out)])
+    # before = the same logits at T = 1: softmax(T · log p) (log p is z / T up to a per-row constant)
+    z = np.log(np.maximum(probs, 1e-30)) * blob_t
+    before = np.exp(z - z.max(1, keepdims=True))
+    before /= before.sum(1, keepdims=True)
+    assert blob_t != 1.0
+    assert m["calibration"]["ece_after"] == m["ece"] == pytest.approx(ece_by_definition(probs, y), abs=1e-6)
+    assert m["calibration"]["ece_before"] == pytest.approx(ece_by_definition(before, y), abs=1e-4)
+    assert m["calibration"]["log_loss_before"] == pytest.approx(
+        skm.log_loss(y, before, labels=range(6)), rel=1e-3
+    )
+    ood = m["open_set"]
+    known = probs.max(1)
+    assert ood["known_rejected"] == pytest.approx((known < ood["threshold"]).mean())
+    # unseen scores from `artclf predict` on the same folder (another code path) and scikit-learn's AUROC
+    res = run_cli("predict", "--model", trained_run / "model.pt", unseen_dir, "--format", "json")
+    assert res.returncode == 0, res.stderr
+    answers = json.loads(res.stdout)
+    scores = np.array([a["score"] for a in answers])
+    assert ood["unseen_n"] == len(answers) == len(list(unseen_dir.rglob("*.jpg"))) > 0
+    ref = skm.roc_auc_score(np.r_[np.ones(len(known)), np.zeros(len(scores))], np.r_[known, scores])
+    assert ood["auroc"] == pytest.approx(ref, abs=1e-4)
+    assert ood["unseen_rejected"] == pytest.approx((scores < ood["threshold"]).mean())
+    assert ood["unseen_rejected"] == pytest.approx(np.mean([a["answer"] == "unknown" for a in answers]))
+    assert set(ood["unseen_rejected_per_folder"]) == {"Katsushika_Hokusai", "Mary_Cassatt"}
+    assert_figure(out / "reliability.png")
+    report = (out / "report.md").read_text()
+    assert f"{m['calibration']['ece_before']:.4f} before, **{m['ece']:.4f}**" in report
+    assert "(reliability.png)" in report and f"AUROC known vs unseen **{ood['auroc']:.4f}**" in report
+    assert f"ECE {m['calibration']['ece_before']:.4f} -> {m['ece']:.4f}" in ev.stdout
+    assert (
+        f"open set: threshold {ood['threshold']:.4f}" in ev.stdout
+        and f"AUROC {ood['auroc']:.4f}" in ev.stdout
+    )
+
+
+def test_unseen_folder_that_is_missing_is_a_clear_error(shards, trained_run, tmp_path):
+    res = evaluate(shards, trained_run, tmp_path / "eval", "--unseen", tmp_path / "nope")
+    assert res.returncode == 1 and "--unseen" in res.stderr and "nope: no such folder" in res.stderr

@@ -8,6 +8,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import webdataset as wds
@@ -15,11 +16,14 @@ from PIL import Image
 
 from artclf import predict
 from artclf.data import read_info
-from artclf.model import load_model
+from artclf.model import load_model, save_model
 from artclf.predict import load_image
 from artclf.transforms import Preprocess, decode, eval_image
-from tests.conftest import CLASSES, run_cli
+from tests.conftest import CLASSES, assert_figure, run_cli
 from tests.conftest import TINY_PRE as PRE
+
+# artists.csv's names of the test classes, written out
+NAMES = ["Albrecht Dürer", "Claude Monet", "Edgar Degas", "Pablo Picasso", "Paul Klee", "Titian"]
 
 
 def test_predict_folder_json_reports_the_broken_file(images, model_pt):
@@ -36,7 +40,9 @@ def test_predict_folder_json_reports_the_broken_file(images, model_pt):
     for r in out:
         probs = [t["probability"] for t in r["top_k"]]
         assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
-        assert all(t["artist"] in blob["classes"] for t in r["top_k"])
+        assert all(t["class"] in blob["classes"] for t in r["top_k"])
+        assert [t["artist"] for t in r["top_k"]] == [NAMES[CLASSES.index(t["class"])] for t in r["top_k"]]
+        assert r["known"] and r["answer"] == r["top_k"][0]["artist"] and r["threshold"] is None
         with torch.inference_mode():
             ref = torch.softmax(net(load_image(Path(r["path"]), PRE)[None]), 1)[0]
         assert probs[0] == pytest.approx(float(ref.max()), abs=1e-5)
@@ -96,3 +102,101 @@ def test_predict_tensor_equals_evaluate_tensor_on_the_stored_jpeg(shards):
     png = io.BytesIO()
     Image.open(io.BytesIO(sample["jpg"])).save(png, format="PNG")  # lossless: one decoder, exact
     assert torch.equal(eval_image(decode(png.getvalue()), pre), load_image(png.getvalue(), pre))
+
+
+def with_extra(model_pt: Path, dest: Path, **extra) -> Path:
+    """A copy of ``model_pt`` with more keys in its blob (calibration, open_set, artists)."""
+    net, blob = load_model(model_pt)
+    keep = {
+        k: v for k, v in blob.items() if k not in ("format", "arch", "classes", "preprocess", "state_dict")
+    }
+    save_model(dest, net, blob["classes"], PRE, blob["arch"], {**keep, **extra})
+    return dest
+
+
+def test_unknown_below_the_threshold_with_the_top_k_still_listed(images, model_pt, tmp_path):
+    res = run_cli("predict", "--model", model_pt, images, "--format", "json")
+    scores = sorted(r["score"] for r in json.loads(res.stdout))
+    middle = (scores[1] + scores[2]) / 2  # two below, three above
+    model = with_extra(
+        model_pt, tmp_path / "model.pt", open_set={"score": "max_probability", "threshold": middle}
+    )
+    res = run_cli("predict", "--model", model, images, "--format", "json", "--top-k", "2")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    for r in out:
+        assert r["known"] == (r["score"] >= middle) and r["threshold"] == middle
+        assert r["answer"] == (r["top_k"][0]["artist"] if r["known"] else "unknown")
+        assert r["class"] == (r["top_k"][0]["class"] if r["known"] else None)
+        assert len(r["top_k"]) == 2 and r["score"] == r["top_k"][0]["probability"]
+    assert sum(not r["known"] for r in out) == 2
+    table = run_cli("predict", "--model", model, images, "--top-k", "2").stdout
+    assert table.count(": unknown (score ") == 2
+
+
+def test_names_from_the_model_file_win_over_the_known_table(images, model_pt, tmp_path):
+    """The file's names (artists.csv's, via _info.json) are shown when they fold to its classes;
+    names that do not (a file edited by hand) give way to the Kaggle names."""
+    bad = with_extra(model_pt, tmp_path / "bad.pt", artists=["Somebody Else", *NAMES[1:]])
+    good = with_extra(model_pt, tmp_path / "good.pt", artists=["Albrecht Durer", *NAMES[1:]])
+    for model, first in ((bad, NAMES[0]), (good, "Albrecht Durer")):
+        res = run_cli("predict", "--model", model, images / "upright.jpg", "--format", "json", "--top-k", "6")
+        top = json.loads(res.stdout)[0]["top_k"]
+        assert {t["class"]: t["artist"] for t in top}["Albrecht_Durer"] == first
+
+
+def reference_cam(model, x: torch.Tensor, cls: int) -> torch.Tensor:
+    """Grad-CAM of a torchvision ResNet written out: the forward pass by hand up to layer4, its
+    output made a leaf, the rest of the network on top, the gradient read off the leaf."""
+    net = model.net
+    h = model.normalize(x)
+    h = net.maxpool(net.relu(net.bn1(net.conv1(h))))
+    acts = net.layer4(net.layer3(net.layer2(net.layer1(h)))).detach().requires_grad_()
+    logits = net.fc(torch.flatten(net.avgpool(acts), 1)) / model.temperature
+    logits[0, cls].backward()
+    cam = torch.relu((acts.grad.mean((2, 3), keepdim=True) * acts).sum(1, keepdim=True))
+    cam = torch.nn.functional.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    return (cam / cam.max()).detach()
+
+
+def test_explain_writes_the_grad_cam_of_the_top_class(images, model_pt, tmp_path):
+    from artclf.explain import grad_cam, overlay
+
+    out = tmp_path / "why"
+    res = run_cli("predict", "--model", model_pt, images, "--format", "json", "--explain", out)
+    assert res.returncode == 0, res.stderr
+    answers = json.loads(res.stdout)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{Path(r['path']).stem}.gradcam.png" for r in answers
+    )
+    net, _ = load_model(model_pt)
+    ref_net, _ = load_model(model_pt)  # the reference's backward fills parameter gradients
+    for r in answers:
+        png = Path(r["explanation"])
+        assert png.parent == out
+        x = load_image(Path(r["path"]), PRE)[None]
+        cls = CLASSES.index(r["top_k"][0]["class"])
+        cam, c = grad_cam(net, x)
+        assert c == cls
+        torch.testing.assert_close(cam, reference_cam(ref_net, x, cls), atol=1e-5, rtol=1e-4)
+        with Image.open(png) as im:
+            assert im.size == (48, 48)
+            shown = torch.from_numpy(np.array(im.convert("RGB"))).int()
+        expected = torch.from_numpy(np.asarray(overlay(x[0], cam))).int()
+        assert (shown - expected).abs().max() <= 1
+    assert not any(p.grad is not None for p in net.parameters())  # no parameter gradient computed
+
+
+def test_grad_cam_runs_on_a_features_backbone_and_overlay_shows_the_map(images, tmp_path):
+    from artclf.explain import grad_cam, overlay
+    from artclf.model import build_model
+
+    torch.manual_seed(0)
+    net = build_model("mobilenet_v2", "none", len(CLASSES), PRE).eval()
+    x = load_image(images / "upright.jpg", PRE)[None]
+    cam, c = grad_cam(net, x)
+    assert cam.shape == (48, 48) and float(cam.min()) >= 0 and float(cam.max()) == pytest.approx(1.0)
+    with torch.inference_mode():
+        assert c == int(net(x).argmax())
+    overlay(x[0], cam).save(tmp_path / "cam.png")
+    assert_figure(tmp_path / "cam.png")

@@ -255,3 +255,31 @@ def test_copies_sit_in_the_big_classes_at_full_scale():
     assert any(len(g["members"]) == 3 for g in truth["duplicate_groups"])
     assert 1 <= sum(g["cross_artist"] for g in truth["duplicate_groups"]) <= 3
     assert sum(truth["counts"].values()) == sum(a.paintings for a in ARTISTS)  # 8,446, as the real set
+
+
+def test_unseen_artists_lie_outside_the_kaggle_layout_in_styles_no_known_artist_has(sample, tmp_path):
+    from artclf.paintings import UNSEEN, make_styles, unseen_styles
+
+    root, truth = sample
+    out = tmp_path / "with_unseen"
+    truth3 = generate(SampleDataConfig(out=out, scale=SCALE, max_side=MAX_SIDE, seed=3, unseen=3))
+    # the 50 artists' files are byte for byte those of the set without --unseen
+    assert tree_digest(out / "images") == tree_digest(root / "images")
+    assert (out / "artists.csv").read_bytes() == (root / "artists.csv").read_bytes()
+    assert {k: v for k, v in truth3.items() if k != "unseen"} == {
+        k: v for k, v in truth.items() if k != "unseen"
+    }
+    assert truth["unseen"] == {}
+    assert list(truth3["unseen"]) == list(UNSEEN[:3])
+    for folder in truth3["unseen"].values():
+        files = sorted((out / folder).iterdir())
+        assert folder.startswith("unseen/") and len(files) == sample_data.UNSEEN_MIN
+        for f in files:
+            with Image.open(f) as im:
+                assert im.format == "JPEG" and max(im.size) <= MAX_SIDE
+    # no unseen style repeats a known one's stroke kind, layout and background tone all at once
+    known = {(s.stroke, s.layout, round(s.palette[0][2], 3)) for s in make_styles(3)}
+    unseen = [(s.stroke, s.layout, round(s.palette[0][2], 3)) for s in unseen_styles(3, len(UNSEEN))]
+    assert len(set(unseen)) == len(UNSEEN) and not known & set(unseen)
+    with pytest.raises(ValueError, match="unseen"):
+        SampleDataConfig(out=tmp_path / "x", unseen=len(UNSEEN) + 1)
