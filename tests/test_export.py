@@ -61,3 +61,36 @@ def test_parity_failure_exits_1_and_writes_nothing(model_pt, tmp_path, monkeypat
     assert export.main(["--model", str(model_pt), "--format", "torchscript", "--out", str(out)]) == 1
     assert parity_figure(capsys.readouterr().out) > 1e-3
     assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_carries_calibration_names_threshold_and_card(model_pt, images, tmp_path):
+    """A calibrated model.pt (T = 2.5) exports a graph whose logits are the uncalibrated ones
+    / 2.5, with the names, threshold and card (evaluate's scores beside the model) inside."""
+    import onnx
+    import onnxruntime as ort
+
+    from artclf.model import save_model
+
+    net, blob = load_model(model_pt)
+    run = tmp_path / "run"
+    (run / "eval-test").mkdir(parents=True)
+    names = ["Albrecht Dürer", "Claude Monet", "Edgar Degas", "Pablo Picasso", "Paul Klee", "Titian"]
+    extra = {"calibration": {"temperature": 2.5}, "artists": names, "epoch": 3,
+             "open_set": {"score": "max_probability", "threshold": 0.3}}  # fmt: skip
+    save_model(run / "model.pt", net, blob["classes"], PRE, blob["arch"], extra)
+    metrics = {"split": "test", "n": 10, "accuracy": 0.7, "macro_f1": 0.6, "ece": 0.04, "calibration": {}}
+    (run / "eval-test" / "metrics.json").write_text(json.dumps(metrics))
+    out = tmp_path / "model.onnx"
+    res = run_cli("export", "--model", run / "model.pt", "--out", out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["artclf"])
+    assert meta["artists"] == names and meta["open_set"]["threshold"] == 0.3
+    assert meta["card"]["temperature"] == 2.5 and meta["card"]["epoch"] == 3
+    assert meta["card"]["test"]["macro_f1"] == 0.6 and meta["card"]["test"]["calibrated"] is True
+    raw, _ = load_model(model_pt)  # the same weights, T = 1
+    x = load_image(images / "upright.jpg", PRE)[None]
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[
+        0
+    ]
+    with torch.inference_mode():
+        np.testing.assert_allclose(got, (raw(x) / 2.5).numpy(), atol=1e-5)

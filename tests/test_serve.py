@@ -4,6 +4,7 @@ every 4xx limit, both backends, the upload page in a real headless chromium, and
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import io
@@ -32,7 +33,7 @@ from artclf.export import run as export
 from artclf.predict import load_image
 from artclf.serve import load_backend
 from tests import procs
-from tests.conftest import CLASSES, run_cli
+from tests.conftest import CLASSES, REPO, run_cli
 from tests.system import apt_install, can_apt, cannot
 
 MAX_BYTES = 200_000
@@ -135,13 +136,17 @@ def post(url: str, body: bytes, ctype: str, path: str = "/predict") -> tuple[int
 
 def test_health(server):
     _, health = server
+    card = health.pop("card")
     assert health == {
         "status": "ok",
         "backend": "onnxruntime",
         "model": "model.onnx",
         "classes": len(CLASSES),
         "image_size": 48,
+        "explain": False,
+        "open_set_threshold": None,  # the tiny model.pt was saved without one
     }
+    assert card["arch"] == "resnet18" and card["test"] is None and card["temperature"] == 1.0
 
 
 def test_predict_a_jpeg_matches_artclf_predict(server, images, model_pt):
@@ -212,6 +217,10 @@ def test_not_an_image_is_415_or_400(server):
     assert status == 415 and "text/plain" in answer["detail"]
     status, answer = post(url, *multipart(b"\xff\xd8\xff\xe0 not a JPEG", "fake.jpg", "image/jpeg"))
     assert status == 400 and "not a readable image" in answer["detail"]
+    ico = io.BytesIO()
+    Image.new("RGB", (32, 32), "red").save(ico, "ICO")  # an image Pillow reads, in a format not served
+    status, answer = post(url, *multipart(ico.getvalue(), "icon.ico", "image/x-icon"))
+    assert status == 400 and "served format (JPEG, PNG, WEBP, BMP, TIFF, GIF)" in answer["detail"]
     status, answer = post(url, b'{"file": "x"}', "application/json")
     assert status == 415 and "multipart/form-data" in answer["detail"]
     status, answer = post(url, *multipart(b"abc", "a.jpg", "image/jpeg", field="image"))
@@ -273,6 +282,7 @@ def test_upload_page_in_headless_chromium(server, chromium, images, tmp_path):
     jpeg = images / "exif_rotated.jpg"
     chromium.get(url + "/")
     assert "Who painted it?" in chromium.find_element(By.TAG_NAME, "h1").text
+    WebDriverWait(chromium, 30).until(lambda d: d.find_element(By.ID, "card").text.startswith("Model: "))
     chromium.find_element(By.ID, "file").send_keys(str(jpeg))
     chromium.find_element(By.ID, "submit").click()
     WebDriverWait(chromium, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .row")) == 5)
@@ -295,6 +305,10 @@ def test_upload_page_in_headless_chromium(server, chromium, images, tmp_path):
     WebDriverWait(chromium, 30).until(lambda d: d.find_element(By.ID, "error").text)
     assert "not a readable image" in chromium.find_element(By.ID, "error").text
     assert chromium.find_elements(By.CSS_SELECTOR, "#results .row") == []
+    # an ONNX Runtime server offers no heat map and says so; its card says it was never evaluated
+    assert not chromium.find_element(By.ID, "explain").is_enabled()
+    assert "need the PyTorch backend" in chromium.find_element(By.ID, "explain-note").text
+    assert "not evaluated on a test split" in chromium.find_element(By.ID, "card").text
 
 
 # `artclf serve` with its decode and inference wrapped by a probe that prints how many of them
@@ -382,3 +396,221 @@ def test_a_port_taken_before_the_server_binds_it_is_retried(onnx_file, tmp_path)
             assert proc.poll() is None
     assert "address already in use" in (tmp_path / "serve-0.log").read_text()
     assert f"Uvicorn running on {url}" in (tmp_path / "serve-1.log").read_text()
+
+
+NAMES = ["Albrecht Dürer", "Claude Monet", "Edgar Degas", "Pablo Picasso", "Paul Klee", "Titian"]
+TEST_SCORES = {"split": "test", "n": 40, "accuracy": 0.5, "macro_f1": 0.4, "ece": 0.05, "calibration": {},
+               "open_set": {"auroc": 0.9}}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained_like(model_pt, images, tmp_path_factory):
+    """model.pt as a trained one carries it: names, provenance (a generated sample set), an
+    open-set threshold between the scores of two test images, evaluate's scores beside it.
+    -> (model, image it knows, image it answers unknown for)."""
+    from artclf.model import load_model, save_model
+
+    net, blob = load_model(model_pt)
+    backend = load_backend(model_pt)
+    score = {n: float(backend.probs(load_image(images / n, backend.pre)[None]).max()) for n in
+             ("upright.jpg", "cmyk.jpg", "exif_rotated.jpg", "sub/gray.jpg", "sub/alpha.png")}  # fmt: skip
+    hi, lo = max(score, key=score.get), min(score, key=score.get)
+    assert score[hi] > score[lo]
+    folder = tmp_path_factory.mktemp("trained_like")
+    extra = {
+        "artists": NAMES,
+        "open_set": {"score": "max_probability", "threshold": (score[hi] + score[lo]) / 2},
+        "trained_on": {
+            "shards": "s3://bucket/shards",
+            "name": "work",
+            "images": 123,
+            "classes": 6,
+            "generated_sample": True,
+        },  # fmt: skip
+        "created": "2026-11-30T12:00:00+00:00",
+        "calibration": {"temperature": 1.0},
+    }
+    save_model(folder / "model.pt", net, blob["classes"], backend.pre, blob["arch"], extra)
+    (folder / "eval-test").mkdir()
+    (folder / "eval-test" / "metrics.json").write_text(json.dumps(TEST_SCORES))
+    return folder / "model.pt", images / hi, images / lo
+
+
+@pytest.fixture(scope="module")
+def torch_server(trained_like, tmp_path_factory):
+    model = trained_like[0]
+    with serving(lambda port: serve_cmd(model, port), tmp_path_factory.mktemp("serve_torch")) as (
+        _,
+        url,
+        health,
+    ):
+        yield url, health
+
+
+def test_health_card_names_unknown_and_heat_map_over_the_api(torch_server, trained_like, tmp_path):
+    url, health = torch_server
+    model, known, unknown = trained_like
+    card = health["card"]
+    assert health["backend"] == "pytorch" and health["explain"] is True
+    assert card["trained_on"]["generated_sample"] is True and card["trained_on"]["images"] == 123
+    assert card["test"] == {"split": "test", "n": 40, "accuracy": 0.5, "macro_f1": 0.4, "ece": 0.05,
+                            "calibrated": True, "open_set_auroc": 0.9}  # fmt: skip
+    status, a = post(url, *multipart(known.read_bytes(), known.name, "image/jpeg"), path="/predict?explain=1")
+    assert status == 200 and a["known"] and a["answer"] == a["top_k"][0]["artist"] in NAMES
+    assert [NAMES.index(t["artist"]) for t in a["top_k"]] == [CLASSES.index(t["class"]) for t in a["top_k"]]
+    # the heat map is the one `artclf predict --explain` draws for the same file
+    assert a["heatmap"].startswith("data:image/png;base64,")
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(a["heatmap"].split(",", 1)[1]))).convert("RGB"))
+    res = run_cli("predict", "--model", model, known, "--explain", tmp_path, "--format", "json")
+    assert res.returncode == 0, res.stderr
+    drawn = np.asarray(Image.open(tmp_path / f"{known.stem}.gradcam.png").convert("RGB"))
+    assert np.array_equal(shown, drawn)
+    status, b = post(url, *multipart(unknown.read_bytes(), unknown.name, "image/jpeg"))
+    assert status == 200 and not b["known"] and b["answer"] == "unknown" and b["class"] is None
+    assert b["score"] < b["threshold"] == health["open_set_threshold"] and len(b["top_k"]) == 5
+    assert "heatmap" not in b  # only when asked
+
+
+def test_page_shows_the_card_the_heat_map_and_unknown(torch_server, trained_like, chromium):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _ = torch_server
+    _, known, unknown = trained_like
+    chromium.get(url + "/")
+    WebDriverWait(chromium, 30).until(lambda d: d.find_element(By.ID, "card").text.startswith("Model: "))
+    card = chromium.find_element(By.ID, "card").text
+    assert "trained on 123 images of s3://bucket/shards on 2026-11-30" in card
+    assert "macro F1 0.400, accuracy 0.500, ECE 0.050 (calibrated)" in card
+    assert "generated sample data" in chromium.find_element(By.ID, "sample-warning").text
+    assert (
+        chromium.find_element(By.ID, "explain").is_enabled()
+        and chromium.find_element(By.ID, "explain").is_selected()
+    )
+    assert chromium.find_element(By.ID, "explain-note").text == ""
+
+    def upload(path: Path) -> dict:
+        chromium.find_element(By.ID, "file").send_keys(str(path))
+        chromium.find_element(By.ID, "submit").click()
+        WebDriverWait(chromium, 60).until(lambda d: "done" in d.find_element(By.ID, "status").text)
+        status, answer = post(url, *multipart(path.read_bytes(), path.name, "image/jpeg"))
+        assert status == 200
+        return answer
+
+    a = upload(known)
+    heat = chromium.find_element(By.ID, "heatmap")
+    assert heat.is_displayed() and heat.get_attribute("src").startswith("data:image/png;base64,")
+    assert heat.get_property("naturalWidth") == 48  # the PNG decoded in the browser
+    assert chromium.find_element(By.ID, "answer").text == f"{a['answer']} ({100 * a['score']:.1f}%)"
+    names = [
+        r.find_element(By.CLASS_NAME, "artist").text
+        for r in chromium.find_elements(By.CSS_SELECTOR, "#results .row")
+    ]
+    assert names == [t["artist"] for t in a["top_k"]] and "_" not in "".join(names)
+
+    b = upload(unknown)
+    said = chromium.find_element(By.ID, "answer")
+    assert said.get_attribute("class") == "unknown" and said.text.startswith("unknown: none of the artists")
+    assert f"below {100 * b['threshold']:.1f}%" in said.text
+    assert len(chromium.find_elements(By.CSS_SELECTOR, "#results .row")) == 5  # the closest, still shown
+
+
+@pytest.fixture(scope="module")
+def strict_server(onnx_file, tmp_path_factory):
+    flags = ("--request-timeout", "2", "--max-connections", "3", "--keep-alive", "1")
+    with serving(lambda port: serve_cmd(onnx_file, port, *flags), tmp_path_factory.mktemp("strict")) as (
+        _,
+        url,
+        _h,
+    ):
+        yield url
+
+
+def raw_exchange(url: str, data: bytes, wait: float = 15.0) -> tuple[bytes, float]:
+    """Send ``data`` and nothing more; everything the server sends until it closes, and when."""
+    host, port = url.removeprefix("http://").split(":")
+    t0 = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=wait) as s:
+        s.sendall(data)
+        got = b""
+        while chunk := s.recv(4096):
+            got += chunk
+    return got, time.monotonic() - t0
+
+
+def test_slow_headers_and_slow_bodies_get_408_and_lose_the_connection(strict_server, images):
+    # headers that never end (slowloris)
+    got, took = raw_exchange(strict_server, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Ty")
+    assert got.startswith(b"HTTP/1.1 408 ") and b"not received in time" in got and 1.5 < took < 10
+    # a body that stops coming after its headers
+    body, ctype = multipart((images / "upright.jpg").read_bytes(), "a.jpg", "image/jpeg")
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    got, took = raw_exchange(strict_server, head.encode() + body[:100])
+    assert got.startswith(b"HTTP/1.1 408 ") and 1.5 < took < 10
+    # the same request sent in full is answered, and an idle keep-alive connection is closed
+    got, took = raw_exchange(strict_server, head.encode() + body)
+    assert got.startswith(b"HTTP/1.1 200 ") and b'"top_k"' in got and took < 10
+
+
+def test_connections_over_the_limit_get_503_until_the_idle_ones_are_cut(strict_server):
+    host, port = strict_server.removeprefix("http://").split(":")
+    idle = [socket.create_connection((host, int(port))) for _ in range(3)]
+    try:
+        time.sleep(0.3)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(strict_server + "/health", timeout=30)
+        assert e.value.code == 503
+        time.sleep(3)  # past --request-timeout: the server closed them
+        assert all(s.recv(4096).startswith(b"HTTP/1.1 408 ") for s in idle)
+        with urllib.request.urlopen(strict_server + "/health", timeout=30) as r:
+            assert r.status == 200
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_short_load_test_no_5xx_right_answers_bounded_memory(model_pt, tmp_path):
+    """bench/serve_load.py at a test's size: every kind of request, trickling clients, a real server."""
+    out = tmp_path / "load.json"
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.serve_load",
+            "--model",
+            str(model_pt),
+            "--clients",
+            "3",
+            "--requests",
+            "45",
+            "--slow",
+            "2",
+            "--paintings",
+            "3",
+            "--max-mp",
+            "1",
+            "--max-pixels",
+            str(MAX_PIXELS),
+            "--max-bytes",
+            str(2_000_000),
+            "--request-timeout",
+            "2",
+            "--json",
+            str(out),
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    f = json.loads(out.read_text())
+    assert f["requests"] == 45 and f["5xx"] == 0 and f["wrong_answers"] == 0 and f["server_alive"]
+    assert f["statuses"]["good"] == {"200": 30}
+    for kind, status in (("oversize", 413), ("bomb", 413), ("truncated", 400), ("not_image", 415),
+                         ("wrong_format", 400)):  # fmt: skip
+        assert f["statuses"][kind] == {str(status): 3}, kind
+    assert set(f["statuses"]["slow"]) == {"408"} and f["slow_clients"] >= 2
+    assert f["rss_mb"]["idle"] < f["rss_mb"]["peak"] <= f["rss_mb"]["bound"]

@@ -76,6 +76,11 @@ def test_info_json_schema(work, shards):
         sorted({r["artist"] for r in manifest.usable(manifest.read_manifest(work))})
     )
     assert info["store_size"] == 96 and info["manifest_sha256"] == manifest.manifest_sha256(work)
+    # people's names in class order: each label's artist as the manifest (artists.csv) writes it
+    by_label = {r["label"]: r["artist"] for r in manifest.usable(manifest.read_manifest(work))}
+    assert info["artists"] == [by_label[i] for i in range(len(info["classes"]))]
+    assert "Albrecht Dürer" in info["artists"] and "Albrecht_Durer" in info["classes"]
+    assert info["data"] == {"dir": str(manifest.data_dir(work)), "generated_sample": True}
     for split_name, s in info["splits"].items():
         assert s["name"] == split_name
         assert s["num_samples"] == sum(s["shard_lengths"]) == len(expected(work)[split_name])
