@@ -270,8 +270,11 @@ def evaluate(
     all_keys = [k for p in parts for k in p[0]]
     if len(set(all_keys)) != len(all_keys):
         raise ArtclfError("evaluation saw a sample twice; the shard split across ranks is broken")
-    y = np.concatenate([p[1] for p in parts])
-    z = np.concatenate([p[2] for p in parts])
+    # in key order: every figure computed from them is the same float for any world size
+    order = np.argsort(np.array(all_keys, dtype=object), kind="stable") if all_keys else np.zeros(0, int)
+    all_keys = [all_keys[i] for i in order]
+    y = np.concatenate([p[1] for p in parts])[order]
+    z = np.concatenate([p[2] for p in parts])[order]
     p = torch.softmax(torch.from_numpy(z), dim=1).numpy()  # as before: float32 softmax of float32 logits
     unreadable = [k for part in parts for k in part[3]]
     skipped = sum(part[4] for part in parts)
