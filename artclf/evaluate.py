@@ -37,7 +37,7 @@ from accelerate import Accelerator
 from artclf import plots, storage
 from artclf.artists import display_names
 from artclf.atomic import atomic_open, write_json
-from artclf.calibration import SCORE, auroc, softmax
+from artclf.calibration import SCORE, auroc
 from artclf.config import arg, stage_main, to_dict
 from artclf.data import eval_loader, read_info, tar_samples
 from artclf.engine import evaluate
@@ -101,7 +101,9 @@ def run(cfg: EvaluateConfig) -> int:
     metrics = {"split": cfg.split, "model": str(cfg.model), "shards": cfg.shards, **metrics}
     metrics["world_size"] = acc.num_processes
     t = temperature(blob)
-    raw = softmax(preds["logits"] * t)  # the model divides by T: undo it for "before"
+    # the model divides by T: undo it for "before"; float32 like the calibrated probabilities, so
+    # both are as (in)sensitive to last-bit differences of the logits between world sizes
+    raw = torch.softmax(torch.from_numpy(preds["logits"]) * np.float32(t), dim=1).numpy()
     metrics["calibration"] = {
         "temperature": t,
         "ece_before": expected_calibration_error(raw, labels),
