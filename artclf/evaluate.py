@@ -100,6 +100,7 @@ def run(cfg: EvaluateConfig) -> int:
     out.mkdir(parents=True, exist_ok=True)
     metrics = {"split": cfg.split, "model": str(cfg.model), "shards": cfg.shards, **metrics}
     metrics["world_size"] = acc.num_processes
+    metrics["model_created"] = blob.get("created")  # which model.pt this is (model cards check it)
     t = temperature(blob)
     # the model divides by T: undo it for "before"; float32 like the calibrated probabilities, so
     # both are as (in)sensitive to last-bit differences of the logits between world sizes

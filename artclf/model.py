@@ -107,6 +107,9 @@ def model_card(path: Path, blob: dict) -> dict:
     if metrics.is_file():
         try:
             m = json.loads(metrics.read_text())
+            if m.get("model_created") != blob.get("created"):  # evaluated an earlier model.pt
+                print(f"artclf: warning: {metrics} scored an earlier model.pt; rerun evaluate")
+                return card
             card["test"] = {
                 "split": m["split"],
                 "n": m["n"],

@@ -94,3 +94,25 @@ def test_onnx_carries_calibration_names_threshold_and_card(model_pt, images, tmp
     ]
     with torch.inference_mode():
         np.testing.assert_allclose(got, (raw(x) / 2.5).numpy(), atol=1e-5)
+
+
+def test_model_card_ignores_scores_of_an_earlier_model(model_pt, tmp_path, capsys):
+    from artclf.model import model_card, save_model
+
+    net, blob = load_model(model_pt)
+    (tmp_path / "eval-test").mkdir()
+    save_model(
+        tmp_path / "model.pt",
+        net,
+        blob["classes"],
+        PRE,
+        blob["arch"],
+        {"created": "2026-11-30T10:00:00+00:00"},
+    )
+    _, blob = load_model(tmp_path / "model.pt")
+    scores = {"split": "test", "n": 9, "accuracy": 0.7, "macro_f1": 0.6, "ece": 0.04}
+    for created, shown in (("2026-11-29T10:00:00+00:00", False), ("2026-11-30T10:00:00+00:00", True)):
+        (tmp_path / "eval-test" / "metrics.json").write_text(json.dumps({**scores, "model_created": created}))
+        card = model_card(tmp_path / "model.pt", blob)
+        assert (card["test"] is not None) == shown
+        assert ("scored an earlier model.pt" in capsys.readouterr().out) != shown

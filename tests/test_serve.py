@@ -399,8 +399,9 @@ def test_a_port_taken_before_the_server_binds_it_is_retried(onnx_file, tmp_path)
 
 
 NAMES = ["Albrecht Dürer", "Claude Monet", "Edgar Degas", "Pablo Picasso", "Paul Klee", "Titian"]
+CREATED = "2026-11-30T12:00:00+00:00"
 TEST_SCORES = {"split": "test", "n": 40, "accuracy": 0.5, "macro_f1": 0.4, "ece": 0.05, "calibration": {},
-               "open_set": {"auroc": 0.9}}  # fmt: skip
+               "open_set": {"auroc": 0.9}, "model_created": CREATED}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -427,7 +428,7 @@ def trained_like(model_pt, images, tmp_path_factory):
             "classes": 6,
             "generated_sample": True,
         },  # fmt: skip
-        "created": "2026-11-30T12:00:00+00:00",
+        "created": CREATED,
         "calibration": {"temperature": 1.0},
     }
     save_model(folder / "model.pt", net, blob["classes"], backend.pre, blob["arch"], extra)
