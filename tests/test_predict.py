@@ -200,3 +200,26 @@ def test_grad_cam_runs_on_a_features_backbone_and_overlay_shows_the_map(images, 
         assert c == int(net(x).argmax())
     overlay(x[0], cam).save(tmp_path / "cam.png")
     assert_figure(tmp_path / "cam.png")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_large_images_decode_at_reduced_size_close_to_the_full_decode(fmt):
+    """Uploads and predict inputs decode at reduced size (JPEG by DCT scaling, others by a box
+    reduction right after decoding), never below the model's resize, and the model input is
+    within a few grey levels of the full-size decode's."""
+    from artclf.images import open_rgb
+    from artclf.transforms import to_uint8_tensor
+
+    yy, xx = np.mgrid[0:900, 0:1300]
+    wave = 128 + 100 * np.sin(xx / 90) * np.cos(yy / 70)
+    a = np.stack([xx * 255 // 1300, yy * 255 // 900, wave], -1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, fmt, **({"quality": 95} if fmt != "PNG" else {}))
+    data = buf.getvalue()
+    small = open_rgb(data, min_side=PRE.resize, reduce_others=True)
+    # never below the resize; JPEG's DCT scaling stops at 1/8 (900 -> 113), the box reduction does not
+    assert PRE.resize <= min(small.size) < (900 / 4 if fmt == "JPEG" else 2 * PRE.resize)
+    full = eval_image(to_uint8_tensor(open_rgb(data)), PRE).float()
+    assert (load_image(data, PRE).float() - full).abs().mean() < 4
+    with pytest.raises(Exception, match="cannot identify"):
+        open_rgb(data, formats=["TIFF"])  # a format not listed is not even tried
