@@ -72,13 +72,15 @@ def steps_saved(run: Path) -> list[int]:
     return [int(c.name[5:]) for c in checkpoints(run / "state")]
 
 
-def plain_predictions(model_path: Path, shards: Path, split: str = "val") -> tuple:
+def plain_predictions(model_path: Path, shards: Path, split: str = "val", calibrated: bool = False) -> tuple:
     """(labels, probabilities, classes) of ``model_path`` on ``split``: one process, a plain loop,
-    no Accelerate; the reference the trainer's and evaluator's figures are checked against."""
+    no Accelerate; the reference the trainer's and evaluator's figures are checked against.
+    Uncalibrated by default, as the trainer's val figures are (it fits T afterwards);
+    ``calibrated`` for what ``artclf evaluate`` scores."""
     from artclf.data import eval_loader, read_info
     from artclf.model import load_model
 
-    model, blob = load_model(model_path)
+    model, blob = load_model(model_path, calibrated=calibrated)
     pre = Preprocess.from_dict(blob["preprocess"])
     ys, ps = [], []
     with torch.inference_mode():

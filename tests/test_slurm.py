@@ -394,7 +394,7 @@ def test_pipeline_runs_every_stage_in_order(slurm, sample_dir, tmp_path):
     assert [r["epoch"] for r in history(run)] == [1]
     # the test split, scored by the chain's last job, as a plain single-process loop scores it
     got = json.loads((run / "eval-test" / "metrics.json").read_text())
-    ref = classification_metrics(*plain_predictions(run / "model.pt", shards, "test"))
+    ref = classification_metrics(*plain_predictions(run / "model.pt", shards, "test", calibrated=True))
     assert got["confusion_matrix"] == ref["confusion_matrix"] and got["accuracy"] == ref["accuracy"]
 
 
