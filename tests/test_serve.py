@@ -313,28 +313,31 @@ def test_upload_page_in_headless_chromium(server, chromium, images, tmp_path):
 
 # `artclf serve` with its decode and inference wrapped by a probe that prints how many of them
 # are in flight (the limiter holds both). An inference waits, inside its limiter slot, until
-# REQUESTS are in flight or RENDEZVOUS_S passed: without a limit, all meet; with one, none does.
+# REQUESTS inferences are in flight or RENDEZVOUS_S passed: without a limit, all meet; with one,
+# none does. (Counting decodes too let a late request's decode release the waiters early.)
 PROBE = """
 import sys, threading
 from artclf import serve
 
 want, rendezvous_s = int(sys.argv[1]), float(sys.argv[2])
-cond, inside = threading.Condition(), 0
+cond, inside, meeting = threading.Condition(), 0, 0
 
 def probed(fn, what, meet):
     def call(*args, **kwargs):
-        global inside
+        global inside, meeting
         with cond:
             inside += 1
+            meeting += meet
             print(f"probe: {what} starts, {inside} in flight", flush=True)
             cond.notify_all()
-            if meet:
-                cond.wait_for(lambda: inside >= want, timeout=rendezvous_s)
+            if meet:  # until `want` inferences are inside at once (a decode does not count)
+                cond.wait_for(lambda: meeting >= want, timeout=rendezvous_s)
         try:
             return fn(*args, **kwargs)
         finally:
             with cond:
                 inside -= 1
+                meeting -= meet
     return call
 
 serve.load_image = probed(serve.load_image, "decode", meet=False)
