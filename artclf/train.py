@@ -341,7 +341,7 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
         )
         if out["preempted"]:
             return preempted(epoch)
-        val = None
+        val = preds = None
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             val_batches = eval_loader(
                 info, "val", pre, per_device, cfg.workers, acc.process_index, world, cfg.data_timeout, cuda
