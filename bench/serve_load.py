@@ -37,6 +37,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -417,8 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     for p in problems:
         print(f"serve_load: FAIL: {p}", file=sys.stderr)
     if problems:
-        print(f"server log: {log}", file=sys.stderr)
-    return 1 if problems else 0
+        print(f"server log (kept): {log}", file=sys.stderr)
+        return 1
+    shutil.rmtree(tmp)  # the server log and the default model.pt (~100 MB) go on success
+    return 0
 
 
 if __name__ == "__main__":
