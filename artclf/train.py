@@ -27,19 +27,17 @@ from artclf import checkpoint, plots, runlog, storage
 from artclf.artists import display_names
 from artclf.atomic import write_json, write_jsonl
 from artclf.calibration import calibrate
-from artclf.config import arg, stage_main, strings, to_dict
+from artclf.config import arg, stage_main, to_dict
 from artclf.data import decode_on_device, eval_loader, read_info, steps_per_epoch, train_stream
 from artclf.engine import Meter, evaluate, lr_at, train_one_epoch
 from artclf.errors import ArtclfError
 from artclf.model import build_model, save_model
 from artclf.preemption import EXIT_PREEMPTED, Preemption, die, watch_launcher
+from artclf.recipe import SYNC_BN_BELOW, flip_set, make_optimizer, sync_bn_choice
 from artclf.runlock import RunLock
 from artclf.transforms import Preprocess
 
 BASE_BATCH = 64  # --lr is for this global batch; it scales linearly with the global batch
-# BatchNorm statistics degrade below about 16 images per device (Wu & He, Group Normalization,
-# 2018, fig. 1; the torchvision recipes' batch per GPU is 32): SyncBN on below this by default.
-SYNC_BN_BELOW = 16
 
 
 @dataclass(frozen=True)
@@ -157,52 +155,6 @@ class TrainConfig:
             raise ValueError("--ddp-timeout >= 10 s, --data-timeout >= 0, --max-failed-shards >= 0")
         if not 0 <= self.reject_rate < 1:
             raise ValueError(f"--reject-rate must be in [0, 1), got {self.reject_rate}")
-
-
-def flip_set(spec: str, classes: list[str], counts: list[int]) -> frozenset[int]:
-    """Class indices to flip: ``small`` = fewer train images than the median class."""
-    if spec == "none":
-        return frozenset()
-    if spec == "all":
-        return frozenset(range(len(classes)))
-    if spec == "small":
-        median = sorted(counts)[len(counts) // 2]
-        return frozenset(i for i, c in enumerate(counts) if c < median)
-    unknown = [n for n in strings(spec) if n not in classes]
-    if unknown:
-        raise ArtclfError(f"--flip-classes: unknown class(es) {unknown}; names are {classes[:3]}…")
-    return frozenset(classes.index(n) for n in strings(spec))
-
-
-def make_optimizer(
-    model: torch.nn.Module, lr: float, weight_decay: float, fused: bool = False
-) -> torch.optim.Optimizer:
-    """AdamW, weight decay on matrices and kernels only. ``fused``: one kernel for the whole
-    update (CUDA), instead of a few per parameter group."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]  # norms, biases
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr,
-        fused=fused or None,
-    )
-
-
-def sync_bn_choice(choice: str, per_device: int, world: int, device: str) -> tuple[bool, str]:
-    """Whether to convert BatchNorm to SyncBatchNorm, and why (printed at start)."""
-    if world == 1:
-        return False, "one process"
-    if choice == "off":
-        return False, "--sync-bn off"
-    if device != "cuda":
-        if choice == "on":
-            raise ArtclfError(f"--sync-bn on: SyncBatchNorm runs on GPUs only, these processes use {device}")
-        return False, f"{device} processes (SyncBatchNorm runs on GPUs only)"
-    if choice == "on":
-        return True, "--sync-bn on"
-    if per_device < SYNC_BN_BELOW:
-        return True, f"{per_device} images per device < {SYNC_BN_BELOW} (--sync-bn off to opt out)"
-    return False, f"{per_device} images per device >= {SYNC_BN_BELOW}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,8 @@ from artclf.data import Batch
 from artclf.engine import lr_at, train_one_epoch
 from artclf.losses import combined_loss
 from artclf.model import build_model
-from artclf.train import TrainConfig, make_optimizer
+from artclf.recipe import make_optimizer
+from artclf.train import TrainConfig
 from artclf.transforms import Preprocess
 
 CLASSES = 50

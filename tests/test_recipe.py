@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from artclf.engine import lr_at
 from artclf.errors import ArtclfError
-from artclf.train import flip_set, make_optimizer
+from artclf.recipe import flip_set, make_optimizer
 from tests.conftest import REPO, history, train_cmd
 from tests.cpu_launch import launch
 

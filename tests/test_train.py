@@ -215,7 +215,7 @@ def test_weights_missing_local_and_malicious(shards, tmp_path):
     ],
 )
 def test_sync_bn_is_on_below_16_images_per_gpu(choice, per_device, world, device, on):
-    from artclf.train import sync_bn_choice
+    from artclf.recipe import sync_bn_choice
 
     decided, why = sync_bn_choice(choice, per_device, world, device)
     assert decided is on and why
@@ -224,7 +224,7 @@ def test_sync_bn_is_on_below_16_images_per_gpu(choice, per_device, world, device
 
 
 def test_sync_bn_on_refuses_cpu_processes():
-    from artclf.train import sync_bn_choice
+    from artclf.recipe import sync_bn_choice
 
     with pytest.raises(ArtclfError, match="GPUs only"):
         sync_bn_choice("on", 8, 2, "cpu")
