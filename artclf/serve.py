@@ -31,7 +31,6 @@ otherwise, and has no authentication: put it behind your gateway to expose it.
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures at run time, and
 # Request is imported inside create_app (fastapi is an optional extra).
-import asyncio
 import base64
 import html
 import json
@@ -50,6 +49,7 @@ from artclf.artists import display_names
 from artclf.config import arg, stage_main
 from artclf.errors import ArtclfError
 from artclf.explain import grad_cam, overlay, png_bytes, target_layer
+from artclf.http_limits import CLOSE, BodyLimit, BodyTooLarge, timed_protocol
 from artclf.images import TooManyPixels
 from artclf.model import model_card
 from artclf.predict import answer, load_image
@@ -179,62 +179,6 @@ def load_backend(path: Path, backend: str = "auto", threads: int = 0) -> Backend
     return OnnxBackend(path, threads) if backend == "onnx" else TorchBackend(path, threads)
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
-class BodyLimit:
-    """ASGI middleware: 413 for a body over ``max_bytes``, by its Content-Length or as it streams."""
-
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None:
-            if not length.isdigit():
-                return await _json(send, 400, f"bad Content-Length {length.decode(errors='replace')!r}")
-            if int(length) > self.max_bytes:
-                return await _json(send, 413, self._detail(int(length)))
-        seen, started = 0, False
-
-        async def counted_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _BodyTooLarge(self._detail(seen))
-            return message
-
-        async def tracked_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted_receive, tracked_send)
-        except _BodyTooLarge as e:  # raised outside a route that turns it into a 413 itself
-            if not started:
-                await _json(send, 413, str(e))
-
-    def _detail(self, n: int) -> str:
-        return f"request body of {n} bytes or more is over the limit of {self.max_bytes} bytes"
-
-
-CLOSE = {"connection": "close"}  # after a refused body: do not read the rest of it
-
-
-async def _json(send, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.encode(), v.encode()) for k, v in CLOSE.items()]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 def create_app(backend: Backend, cfg: ServeConfig):
     """The FastAPI application (also usable with any ASGI server)."""
     try:
@@ -306,7 +250,7 @@ def create_app(backend: Backend, cfg: ServeConfig):
                 started = time.perf_counter()
                 x = await anyio.to_thread.run_sync(decode, upload, upload.filename, limiter=limiter)
                 filename = upload.filename
-        except _BodyTooLarge as e:  # the body streamed past --max-bytes (no Content-Length)
+        except BodyTooLarge as e:  # the body streamed past --max-bytes (no Content-Length)
             raise HTTPException(413, str(e), headers=CLOSE) from None
         except HTTPException:
             raise
@@ -360,63 +304,6 @@ def run(cfg: ServeConfig) -> int:
         timeout_keep_alive=cfg.keep_alive,
     )
     return 0
-
-
-_TIMEOUT_BODY = json.dumps({"detail": "request not received in time: connection closed"}).encode()
-REQUEST_TIMEOUT = (
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-    + f"content-length: {len(_TIMEOUT_BODY)}\r\n\r\n".encode()
-    + _TIMEOUT_BODY
-)
-
-
-def timed_protocol(timeout: float):
-    """uvicorn's h11 protocol with a deadline on reading each request: ``timeout`` seconds from
-    a connection's start (or its previous response) until the request's headers and body are
-    in. uvicorn itself times out only idle keep-alive connections, so a client trickling its
-    headers or body (slowloris) would hold a connection, and a ``--max-connections`` slot, for
-    ever. On expiry: 408 if no response was started, then the connection is closed; a request
-    already read in full is never cut (inference time is not limited here)."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class TimedH11Protocol(H11Protocol):
-        _deadline: asyncio.TimerHandle | None = None
-
-        def connection_made(self, transport) -> None:
-            super().connection_made(transport)
-            self._arm()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._arm()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-        def _arm(self) -> None:
-            self._disarm()
-            self._deadline = self.loop.call_later(timeout, self._expire)
-
-        def _disarm(self) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
-
-        def _expire(self) -> None:
-            self._deadline = None
-            if self.transport.is_closing():
-                return
-            cycle = self.cycle
-            between = cycle is None or cycle.response_complete  # the next request's headers not in
-            if not (between or cycle.more_body):
-                return  # read in full: the app is answering it
-            self.logger.warning("%s: request not received within %.0f s: 408, closed", self.client, timeout)
-            if between or not cycle.response_started:
-                self.transport.write(REQUEST_TIMEOUT)
-            self.transport.close()
-
-    return TimedH11Protocol
 
 
 if __name__ == "__main__":
