@@ -167,8 +167,9 @@ def open_set_metrics(open_set: dict | None, probs: np.ndarray, cfg: EvaluateConf
     if not cfg.unseen.is_dir():
         raise ArtclfError(f"--unseen {cfg.unseen}: no such folder")
     scores: dict[str, list[float]] = {}
-    for path, p in probabilities(model, pre, find_images([cfg.unseen]), cfg.batch_size):
-        who = path.relative_to(cfg.unseen).parts[0] if len(path.relative_to(cfg.unseen).parts) > 1 else "."
+    for path, _, p in probabilities(model, pre, find_images([cfg.unseen]), cfg.batch_size):
+        parts = path.relative_to(cfg.unseen).parts
+        who = parts[0] if len(parts) > 1 else "."
         scores.setdefault(who, []).append(float(p.max()))
     unseen = np.array([s for v in scores.values() for s in v])
     if not len(unseen):

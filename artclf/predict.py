@@ -81,14 +81,15 @@ def find_images(inputs: Sequence[Path]) -> Iterator[Path]:
 
 
 def probabilities(model, pre: Preprocess, paths: Iterable[Path], batch_size: int):
-    """Yields (path, calibrated probabilities) per readable image; reports the others on stderr."""
+    """Yields (path, model input, calibrated probabilities) per readable image; reports the
+    others on stderr."""
     batch: list[tuple[Path, torch.Tensor]] = []
     device = next(model.parameters()).device
 
     def flush():
         with torch.inference_mode():
             probs = torch.softmax(model(torch.stack([x for _, x in batch]).to(device)).float(), dim=1)
-        yield from zip([p for p, _ in batch], probs.cpu().numpy(), strict=True)
+        yield from ((path, x, p) for (path, x), p in zip(batch, probs.cpu().numpy(), strict=True))
         batch.clear()
 
     for path in paths:
@@ -121,9 +122,8 @@ def answer(
     }
 
 
-def explain_to(out: Path, path: Path, model, pre: Preprocess, taken: set[str]) -> Path:
-    """Grad-CAM of the top class over the image the model saw, as ``out/<name>.gradcam.png``."""
-    x = load_image(path, pre)
+def explain_to(out: Path, path: Path, x: torch.Tensor, model, taken: set[str]) -> Path:
+    """Grad-CAM of the top class over ``x``, the image the model saw, as ``out/<name>.gradcam.png``."""
     cam, _ = grad_cam(model, x[None])
     stem = path.stem
     while stem in taken:  # two inputs of the same name from different folders
@@ -186,10 +186,10 @@ def run(cfg: PredictConfig) -> int:
     taken: set[str] = set()
 
     def results():
-        for path, p in probabilities(model, pre, paths, cfg.batch_size):
+        for path, x, p in probabilities(model, pre, paths, cfg.batch_size):
             a = answer(p, classes, names, cfg.top_k, blob.get("open_set"))
             if cfg.explain is not None:
-                a["explanation"] = str(explain_to(cfg.explain, path, model, pre, taken))
+                a["explanation"] = str(explain_to(cfg.explain, path, x, model, taken))
             yield path, a
 
     n = write(results(), cfg.format)
