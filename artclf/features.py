@@ -1,8 +1,8 @@
-"""Per-image features for dedup: perceptual hashes, a small thumbnail and CNN embeddings,
-cached by sha256.
+"""Per-image features for dedup: perceptual hashes, a small thumbnail, ORB keypoints (of the
+image and its mirror image) and CNN embeddings, cached by sha256.
 
-Each image is decoded once (DataLoader workers) into all three. The cache lives in
-``WORK/dedup/``: ``hashes.npz`` (hashes and thumbnails) and ``embeddings.npy`` with
+Each image is decoded once (DataLoader workers) into all four. The cache lives in
+``WORK/dedup/``: ``hashes.npz`` (hashes, thumbnails, keypoints) and ``embeddings.npy`` with
 ``embeddings.json`` (the keys and
 the model that made them); a rerun computes only what is missing, and a killed run loses at
 most one save interval. ``--part i --num-parts n`` writes ``parts/part-i-of-n.npz`` instead,
@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from artclf import alignment, phash
+from artclf import alignment, geometry, phash
 from artclf.atomic import atomic_open, write_json
 from artclf.errors import ArtclfError
 from artclf.images import open_rgb
@@ -30,24 +30,31 @@ SAVE_EVERY = 2048  # images between cache saves: what a killed run can lose
 
 
 class Features:
-    """Hashes and thumbnails (and embeddings, when a model is used) for a set of sha256 keys."""
+    """Hashes, thumbnails, keypoints (and embeddings, when a model is used) for sha256 keys."""
 
     def __init__(self, model_id: dict | None) -> None:
         self.model_id = model_id
         self.hash: dict[str, np.ndarray] = {}
         self.flip: dict[str, np.ndarray] = {}
         self.thumb: dict[str, np.ndarray] = {}
+        self.local: dict[str, geometry.Local] = {}
         self.emb: dict[str, np.ndarray] = {}
 
     def missing(self, keys: list[str]) -> list[str]:
         need_emb = self.model_id is not None
-        return [k for k in keys if k not in self.hash or (need_emb and k not in self.emb)]
+        return [k for k in keys if k not in self.local or (need_emb and k not in self.emb)]
 
     def add(
-        self, keys: list[str], h: np.ndarray, hf: np.ndarray, t: np.ndarray, e: np.ndarray | None
+        self,
+        keys: list[str],
+        h: np.ndarray,
+        hf: np.ndarray,
+        t: np.ndarray,
+        local: list[geometry.Local],
+        e: np.ndarray | None,
     ) -> None:
         for i, k in enumerate(keys):
-            self.hash[k], self.flip[k], self.thumb[k] = h[i], hf[i], t[i]
+            self.hash[k], self.flip[k], self.thumb[k], self.local[k] = h[i], hf[i], t[i], local[i]
             if e is not None:
                 self.emb[k] = e[i]
 
@@ -72,8 +79,11 @@ class Features:
     def save(self, folder: Path) -> None:
         keys = sorted(self.hash)
         h, hf, t, _ = self.arrays(keys)
+        local = geometry.pack([self.local[k] for k in keys])
         with atomic_open(folder / "hashes.npz", "wb") as f:
-            np.savez(f, keys=np.array(keys), hash=h.astype(np.int8), flip=hf.astype(np.int8), thumb=t)
+            np.savez(
+                f, keys=np.array(keys), hash=h.astype(np.int8), flip=hf.astype(np.int8), thumb=t, **local
+            )
         if self.model_id is not None:
             ekeys = sorted(self.emb)
             with atomic_open(folder / "embeddings.npy", "wb") as f:
@@ -85,10 +95,8 @@ class Features:
         """The cache, with embeddings only if they were made by the same model."""
         feats = cls(model_id)
         z = np.load(folder / "hashes.npz") if (folder / "hashes.npz").is_file() else {}
-        if "thumb" in z:  # a cache from before thumbnails were kept is recomputed
-            feats.add(
-                list(z["keys"]), z["hash"].astype(np.float32), z["flip"].astype(np.float32), z["thumb"], None
-            )
+        if "kp_count" in z:  # a cache from before keypoints were kept is recomputed
+            feats.add(*_unpack(z), None)
         meta = folder / "embeddings.json"
         if model_id is not None and meta.is_file():
             info = json.loads(meta.read_text())
@@ -108,10 +116,15 @@ class _Images(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        im = open_rgb(self.paths[i], min_side=self.size)
+        im = open_rgb(self.paths[i], min_side=max(self.size, geometry.SIDE))
         h, hf = phash.hash_pair(im)
         x = whole_image(im, self.size) if self.cnn else torch.empty(0)
-        return torch.from_numpy(h), torch.from_numpy(hf), torch.from_numpy(alignment.thumbnail(im).copy()), x
+        return h, hf, alignment.thumbnail(im), geometry.local_features(im), x
+
+
+def _collate(items: list[tuple]) -> tuple:
+    h, hf, t, local, x = zip(*items, strict=True)
+    return np.stack(h), np.stack(hf), np.stack(t), list(local), torch.stack(x)
 
 
 @torch.inference_mode()
@@ -131,14 +144,15 @@ def compute(
         batch_size=batch_size,
         num_workers=workers,
         shuffle=False,
+        collate_fn=_collate,
     )
     done, since_save = 0, 0
-    for h, hf, t, x in tqdm(loader, desc="features", unit="batch", mininterval=1.0):
+    for h, hf, t, local, x in tqdm(loader, desc="features", unit="batch", mininterval=1.0):
         e = None
         if model is not None:
             e = torch.nn.functional.normalize(model(x).flatten(1).float(), dim=1).numpy()
         n = len(h)
-        feats.add(keys[done : done + n], h.numpy(), hf.numpy(), t.numpy(), e)
+        feats.add(keys[done : done + n], h, hf, t, local, e)
         done, since_save = done + n, since_save + n
         if save_to is not None and since_save >= SAVE_EVERY:
             feats.save(save_to)
@@ -160,6 +174,7 @@ def save_part(path: Path, feats: Features, keys: list[str]) -> None:
             flip=hf.astype(np.int8),
             thumb=t,
             model=np.array(json.dumps(feats.model_id)),
+            **geometry.pack([feats.local[k] for k in keys]),
             **extra,
         )
 
@@ -184,8 +199,11 @@ def merge_parts(folder: Path, feats: Features) -> int:
         z = np.load(f)
         if json.loads(str(z["model"])) != feats.model_id:
             raise ArtclfError(f"{f}: made by {json.loads(str(z['model']))}, this run uses {feats.model_id}")
-        emb = z["emb"].astype(np.float32) if "emb" in z else None
-        feats.add(
-            list(z["keys"]), z["hash"].astype(np.float32), z["flip"].astype(np.float32), z["thumb"], emb
-        )
+        feats.add(*_unpack(z), z["emb"].astype(np.float32) if "emb" in z else None)
     return n
+
+
+def _unpack(z) -> tuple:
+    """(keys, hashes, mirrored hashes, thumbnails, keypoints) of a cache or part file."""
+    h, hf = z["hash"].astype(np.float32), z["flip"].astype(np.float32)
+    return list(z["keys"]), h, hf, z["thumb"], geometry.unpack(z)

@@ -151,13 +151,18 @@ def image_size(rng: np.random.Generator, max_side: int, sizes: str = "capped") -
     return max(16, round(w)), max(16, round(h))
 
 
-def paint(style: Style, size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
+def paint(
+    style: Style, size: tuple[int, int], rng: np.random.Generator, hand: np.random.Generator | None = None
+) -> Image.Image:
     """One painting in ``style``: layout, a few large shapes (its subject), strokes, softness, grain.
 
     What marks the artist (stroke kind, palette family, direction, grain) stays; what a painting is
     of (composition, subject, which colours dominate, stroke size and density) changes, so that two
     paintings of one artist are no closer than real ones are and only real copies look alike.
+    ``hand``: a second stream for the strokes and the grain only; paintings that share ``rng``'s
+    seed but not ``hand``'s share a composition and are different works (``lookalikes``).
     """
+    hand = rng if hand is None else hand
     w, h = size
     s = min(w, h)
     pal = _colours(style, rng)
@@ -168,14 +173,20 @@ def paint(style: Style, size: tuple[int, int], rng: np.random.Generator) -> Imag
     n_shapes = int(rng.integers(1, 6))
     under = int(rng.integers(0, n_shapes + 1))
     _shapes(draw, pal, under, w, h, rng)  # the subject: some shapes under the strokes ...
-    _strokes(draw, style, pal[2:], w, h, rng)
+    _strokes(draw, style, pal[2:], w, h, hand)
     _shapes(draw, pal, n_shapes - under, w, h, rng)  # ... and some over them, leaving calm areas
     if style.blur:
         img = img.filter(ImageFilter.BoxBlur(max(1, round(style.blur * s))))
-    cell, grain = max(1, round(style.grain_px * s / 384)), style.grain * rng.uniform(0.4, 1.2)
-    noise = np.clip(128 + rng.normal(0, grain, (h // cell + 1, w // cell + 1)), 0, 255).astype(np.uint8)
+    return add_grain(img, style.grain_px, style.grain * hand.uniform(0.4, 1.2), hand)
+
+
+def add_grain(img: Image.Image, grain_px: int, std: float, rng: np.random.Generator) -> Image.Image:
+    """Canvas grain: noise of ``std`` grey levels in cells of ``grain_px`` at 384 px, added in C."""
+    w, h = img.size
+    cell = max(1, round(grain_px * min(w, h) / 384))
+    noise = np.clip(128 + rng.normal(0, std, (h // cell + 1, w // cell + 1)), 0, 255).astype(np.uint8)
     noise_img = Image.fromarray(noise).resize((w, h), Image.Resampling.BILINEAR).convert("RGB")
-    return ImageChops.add(img, noise_img, 1.0, -128)  # canvas grain, in C
+    return ImageChops.add(img, noise_img, 1.0, -128)
 
 
 def _shapes(

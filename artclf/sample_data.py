@@ -20,7 +20,12 @@ truncated and zero-byte files, and a stray ``Thumbs.db``. Same seed, same bytes,
      "odd_files": [{"path", "artist", "kind": "grayscale" | "cmyk" | "exif_rotated" | "png_as_jpg" |
                     "truncated" | "zero_bytes" | "not_an_image", "usable": bool}],
      "duplicate_folder": {"path", "copy_of", "files"} | null,
-     "unseen": {name: "unseen/<Folder>"}}
+     "unseen": {name: "unseen/<Folder>"},
+     "hard_negatives": [{"kind": "template" | "dark" | "grid", "members": [original path, ...]}]}
+
+With ``--hard-negatives`` some paintings are look-alikes (``artclf.lookalikes``): the members of
+one ``hard_negatives`` set are different works, so no file of one (original or copy) is a
+duplicate of a file of another. Without it the list is empty and the files are as before.
 
 With ``--unseen N`` it also paints N artists who are not among the 50 (``paintings.UNSEEN``:
 Hokusai, Cassatt, Arcimboldo, …, in styles no known artist has) into ``DIR/unseen/<Folder>/``,
@@ -42,7 +47,7 @@ import tempfile
 import time
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
@@ -50,6 +55,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from artclf import lookalikes
 from artclf.artists import ARTISTS, CSV_COLUMNS
 from artclf.atomic import write_json
 from artclf.config import arg, stage_main
@@ -98,6 +104,13 @@ class SampleDataConfig:
         ),
     )
     quirks: bool = field(default=True, metadata=arg("plant the real set's odd files (--no-quirks: clean)"))
+    hard_negatives: bool = field(
+        default=False,
+        metadata=arg(
+            "also paint look-alikes that are different works (template families, dark sparse paintings, "
+            "Mondrian grids; artclf.lookalikes), listed in the truth: dedup must not merge them"
+        ),
+    )
     unseen: int = field(
         default=0,
         metadata=arg(
@@ -130,6 +143,8 @@ class Job:
     artist: int
     number: int
     outputs: tuple[tuple[str, str, int], ...]  # (path relative to DIR, kind, artist)
+    look: str = ""  # a look-alike kind (lookalikes.LOOKS), or "" for the artist's own style
+    template: int = 0  # the painting number whose template a "template" look-alike shares
 
 
 def _save(img: Image.Image, path: Path, kind: str, quality: int, rng: np.random.Generator) -> None:
@@ -158,8 +173,13 @@ def _save(img: Image.Image, path: Path, kind: str, quality: int, rng: np.random.
 
 def make_files(root: str, seed: int, max_side: int, sizes: str, styles: Sequence[Style], job: Job) -> None:
     """Worker: paint one painting, write it and its copies (each from its own RNG stream)."""
-    rng = rng_for(seed, PAINT, job.artist, job.number)
-    img = paint(styles[job.artist], image_size(rng, max_side, sizes), rng)
+    if job.look:
+        img = lookalikes.paint_job(
+            styles[job.artist], job.look, seed, job.artist, job.number, job.template, max_side, sizes
+        )
+    else:
+        rng = rng_for(seed, PAINT, job.artist, job.number)
+        img = paint(styles[job.artist], image_size(rng, max_side, sizes), rng)
     for k, (rel, kind, _) in enumerate(job.outputs):
         crng = rng_for(seed, COPY, job.artist, job.number, k)
         if k == 0:
@@ -216,7 +236,30 @@ def plan(cfg: SampleDataConfig) -> tuple[list[Job], list[tuple[str, str, int]], 
     for s, t in pairs:
         outputs[(s, spare[s].pop())].append((incoming[t].pop(), _copy_kind(rng), t))
     jobs = [Job(i, n, tuple(o)) for (i, n), o in sorted(outputs.items())]
-    return jobs, extras, _truth(cfg, counts, folders, jobs, extras)
+    hard: list[dict] = []
+    if cfg.hard_negatives:
+        jobs, hard = _lookalikes(cfg, jobs)
+    return jobs, extras, {**_truth(cfg, counts, folders, jobs, extras), "hard_negatives": hard}
+
+
+def _lookalikes(cfg: SampleDataConfig, jobs: list[Job]) -> tuple[list[Job], list[dict]]:
+    """Turn some plain paintings into look-alikes (their copies follow) -> (jobs, truth sets: the
+    original path of each member)."""
+    numbers: dict[int, list[int]] = {}
+    for j in jobs:
+        if j.outputs[0][1] == "original":
+            numbers.setdefault(j.artist, []).append(j.number)
+    grid_artist = [a.name for a in ARTISTS].index(lookalikes.GRID_ARTIST)
+    picked = lookalikes.plan(numbers, grid_artist, rng_for(cfg.seed, PLAN, 1))
+    look = picked["look"]
+    jobs = [
+        replace(j, look=look[j.artist, j.number][0], template=look[j.artist, j.number][1])
+        if (j.artist, j.number) in look
+        else j
+        for j in jobs
+    ]
+    path = {(j.artist, j.number): j.outputs[0][0] for j in jobs}
+    return jobs, [{"kind": k, "members": [path[p] for p in ms]} for k, ms in picked["sets"]]
 
 
 def unseen_jobs(cfg: SampleDataConfig, truth: dict) -> list[Job]:
@@ -327,6 +370,12 @@ def generate(cfg: SampleDataConfig) -> dict:
         f"({sum(len(g['members']) - 1 for g in groups)} copies in {len(groups)} duplicate groups, "
         f"{len(truth['odd_files'])} odd files, {int(cfg.quirks)} duplicate folder"
         + (f"; {len(truth['unseen'])} unseen artists in unseen/" if truth["unseen"] else "")
+        + (
+            f"; {sum(len(h['members']) for h in truth['hard_negatives'])} look-alikes in "
+            f"{len(truth['hard_negatives'])} sets"
+            if truth["hard_negatives"]
+            else ""
+        )
         + ") "
         f"-> {cfg.out} in {time.perf_counter() - start:.1f} s"
     )

@@ -3,7 +3,11 @@
     python -m bench.dedup_quality --data DIR --work WORK [--separation]
 
 Truth groups are closed transitively; a predicted pair is two usable images in one dedup
-group. Recall is also given per kind of copy (a pair original–copy counts for the copy's kind).
+group. Recall is also given per kind of copy (a pair original–copy counts for the copy's kind),
+false pairs per kind of look-alike, and, for a set made with ``--hard-negatives``, the share of
+hard-negative pairs merged (two files of different works in one set of look-alikes, copies
+included) and the paintings each artist lost: a painting is lost when none of its files is kept
+although the truth keeps one (a cross-artist group keeps none by design).
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
+
+import numpy as np
 
 from artclf import manifest
 
@@ -49,38 +55,113 @@ def score(truth: dict, rows: list[dict]) -> dict:
     whole = {p for p in true if {kind[p[0]], kind[p[1]]} <= {"original", *WHOLE_PICTURE}}
     out["recall_whole_picture"] = len(whole & pred) / len(whole) if whole else 1.0
     false = sorted(pred - true)
+    hard = hard_pairs(truth, set(ok))
+    look = {p: kind for kind, pairs in hard.items() for p in pairs}
+    out["false_pairs_by_kind"] = dict(sorted(Counter(look.get(p, "other") for p in false).items()))
+    out["hard_negatives"] = {
+        kind: {"pairs": len(pairs), "merged": len(pairs & pred), "share": len(pairs & pred) / len(pairs)}
+        for kind, pairs in hard.items()
+    }
+    n_hard = sum(len(v) for v in hard.values())
+    out["hard_negatives_merged"] = len(set(look) & pred) / n_hard if n_hard else 0.0
+    out["lost_per_artist"] = lost_paintings(truth, ok)
     out["false_pairs_sample"] = false[:10]
     out["missed_pairs_sample"] = [(a, kind[a], b, kind[b]) for a, b in sorted(true - pred)[:10]]
     return out
 
 
+def hard_pairs(truth: dict, usable: set[str]) -> dict[str, set[tuple[str, str]]]:
+    """Per look-alike kind, the file pairs of different works in one set (copies included)."""
+    files = {g["members"][0]["path"]: [m["path"] for m in g["members"]] for g in truth["duplicate_groups"]}
+    out: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    for h in truth.get("hard_negatives", []):
+        works = [[f for f in files.get(p, [p]) if f in usable] for p in h["members"]]
+        for a, b in itertools.combinations(works, 2):
+            out[h["kind"]] |= {tuple(sorted((x, y))) for x in a for y in b}
+    return dict(out)
+
+
+def lost_paintings(truth: dict, ok: dict[str, dict]) -> dict[str, dict]:
+    """Per artist with a loss: paintings it had (usable, counted once), paintings with no kept file
+    although the truth keeps one, and that share; largest share first."""
+    group_of = {m["path"]: i for i, g in enumerate(truth["duplicate_groups"]) for m in g["members"]}
+    cross = {i for i, g in enumerate(truth["duplicate_groups"]) if g["cross_artist"]}
+    works: dict[object, list[dict]] = defaultdict(list)
+    for path, r in ok.items():
+        works[group_of.get(path, path)].append(r)
+    had, lost = Counter(), Counter()
+    for w, rows in works.items():
+        if w in cross:
+            continue
+        artist = rows[0]["artist"]
+        had[artist] += 1
+        lost[artist] += not any(r["keep"] for r in rows)
+    out = {a: {"paintings": had[a], "lost": n, "share": round(n / had[a], 4)} for a, n in lost.items() if n}
+    return dict(sorted(out.items(), key=lambda x: -x[1]["share"]))
+
+
 def separation(truth: dict, work: Path, cut: float = 0.80, k: int = 10) -> dict:
-    """How well cosine and the aligned-thumbnail score separate copies from other pairs, over the
-    CNN candidates (top-k, cosine >= ``cut``) of the embeddings cached in ``work/dedup``."""
-    from artclf import alignment, features
+    """How well cosine, the aligned-thumbnail score and the geometric inlier count separate copies
+    from other pairs, over the CNN candidates (top-k, cosine >= ``cut``) and the hash pairs (the
+    default Hamming threshold, plain and mirrored) of the features cached in
+    ``work/dedup``; inliers are counted exactly (plain and mirrored), -1 when an image has fewer than
+    ``geometry.MIN_KEYPOINTS`` keypoints."""
+    from artclf import alignment, features, geometry, phash
+    from artclf.dedup import DedupConfig
     from artclf.neighbors import pairs_above, topk_similar
 
     rows = manifest.usable(manifest.read_manifest(work))
     model = json.loads((work / "dedup/embeddings.json").read_text())["model"]
     keys = sorted({r["sha256"] for r in rows})
-    _, _, thumbs, emb = features.Features.load(work / "dedup", model).arrays(keys)
+    feats = features.Features.load(work / "dedup", model)
+    _, _, thumbs, emb = feats.arrays(keys)
+    local = [feats.local[k] for k in keys]
     index = {k: i for i, k in enumerate(keys)}
     sha = {r["path"]: r["sha256"] for r in rows}
     groups = [
         [index[sha[m["path"]]] for m in g["members"] if m["path"] in sha] for g in truth["duplicate_groups"]
     ]
     true = {tuple(sorted(p)) for g in groups for p in itertools.combinations(g, 2)}
+    look = {
+        tuple(sorted((index[sha[a]], index[sha[b]]))): kind
+        for kind, pairs in hard_pairs(truth, set(sha)).items()
+        for a, b in pairs
+    }
     sims, idx = topk_similar(emb, emb, k, exclude_self=True)
     cand = [tuple(p) for p in pairs_above(sims, idx, cut).tolist()]
+    h, hf, _, _ = feats.arrays(keys)
+    min_dot = phash.BITS - 2 * DedupConfig().hash_threshold
+    s, i = topk_similar(h, h, k, exclude_self=True)
+    sf, i_f = topk_similar(hf, h, k)
+    hashed = np.concatenate([pairs_above(s, i, min_dot), pairs_above(sf, i_f, min_dot)])
+    cand = sorted(set(cand) | {tuple(sorted(p)) for p in hashed.tolist()})
     cos = {p: float(emb[p[0]] @ emb[p[1]]) for p in cand}
     align = {p: alignment.score(thumbs[p[0]], thumbs[p[1]]) for p in cand}
+    counts = geometry.verify(np.array(cand), local, 0, geometry.MIN_KEYPOINTS)
+    inl = dict(zip(cand, counts.tolist(), strict=True))
     copies, others = [p for p in cand if p in true], [p for p in cand if p not in true]
-    return {
+    out = {
         "candidates": len(cand),
         "copies": len(copies),
         "cosine": {"min_copy": min(cos[p] for p in copies), "max_other": max(cos[p] for p in others)},
         "alignment": {"min_copy": min(align[p] for p in copies), "max_other": max(align[p] for p in others)},
     }
+    ranked = sorted(inl[p] for p in copies if inl[p] >= 0)
+    out["inliers"] = {
+        "copies_few_keypoints": sum(inl[p] < 0 for p in copies),
+        "copy_lowest": ranked[:10],
+        "copy_p01": float(np.percentile(ranked, 1)) if ranked else None,
+    }
+    for kind in ("other", *lookalikes_kinds()):
+        vals = sorted((inl[p] for p in others if look.get(p, "other") == kind), reverse=True)
+        out["inliers"][kind] = {"pairs": len(vals), "highest": vals[:10]}
+    return out
+
+
+def lookalikes_kinds() -> tuple[str, ...]:
+    from artclf.lookalikes import LOOKS
+
+    return LOOKS
 
 
 def main() -> None:

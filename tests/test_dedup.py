@@ -11,6 +11,7 @@ import pytest
 
 from artclf import features, manifest
 from artclf.dedup import DedupConfig, dedup
+from artclf.dedup_report import SHOWN
 from artclf.ingest import IngestConfig, ingest
 from bench.dedup_quality import WHOLE_PICTURE, score
 from tests.conftest import assert_figure, run_cli
@@ -60,18 +61,22 @@ def hashes_only(quality_set, tmp_path_factory):
 
 
 def test_hashes_alone_find_whole_picture_copies(hashes_only):
-    work, _, s = hashes_only
+    work, report, s = hashes_only
     assert s["precision"] >= 0.95
     assert s["recall_whole_picture"] >= 0.90
-    (montage,) = (work / "dedup").glob("group_*.png")  # --montages 1: the largest group
-    assert_figure(montage)
+    # --montages 1: the largest group, plus the groups behind each per-artist loss warning
+    largest = json.loads((work / "dedup/groups.json").read_text())[0]["group"]
+    warned = {g for w in report["loss"]["warnings"] for g in w["groups"][:SHOWN]}
+    drawn = {int(p.stem.split("_")[1]) for p in (work / "dedup").glob("group_*.png")}
+    assert drawn == {largest} | warned
+    assert_figure(work / f"dedup/group_{largest}.png")
 
 
 @pytest.mark.slow
 def test_mobilenet_features_find_every_kind_of_copy(quality_set, mobilenet, tmp_path):
     _, s = dedup_score(quality_set, tmp_path / "w", arch="mobilenet_v2", weights=str(mobilenet), montages=0)
-    assert s["precision"] >= 0.95
-    assert s["recall"] >= 0.90
+    assert s["precision"] == 1.0  # geometric verification (default): docs/benchmarks.md
+    assert s["recall"] == 1.0
 
 
 @pytest.mark.slow
@@ -92,6 +97,9 @@ def test_parts_then_merge_equal_one_pass(work, mobilenet, tmp_path):
     assert sorted(a.hash) == keys
     for x, y in zip(a.arrays(keys), b.arrays(keys), strict=True):
         np.testing.assert_allclose(x, y, atol=2e-3)  # fp16 storage
+    for k in keys:  # the keypoints the verification reads were made in the parts
+        for f in ("xy", "desc", "xy_m", "desc_m"):
+            np.testing.assert_array_equal(getattr(a.local[k], f), getattr(b.local[k], f))
 
 
 def _flags(common: dict) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -283,3 +284,42 @@ def test_unseen_artists_lie_outside_the_kaggle_layout_in_styles_no_known_artist_
     assert len(set(unseen)) == len(UNSEEN) and not known & set(unseen)
     with pytest.raises(ValueError, match="unseen"):
         SampleDataConfig(out=tmp_path / "x", unseen=len(UNSEEN) + 1)
+
+
+def test_hard_negatives_are_different_works_and_leave_the_rest_as_it_was(tmp_path):
+    """--hard-negatives repaints some paintings as look-alikes (and their copies follow); every
+    other file keeps its bytes; the truth lists sets of different works that look alike."""
+    plain_root, out = tmp_path / "plain", tmp_path / "hard"
+    plain_truth = generate(SampleDataConfig(out=plain_root, scale=0.1, max_side=MAX_SIDE, seed=3))
+    truth = generate(SampleDataConfig(out=out, scale=0.1, max_side=MAX_SIDE, seed=3, hard_negatives=True))
+    assert plain_truth["hard_negatives"] == []
+    kinds = {h["kind"] for h in truth["hard_negatives"]}
+    assert kinds == {"template", "dark", "grid"}
+    copies = {g["members"][0]["path"]: [m["path"] for m in g["members"]] for g in truth["duplicate_groups"]}
+    repainted = {f for h in truth["hard_negatives"] for p in h["members"] for f in copies.get(p, [p])}
+    repainted |= {
+        f.replace(DURER_NFD, MOJIBAKE) for f in repainted if DURER_NFD in f
+    }  # the zip's second Dürer
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(plain_root).as_posix() for p in plain_root.rglob("*") if p.is_file())
+    same = [f for f in files if f not in repainted and f != "sample_truth.json"]
+    assert len(same) > 0.8 * len(files)
+    assert all((out / f).read_bytes() == (plain_root / f).read_bytes() for f in same)
+    assert all((out / f).read_bytes() != (plain_root / f).read_bytes() for f in repainted)
+
+    def pixels(path: str) -> np.ndarray:
+        return np.asarray(Image.open(out / path).convert("RGB"), dtype=np.float32)
+
+    for h in truth["hard_negatives"]:
+        ims = [pixels(p) for p in h["members"]]
+        assert len(ims) >= 2 and len(set(h["members"])) == len(ims)
+        if h["kind"] == "template":  # one artist, one size; different strokes
+            assert len({p.rsplit("/", 2)[1] for p in h["members"]}) == 1
+            assert len({im.shape for im in ims}) == 1
+            for a, b in itertools.combinations(ims, 2):
+                assert np.abs(a - b).mean() > 2
+        elif h["kind"] == "dark":
+            assert all(im.mean() < 40 for im in ims)
+        else:
+            assert all("/Piet_Mondrian/" in p for p in h["members"])
+            assert all((im.min(axis=2) > 200).mean() > 0.3 for im in ims)  # mostly white ground
