@@ -4,7 +4,8 @@ peak memory) for N = 1k, 10k and a simulated 100k.
     python -m bench.dedup [--sizes 1000,10000,100000] [--dim 2048] [--images 256]
 
 Feature extraction streams through a DataLoader, so its rate does not depend on N; it is
-measured on ``--images`` sample-data images (decode + hashes + CNN at 224 px). The search is
+measured on ``--images`` sample-data images (decode + hashes + thumbnail + ORB keypoints + CNN
+at 224 px). The search is
 measured on random unit vectors of the CNN's width, each N in its own process; the peak
 resident memory (VmHWM, reset after start-up) belongs to that N alone. Memory should grow linearly:
 the N×D embeddings plus O(N·k) results plus one block×block tile, never N×N.
@@ -65,7 +66,8 @@ def search_child(n: int, dim: int, k: int) -> dict:
 
 
 def feature_rate(arch: str, weights: str, images: int) -> dict:
-    """img/s of decode + hashes + CNN features over sample-data images (one process, 2 workers)."""
+    """img/s of decode + hashes + keypoints + CNN features over sample-data images (one process,
+    2 workers)."""
     import torch
 
     from artclf import features

@@ -1,6 +1,6 @@
 """Dedup quality against the planted truth of a sample data set: pairwise precision and recall.
 
-    python -m bench.dedup_quality --data DIR --work WORK [--separation]
+    python -m bench.dedup_quality --data DIR --work WORK [--separation | --verify-timing N]
 
 Truth groups are closed transitively; a predicted pair is two usable images in one dedup
 group. Recall is also given per kind of copy (a pair original–copy counts for the copy's kind),
@@ -147,14 +147,40 @@ def separation(truth: dict, work: Path, cut: float = 0.80, k: int = 10) -> dict:
         "alignment": {"min_copy": min(align[p] for p in copies), "max_other": max(align[p] for p in others)},
     }
     ranked = sorted(inl[p] for p in copies if inl[p] >= 0)
+    # inliers as a share of the fewer keypoints of the two: (count, share) per pair
+    share = {p: (inl[p], round(inl[p] / max(1, min(local[p[0]].n, local[p[1]].n)), 3)) for p in cand}
     out["inliers"] = {
         "copies_few_keypoints": sum(inl[p] < 0 for p in copies),
         "copy_lowest": ranked[:10],
         "copy_p01": float(np.percentile(ranked, 1)) if ranked else None,
+        "copy_lowest_share": sorted((share[p] for p in copies if inl[p] >= 0), key=lambda x: x[1])[:10],
     }
     for kind in ("other", *lookalikes_kinds()):
-        vals = sorted((inl[p] for p in others if look.get(p, "other") == kind), reverse=True)
+        vals = sorted((share[p] for p in others if look.get(p, "other") == kind), reverse=True)
         out["inliers"][kind] = {"pairs": len(vals), "highest": vals[:10]}
+    return out
+
+
+def verify_timing(work: Path, n: int, cut: float = 0.80, k: int = 10) -> dict:
+    """ms per pair of ``geometry.verify`` (default thresholds) over the first ``n`` CNN
+    candidates of the cache in ``work/dedup``, on 1 and on 2 threads."""
+    import time
+
+    from artclf import features, geometry
+    from artclf.neighbors import pairs_above, topk_similar
+
+    model = json.loads((work / "dedup/embeddings.json").read_text())["model"]
+    feats = features.Features.load(work / "dedup", model)
+    keys = sorted(feats.hash)
+    _, _, _, emb = feats.arrays(keys)
+    sims, idx = topk_similar(emb, emb, k, exclude_self=True)
+    cand = pairs_above(sims, idx, cut)[:n]
+    local = [feats.local[key] for key in keys]
+    out: dict = {"pairs": len(cand)}
+    for threads in (1, 2):
+        start = time.perf_counter()
+        geometry.verify(cand, local, threads=threads)
+        out[f"ms_per_pair_{threads}_threads"] = round(1000 * (time.perf_counter() - start) / len(cand), 3)
     return out
 
 
@@ -171,9 +197,17 @@ def main() -> None:
     ap.add_argument(
         "--separation", action="store_true", help="cosine and alignment scores of the CNN candidates"
     )
+    ap.add_argument(
+        "--verify-timing", type=int, metavar="N", help="time the verification of N CNN candidates"
+    )
     a = ap.parse_args()
     truth = json.loads((a.data / "sample_truth.json").read_text())
-    out = separation(truth, a.work) if a.separation else score(truth, manifest.read_manifest(a.work))
+    if a.verify_timing:
+        out = verify_timing(a.work, a.verify_timing)
+    elif a.separation:
+        out = separation(truth, a.work)
+    else:
+        out = score(truth, manifest.read_manifest(a.work))
     print(json.dumps(out, indent=2, ensure_ascii=False))
 
 
