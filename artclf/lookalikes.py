@@ -11,17 +11,20 @@ real set has three kinds of look-alike, and the sample set plants each with its 
   painting in Piet Mondrian's folder.
 
 No two members of one set are the same work, so every pair across two of them (their copies
-included) is a pair dedup must not merge. ``plan`` picks them; ``paint_job`` paints them.
+included) is a pair dedup must not merge. ``apply`` picks them among sample-data's paintings
+(``plan``); ``paint_job`` paints them.
 """
 
 from __future__ import annotations
 
 import colorsys
 import math
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from artclf.artists import ARTISTS
 from artclf.paintings import Style, add_grain, image_size, paint, rng_for
 
 LOOKS = ("template", "dark", "grid")
@@ -29,6 +32,26 @@ GRID_ARTIST = "Piet Mondrian"
 HAND = 5  # RNG stream tag of a look-alike's own hand (paintings.py uses 0-4)
 DARK_SHARE, FAMILY_SHARE, FAMILY_MIN = 0.015, 0.08, 12  # of each artist's paintings; families need 12+
 _PRIMARIES = ((200, 30, 30), (30, 50, 160), (235, 200, 40), (20, 20, 20))
+
+
+def apply(jobs: list, rng: np.random.Generator) -> tuple[list, list[dict]]:
+    """Turn some plain paintings among sample-data's jobs into look-alikes (their copies follow)
+    -> (jobs, truth sets: ``{"kind", "members": [original path of each work]}``)."""
+    numbers: dict[int, list[int]] = {}
+    for j in jobs:
+        if j.outputs[0][1] == "original":
+            numbers.setdefault(j.artist, []).append(j.number)
+    grid_artist = [a.name for a in ARTISTS].index(GRID_ARTIST)
+    picked = plan(numbers, grid_artist, rng)
+    look = picked["look"]
+    jobs = [
+        replace(j, look=look[j.artist, j.number][0], template=look[j.artist, j.number][1])
+        if (j.artist, j.number) in look
+        else j
+        for j in jobs
+    ]
+    path = {(j.artist, j.number): j.outputs[0][0] for j in jobs}
+    return jobs, [{"kind": k, "members": [path[p] for p in ms]} for k, ms in picked["sets"]]
 
 
 def plan(numbers: dict[int, list[int]], grid_artist: int, rng: np.random.Generator) -> dict:

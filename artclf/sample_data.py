@@ -47,7 +47,7 @@ import tempfile
 import time
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
@@ -238,28 +238,8 @@ def plan(cfg: SampleDataConfig) -> tuple[list[Job], list[tuple[str, str, int]], 
     jobs = [Job(i, n, tuple(o)) for (i, n), o in sorted(outputs.items())]
     hard: list[dict] = []
     if cfg.hard_negatives:
-        jobs, hard = _lookalikes(cfg, jobs)
+        jobs, hard = lookalikes.apply(jobs, rng_for(cfg.seed, PLAN, 1))
     return jobs, extras, {**_truth(cfg, counts, folders, jobs, extras), "hard_negatives": hard}
-
-
-def _lookalikes(cfg: SampleDataConfig, jobs: list[Job]) -> tuple[list[Job], list[dict]]:
-    """Turn some plain paintings into look-alikes (their copies follow) -> (jobs, truth sets: the
-    original path of each member)."""
-    numbers: dict[int, list[int]] = {}
-    for j in jobs:
-        if j.outputs[0][1] == "original":
-            numbers.setdefault(j.artist, []).append(j.number)
-    grid_artist = [a.name for a in ARTISTS].index(lookalikes.GRID_ARTIST)
-    picked = lookalikes.plan(numbers, grid_artist, rng_for(cfg.seed, PLAN, 1))
-    look = picked["look"]
-    jobs = [
-        replace(j, look=look[j.artist, j.number][0], template=look[j.artist, j.number][1])
-        if (j.artist, j.number) in look
-        else j
-        for j in jobs
-    ]
-    path = {(j.artist, j.number): j.outputs[0][0] for j in jobs}
-    return jobs, [{"kind": k, "members": [path[p] for p in ms]} for k, ms in picked["sets"]]
 
 
 def unseen_jobs(cfg: SampleDataConfig, truth: dict) -> list[Job]:
