@@ -3,8 +3,9 @@
 The Kaggle set holds the same painting photographed twice (another colour cast, another
 crop). Three detectors, joined by union-find: exact copies (sha256), near copies
 (perceptual hash, mirrored too), re-photographs (CNN embedding cosine similarity, across
-all artists), each CNN candidate verified on geometry (``artclf.geometry``: ORB keypoints,
-ratio test, RANSAC homography) so that look-alike works stay apart. Each group keeps its
+all artists); each CNN candidate and each hash pair of images with keypoints is verified on
+geometry (``artclf.geometry``: ORB keypoints, ratio test, RANSAC homography) so that
+look-alike works stay apart. Each group keeps its
 largest image; a group whose members carry different artists is a possible mislabel and is
 kept out of training unless ``--keep-mislabeled``.
 
@@ -55,7 +56,7 @@ class DedupConfig:
         default=None,
         metadata=arg(
             "cosine similarity of CNN embeddings at or above which a pair is a candidate "
-            "(default 0.80 with a verification, 0.90 with --verify none)"
+            "(default 0.80 with a verification, 0.90 with --verify none or --align-threshold 0)"
         ),
     )
     verify: str = field(
@@ -86,14 +87,22 @@ class DedupConfig:
     )
     neighbors: int = field(default=10, metadata=arg("nearest neighbours searched per image"))
     batch_size: int = field(default=32, metadata=arg("images per CNN batch"))
-    workers: int = field(default=min(4, os.cpu_count() or 1), metadata=arg("DataLoader worker processes"))
+    workers: int = field(
+        default=min(4, os.cpu_count() or 1),
+        metadata=arg("DataLoader worker processes; also the threads that verify pairs"),
+    )
     part: int | None = field(
         default=None, metadata=arg("compute features of this part only (0-based), then stop")
     )
     num_parts: int = field(default=1, metadata=arg("number of parts (SLURM array / Indexed Job size)"))
     merge: bool = field(default=False, metadata=arg("fold WORK/dedup/parts/* into the cache, then group"))
     keep_mislabeled: bool = field(default=False, metadata=arg("keep one image of groups that span artists"))
-    montages: int = field(default=6, metadata=arg("montage PNGs of the largest groups (0 disables)"))
+    montages: int = field(
+        default=6,
+        metadata=arg(
+            "montage PNGs of the largest groups, plus those behind each --max-loss warning (0: none at all)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.verify not in VERIFY:
@@ -281,7 +290,7 @@ def dedup(cfg: DedupConfig) -> dict | None:
     )
     write_json(out / "report.json", report)
     write_json(out / "groups.json", [group_json(m, feats) for m in multi])
-    warned = {g for w in lost["warnings"] for g in w["groups"][:SHOWN]}
+    warned = {g for w in lost["warnings"] for g in w["groups"][:SHOWN]} if cfg.montages else set()
     shown = montage.write_montages(
         [m for i, m in enumerate(multi) if i < cfg.montages or m["group"] in warned], data_dir, out, feats
     )

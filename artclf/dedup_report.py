@@ -13,13 +13,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from artclf import features
-
 SHOWN = 12  # groups named (and drawn) per warning
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from artclf import features
     from artclf.dedup import DedupConfig
 
 
@@ -80,9 +79,9 @@ def report_json(
             "arch": cfg.arch if cfg.use_cnn else None,
             "weights": cfg.weights,
             "cnn_threshold": cfg.cnn_cut if cfg.use_cnn else None,
-            "verify": cfg.verify if cfg.use_cnn else None,
-            "min_inliers": cfg.min_inliers if cfg.use_cnn and cfg.verify == "geometry" else None,
-            "min_keypoints": cfg.min_keypoints if cfg.use_cnn and cfg.verify == "geometry" else None,
+            "verify": cfg.verify,  # geometry checks hash pairs too, with or without a CNN
+            "min_inliers": cfg.min_inliers if cfg.verify == "geometry" else None,
+            "min_keypoints": cfg.min_keypoints if cfg.verify == "geometry" else None,
             "align_threshold": cfg.align_threshold if cfg.use_cnn and cfg.verify == "alignment" else None,
             "hash_threshold": cfg.hash_threshold,
             "neighbors": cfg.neighbors,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +96,7 @@ class Features:
         """The cache, with embeddings only if they were made by the same model."""
         feats = cls(model_id)
         z = np.load(folder / "hashes.npz") if (folder / "hashes.npz").is_file() else {}
-        if "kp_count" in z:  # a cache from before keypoints were kept is recomputed
+        if geometry.current(z):  # a cache without keypoints, or made with other settings, is recomputed
             feats.add(*_unpack(z), None)
         meta = folder / "embeddings.json"
         if model_id is not None and meta.is_file():
@@ -199,11 +200,18 @@ def merge_parts(folder: Path, feats: Features) -> int:
         z = np.load(f)
         if json.loads(str(z["model"])) != feats.model_id:
             raise ArtclfError(f"{f}: made by {json.loads(str(z['model']))}, this run uses {feats.model_id}")
+        if not geometry.current(z):
+            raise ArtclfError(
+                f"{f}: no keypoints made with {geometry.PARAMS} (a part from an older artclf?); "
+                "rerun its `artclf dedup --part i --num-parts n`"
+            )
         feats.add(*_unpack(z), z["emb"].astype(np.float32) if "emb" in z else None)
     return n
 
 
-def _unpack(z) -> tuple:
+def _unpack(
+    z: Mapping[str, np.ndarray],
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, list[geometry.Local]]:
     """(keys, hashes, mirrored hashes, thumbnails, keypoints) of a cache or part file."""
     h, hf = z["hash"].astype(np.float32), z["flip"].astype(np.float32)
     return list(z["keys"]), h, hf, z["thumb"], geometry.unpack(z)

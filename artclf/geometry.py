@@ -3,11 +3,14 @@
 CNN embeddings and aligned thumbnails are appearance tests: they also score alike two different
 works that share a palette and a composition (a painter's series of one motif), two dark sparse
 paintings, two grids in the manner of Mondrian. "The same painting" is a geometric fact: the
-same marks in the same places, up to the camera. So each CNN candidate pair is verified on ORB
-keypoints (OpenCV) of a grayscale copy whose longer side is :data:`SIDE` px: descriptors matched
-both ways with Lowe's ratio test, then a RANSAC homography; the pair is one painting when at
-least ``min_inliers`` matches agree with a homography a camera can make (orientation kept, no
-extreme shear or scale; a similarity fit is the fallback when the homography is degenerate).
+same marks in the same places, up to the camera. So each candidate pair is verified on ORB
+keypoints (OpenCV) of a grayscale copy whose longer side is :data:`SIDE` px: the first image's
+descriptors matched in the second with Lowe's ratio test (one match per keypoint of the second),
+then a RANSAC homography; the pair is one painting when at least ``min_inliers`` matches agree
+with a homography a camera can make (orientation kept, no extreme shear or scale). RANSAC can
+return a degenerate homography for a real copy, so when it is not camera-like a RANSAC
+similarity (rotation, one scale, shift: no shear or perspective to go wrong; scale within 3×)
+gets the last word; rotation is free because a painting may be photographed turned.
 
 Grayscale makes colour casts and grayscale copies irrelevant; the resize to :data:`SIDE` makes
 resized copies match at scale 1; crops and perspective are what the homography models; a
@@ -17,11 +20,14 @@ way: its CNN pairs are rejected and its hash pairs stand. Hash pairs of images w
 are verified too: a shared composition (the same large shapes in the same places) gives two
 works one perceptual hash.
 
-Thresholds were chosen on sample data's planted truth (docs/benchmarks.md, "Dedup precision").
+Thresholds were chosen on sample data's planted truth (docs/benchmarks.md, "Dedup precision
+with look-alikes"). Keypoints depend on :data:`PARAMS`; a cache made with others is recomputed.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -34,10 +40,10 @@ N_FEATURES = 500  # keypoints kept per image (and per mirror image)
 RATIO = 0.8  # Lowe's ratio test: best match distance below RATIO × second best
 RANSAC_PX = 4.0  # reprojection error of an inlier, px at SIDE
 RANSAC_ITERS = 500
-MIN_INLIERS = 25  # default: copies on the sample set have 80+, other pairs at most 14
+FAST_THRESHOLD = 5  # ORB's corner threshold: low, so smooth paintings get keypoints too
+MIN_INLIERS = 25  # default; full-scale sample truth: copies' 1st percentile 44, non-look-alikes <= 14
 MIN_KEYPOINTS = 50  # default: fewer is no evidence either way
-
-cv2.setNumThreads(1)  # parallelism comes from DataLoader workers and verify's threads
+PARAMS = {"side": SIDE, "n_features": N_FEATURES, "fast_threshold": FAST_THRESHOLD}  # keypoints depend on
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,7 @@ def gray_copy(im: Image.Image) -> np.ndarray:
 
 
 def _detect(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    orb = cv2.ORB_create(nfeatures=N_FEATURES, fastThreshold=5)
+    orb = cv2.ORB_create(nfeatures=N_FEATURES, fastThreshold=FAST_THRESHOLD)
     kp, desc = orb.detectAndCompute(gray, None)
     if desc is None:
         return np.zeros((0, 2), np.float16), np.zeros((0, 32), np.uint8)
@@ -72,6 +78,7 @@ def _detect(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def local_features(im: Image.Image) -> Local:
     """ORB keypoints of an (upright) image and of its mirror image."""
+    cv2.setNumThreads(1)  # parallelism comes from DataLoader workers (and verify's threads)
     gray = gray_copy(im)
     xy, desc = _detect(gray)
     xy_m, desc_m = _detect(np.ascontiguousarray(gray[:, ::-1]))
@@ -103,8 +110,10 @@ def _inliers(xa: np.ndarray, da: np.ndarray, xb: np.ndarray, db: np.ndarray, nee
         if m[0].trainIdx not in best or m[0].distance < best[m[0].trainIdx].distance:
             best[m[0].trainIdx] = m[0]
     good = list(best.values())
-    if len(good) < max(need, 4):
-        return len(good) if need else 0
+    if len(good) < 4:  # no homography from fewer
+        return 0
+    if len(good) < need:
+        return len(good)
     src = xa[[m.queryIdx for m in good]].astype(np.float32)
     dst = xb[[m.trainIdx for m in good]].astype(np.float32)
     h, mask = cv2.findHomography(src, dst, cv2.RANSAC, RANSAC_PX, maxIters=RANSAC_ITERS)
@@ -121,7 +130,8 @@ def _inliers(xa: np.ndarray, da: np.ndarray, xb: np.ndarray, db: np.ndarray, nee
 def inliers(a: Local, b: Local, need: int = MIN_INLIERS) -> int:
     """Geometric agreement of two images: inliers of a against b, or against b's mirror image
     when the plain match falls short of ``need``. Below ``need`` the figure may be an upper
-    bound (RANSAC is skipped when too few matches pass the ratio test); ``need=0``: exact, both."""
+    bound (RANSAC is skipped when fewer than ``need`` matches pass the ratio test); ``need=0``:
+    exact, both orientations."""
     plain = _inliers(a.xy, a.desc, b.xy, b.desc, need)
     if need and plain >= need:
         return plain
@@ -147,14 +157,17 @@ def verify(
             return -1
         return inliers(a, b, min_inliers)
 
+    cv2.setNumThreads(1)
     with ThreadPoolExecutor(max(1, threads)) as pool:  # OpenCV releases the GIL while matching
         return np.fromiter(pool.map(one, pairs.tolist()), np.int64, len(pairs))
 
 
 def pack(local: list[Local]) -> dict[str, np.ndarray]:
-    """Arrays for an .npz: per image the counts (plain, mirror), then all rows in order."""
+    """Arrays for an .npz: per image the counts (plain, mirror), then all rows in order, and the
+    :data:`PARAMS` they were made with."""
     parts = [(x.xy, x.desc, x.xy_m, x.desc_m) for x in local]
     return {
+        "kp_params": np.array(json.dumps(PARAMS, sort_keys=True)),
         "kp_count": np.array([(len(d), len(dm)) for _, d, _, dm in parts], np.int32).reshape(-1, 2),
         "kp_xy": np.concatenate(
             [np.zeros((0, 2), np.float16)] + [a for x, _, xm, _ in parts for a in (x, xm)]
@@ -165,7 +178,12 @@ def pack(local: list[Local]) -> dict[str, np.ndarray]:
     }
 
 
-def unpack(z) -> list[Local]:
+def current(z: Mapping[str, np.ndarray]) -> bool:
+    """Whether ``z`` (an open .npz) holds keypoints made with today's :data:`PARAMS`."""
+    return "kp_params" in z and json.loads(str(z["kp_params"])) == PARAMS
+
+
+def unpack(z: Mapping[str, np.ndarray]) -> list[Local]:
     """The inverse of :func:`pack` (``z``: a mapping such as an open .npz)."""
     counts, xy, desc = z["kp_count"], z["kp_xy"], z["kp_desc"]
     ends = np.cumsum(counts.ravel())

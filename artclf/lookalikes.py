@@ -20,21 +20,24 @@ from __future__ import annotations
 import colorsys
 import math
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from artclf.artists import ARTISTS
-from artclf.paintings import Style, add_grain, image_size, paint, rng_for
+from artclf.paintings import HAND, Style, add_grain, image_size, paint, rng_for
+
+if TYPE_CHECKING:
+    from artclf.sample_data import Job
 
 LOOKS = ("template", "dark", "grid")
 GRID_ARTIST = "Piet Mondrian"
-HAND = 5  # RNG stream tag of a look-alike's own hand (paintings.py uses 0-4)
 DARK_SHARE, FAMILY_SHARE, FAMILY_MIN = 0.015, 0.08, 12  # of each artist's paintings; families need 12+
 _PRIMARIES = ((200, 30, 30), (30, 50, 160), (235, 200, 40), (20, 20, 20))
 
 
-def apply(jobs: list, rng: np.random.Generator) -> tuple[list, list[dict]]:
+def apply(jobs: list[Job], rng: np.random.Generator) -> tuple[list[Job], list[dict]]:
     """Turn some plain paintings among sample-data's jobs into look-alikes (their copies follow)
     -> (jobs, truth sets: ``{"kind", "members": [original path of each work]}``)."""
     numbers: dict[int, list[int]] = {}

@@ -19,7 +19,7 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps
 from artclf.artists import ARTISTS
 
 # RNG stream tags: every random draw comes from SeedSequence([seed, tag, artist, number, k]).
-STYLE, PAINT, COPY, PLAN, JUNK = range(5)
+STYLE, PAINT, COPY, PLAN, JUNK, HAND = range(6)  # HAND: a look-alike's own strokes (lookalikes.py)
 
 # stroke kind -> (count, size) factors: many small dots, few big circles
 STROKES = {"lines": (1, 0.5), "dabs": (1.2, 1), "rects": (0.6, 1.3), "circles": (0.5, 1.2), "dots": (3, 0.3)}

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from artclf import manifest
+from artclf.lookalikes import LOOKS
 
 WHOLE_PICTURE = ("resize_reencode", "color_cast", "grayscale", "flip")
 
@@ -61,6 +62,7 @@ def score(truth: dict, rows: list[dict]) -> dict:
     out["hard_negatives"] = {
         kind: {"pairs": len(pairs), "merged": len(pairs & pred), "share": len(pairs & pred) / len(pairs)}
         for kind, pairs in hard.items()
+        if pairs
     }
     n_hard = sum(len(v) for v in hard.values())
     out["hard_negatives_merged"] = len(set(look) & pred) / n_hard if n_hard else 0.0
@@ -155,7 +157,7 @@ def separation(truth: dict, work: Path, cut: float = 0.80, k: int = 10) -> dict:
         "copy_p01": float(np.percentile(ranked, 1)) if ranked else None,
         "copy_lowest_share": sorted((share[p] for p in copies if inl[p] >= 0), key=lambda x: x[1])[:10],
     }
-    for kind in ("other", *lookalikes_kinds()):
+    for kind in ("other", *LOOKS):
         vals = sorted((share[p] for p in others if look.get(p, "other") == kind), reverse=True)
         out["inliers"][kind] = {"pairs": len(vals), "highest": vals[:10]}
     return out
@@ -184,18 +186,14 @@ def verify_timing(work: Path, n: int, cut: float = 0.80, k: int = 10) -> dict:
     return out
 
 
-def lookalikes_kinds() -> tuple[str, ...]:
-    from artclf.lookalikes import LOOKS
-
-    return LOOKS
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True, help="sample data set (holds sample_truth.json)")
     ap.add_argument("--work", type=Path, required=True, help="work folder after `artclf dedup`")
     ap.add_argument(
-        "--separation", action="store_true", help="cosine and alignment scores of the CNN candidates"
+        "--separation",
+        action="store_true",
+        help="cosine, alignment score and inlier count of the CNN candidates and hash pairs, by truth",
     )
     ap.add_argument(
         "--verify-timing", type=int, metavar="N", help="time the verification of N CNN candidates"
