@@ -62,8 +62,8 @@ class DedupConfig:
     verify: str = field(
         default="geometry",
         metadata=arg(
-            "how a CNN candidate is confirmed: geometry (ORB keypoints + RANSAC homography), "
-            "alignment (aligned-thumbnail correlation, appearance only) or none"
+            "how candidates are confirmed: geometry (ORB keypoints + RANSAC homography; CNN candidates "
+            "and hash pairs), alignment (aligned-thumbnail correlation; CNN candidates only) or none"
         ),
     )
     min_inliers: int = field(
