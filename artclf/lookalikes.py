@@ -29,7 +29,7 @@ from artclf.artists import ARTISTS
 from artclf.paintings import HAND, Style, add_grain, image_size, paint, rng_for
 
 if TYPE_CHECKING:
-    from artclf.sample_data import Job
+    from artclf.sample_plan import Job
 
 LOOKS = ("template", "dark", "grid")
 GRID_ARTIST = "Piet Mondrian"
@@ -85,16 +85,14 @@ def plan(numbers: dict[int, list[int]], grid_artist: int, rng: np.random.Generat
     return {"look": look, "sets": [(kind, members) for kind, members in sets if len(members) > 1]}
 
 
-def paint_job(
-    style: Style, look: str, seed: int, artist: int, number: int, template: int, max_side: int, sizes: str
-) -> Image.Image:
-    """The look-alike painting ``number`` of ``artist``."""
-    hand = rng_for(seed, HAND, artist, number)
-    if look == "template":  # the template's stream gives size, ground, palette, shapes; the hand the rest
-        trng = rng_for(seed, HAND, artist, template, 1)
+def paint_job(style: Style, job: Job, seed: int, max_side: int, sizes: str) -> Image.Image:
+    """The look-alike painting of ``job`` (``job.look`` set by :func:`apply`)."""
+    hand = rng_for(seed, HAND, job.artist, job.number)
+    if job.look == "template":  # the template's stream gives size, ground, palette, shapes; the hand the rest
+        trng = rng_for(seed, HAND, job.artist, job.template, 1)
         return paint(style, image_size(trng, max_side, sizes), trng, hand)
     size = image_size(hand, max_side, sizes)
-    return dark(style, size, hand) if look == "dark" else grid(size, hand)
+    return dark(style, size, hand) if job.look == "dark" else grid(size, hand)
 
 
 def dark(style: Style, size: tuple[int, int], rng: np.random.Generator) -> Image.Image:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from artclf import sample_data
+from artclf import paintings, sample_plan
 from artclf.artists import ARTISTS, CSV_COLUMNS, fold
 from artclf.sample_data import SampleDataConfig, generate
 from tests.conftest import REPO, tree_digest
@@ -146,9 +146,9 @@ def test_odd_files_are_what_the_truth_says(sample):
 def assert_upright(img: Image.Image, odd: dict, seed: int) -> None:
     """Redraw the painting from its RNG stream: exif_transpose must give it back the right way up."""
     artist = [a.name for a in ARTISTS].index(odd["artist"])
-    rng = sample_data.rng_for(seed, sample_data.PAINT, artist, int(odd["path"].rsplit("_", 1)[1][:-4]))
-    style = sample_data.make_styles(seed)[artist]
-    upright = np.asarray(sample_data.paint(style, sample_data.image_size(rng, MAX_SIDE), rng), float)
+    rng = paintings.rng_for(seed, paintings.PAINT, artist, int(odd["path"].rsplit("_", 1)[1][:-4]))
+    style = paintings.make_styles(seed)[artist]
+    upright = np.asarray(paintings.paint(style, paintings.image_size(rng, MAX_SIDE), rng), float)
     assert img.size == upright.shape[1::-1]
     assert np.abs(np.asarray(img.convert("RGB"), float) - upright).mean() < 15  # JPEG error only
 
@@ -244,7 +244,7 @@ def test_cli(tmp_path):
 
 def test_copies_sit_in_the_big_classes_at_full_scale():
     """Planning alone (no drawing): ~8-12 % extra copies in the biggest classes, few in the small."""
-    _, _, truth = sample_data.plan(SampleDataConfig(out=Path("unused"), scale=1.0, max_side=0))
+    _, _, truth = sample_plan.plan(SampleDataConfig(out=Path("unused"), scale=1.0, max_side=0))
     copies: dict[str, int] = {}
     for g in truth["duplicate_groups"]:
         for m in g["members"][1:]:
@@ -274,7 +274,7 @@ def test_unseen_artists_lie_outside_the_kaggle_layout_in_styles_no_known_artist_
     assert list(truth3["unseen"]) == list(UNSEEN[:3])
     for folder in truth3["unseen"].values():
         files = sorted((out / folder).iterdir())
-        assert folder.startswith("unseen/") and len(files) == sample_data.UNSEEN_MIN
+        assert folder.startswith("unseen/") and len(files) == sample_plan.UNSEEN_MIN
         for f in files:
             with Image.open(f) as im:
                 assert im.format == "JPEG" and max(im.size) <= MAX_SIDE
