@@ -160,6 +160,21 @@ def _model(cfg: DedupConfig) -> tuple[torch.nn.Module | None, dict | None]:
     return model, ident
 
 
+def hash_pairs(h: np.ndarray, hf: np.ndarray, k: int, hash_threshold: int) -> np.ndarray:
+    """Pairs among each image's ``k`` nearest hashes within ``hash_threshold`` bits (±1 hashes: a
+    dot product); a mirrored copy matches the original's mirrored hash ``hf``."""
+    min_dot = phash.BITS - 2 * hash_threshold
+    s, i = topk_similar(h, h, k, exclude_self=True)
+    sf, i_f = topk_similar(hf, h, k)
+    return np.concatenate([pairs_above(s, i, min_dot), pairs_above(sf, i_f, min_dot)])
+
+
+def cnn_candidates(e: np.ndarray, k: int, cut: float) -> np.ndarray:
+    """Pairs among each image's ``k`` nearest embeddings with cosine similarity >= ``cut``."""
+    s, i = topk_similar(e, e, k, exclude_self=True)
+    return pairs_above(s, i, cut)
+
+
 def find_pairs(
     h: np.ndarray,
     hf: np.ndarray,
@@ -171,19 +186,14 @@ def find_pairs(
     """Copy pairs over unique images, per detector (hash, cnn), and what verification did.
     Embeddings and hashes alone score distinct paintings alike (one artist's palette and
     brushwork, one motif painted twice); a re-photograph also keeps every mark in its place."""
-    k = cfg.neighbors
-    min_dot = phash.BITS - 2 * cfg.hash_threshold
-    s, i = topk_similar(h, h, k, exclude_self=True)
-    sf, i_f = topk_similar(hf, h, k)  # a mirrored copy matches the original's mirrored hash
-    hashed = np.concatenate([pairs_above(s, i, min_dot), pairs_above(sf, i_f, min_dot)])
+    hashed = hash_pairs(h, hf, cfg.neighbors, cfg.hash_threshold)
     out, stats = {"hash": hashed}, {}
     if cfg.verify == "geometry":  # without keypoints to test, a hash pair stands
         counts = geometry.verify(hashed, local, cfg.min_inliers, cfg.min_keypoints, max(1, cfg.workers))
         out["hash"] = hashed[(counts >= cfg.min_inliers) | (counts < 0)]
         stats["hash_rejected"] = len(hashed) - len(out["hash"])
     if e is not None:
-        s, i = topk_similar(e, e, k, exclude_self=True)
-        cand = pairs_above(s, i, cfg.cnn_cut)
+        cand = cnn_candidates(e, cfg.neighbors, cfg.cnn_cut)
         start = time.perf_counter()
         if cfg.verify == "geometry":  # without keypoints to test, a CNN candidate falls
             counts = geometry.verify(cand, local, cfg.min_inliers, cfg.min_keypoints, max(1, cfg.workers))

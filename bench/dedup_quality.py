@@ -108,15 +108,14 @@ def separation(truth: dict, work: Path, cut: float = 0.80, k: int = 10) -> dict:
     default Hamming threshold, plain and mirrored) of the features cached in
     ``work/dedup``; inliers are counted exactly (plain and mirrored), -1 when an image has fewer than
     ``geometry.MIN_KEYPOINTS`` keypoints."""
-    from artclf import alignment, features, geometry, phash
-    from artclf.dedup import DedupConfig
-    from artclf.neighbors import pairs_above, topk_similar
+    from artclf import alignment, features, geometry
+    from artclf.dedup import DedupConfig, cnn_candidates, hash_pairs
 
     rows = manifest.usable(manifest.read_manifest(work))
     model = json.loads((work / "dedup/embeddings.json").read_text())["model"]
     keys = sorted({r["sha256"] for r in rows})
     feats = features.Features.load(work / "dedup", model)
-    _, _, thumbs, emb = feats.arrays(keys)
+    h, hf, thumbs, emb = feats.arrays(keys)
     local = [feats.local[k] for k in keys]
     index = {k: i for i, k in enumerate(keys)}
     sha = {r["path"]: r["sha256"] for r in rows}
@@ -129,14 +128,8 @@ def separation(truth: dict, work: Path, cut: float = 0.80, k: int = 10) -> dict:
         for kind, pairs in hard_pairs(truth, set(sha)).items()
         for a, b in pairs
     }
-    sims, idx = topk_similar(emb, emb, k, exclude_self=True)
-    cand = [tuple(p) for p in pairs_above(sims, idx, cut).tolist()]
-    h, hf, _, _ = feats.arrays(keys)
-    min_dot = phash.BITS - 2 * DedupConfig().hash_threshold
-    s, i = topk_similar(h, h, k, exclude_self=True)
-    sf, i_f = topk_similar(hf, h, k)
-    hashed = np.concatenate([pairs_above(s, i, min_dot), pairs_above(sf, i_f, min_dot)])
-    cand = sorted(set(cand) | {tuple(sorted(p)) for p in hashed.tolist()})
+    hashed = hash_pairs(h, hf, k, DedupConfig().hash_threshold)
+    cand = sorted({tuple(p) for p in np.concatenate([cnn_candidates(emb, k, cut), hashed]).tolist()})
     cos = {p: float(emb[p[0]] @ emb[p[1]]) for p in cand}
     align = {p: alignment.score(thumbs[p[0]], thumbs[p[1]]) for p in cand}
     counts = geometry.verify(np.array(cand), local, 0, geometry.MIN_KEYPOINTS)
@@ -165,24 +158,31 @@ def separation(truth: dict, work: Path, cut: float = 0.80, k: int = 10) -> dict:
 
 def verify_timing(work: Path, n: int, cut: float = 0.80, k: int = 10) -> dict:
     """ms per pair of ``geometry.verify`` (default thresholds) over the first ``n`` CNN
-    candidates of the cache in ``work/dedup``, on 1 and on 2 threads."""
+    candidates of the cache in ``work/dedup``, on 1 and on 2 threads, and of its first step alone
+    (``knnMatch`` of the plain descriptors, one thread)."""
     import time
 
+    import cv2
+
     from artclf import features, geometry
-    from artclf.neighbors import pairs_above, topk_similar
+    from artclf.dedup import cnn_candidates
 
     model = json.loads((work / "dedup/embeddings.json").read_text())["model"]
     feats = features.Features.load(work / "dedup", model)
     keys = sorted(feats.hash)
     _, _, _, emb = feats.arrays(keys)
-    sims, idx = topk_similar(emb, emb, k, exclude_self=True)
-    cand = pairs_above(sims, idx, cut)[:n]
+    cand = cnn_candidates(emb, k, cut)[:n]
     local = [feats.local[key] for key in keys]
     out: dict = {"pairs": len(cand)}
     for threads in (1, 2):
         start = time.perf_counter()
         geometry.verify(cand, local, threads=threads)
         out[f"ms_per_pair_{threads}_threads"] = round(1000 * (time.perf_counter() - start) / len(cand), 3)
+    matcher, start = cv2.BFMatcher(cv2.NORM_HAMMING), time.perf_counter()
+    for a, b in cand.tolist():
+        matcher.knnMatch(local[a].desc, local[b].desc, k=2)
+    out["ms_knn_match_per_pair"] = round(1000 * (time.perf_counter() - start) / len(cand), 3)
+    out["keypoints_mean"] = round(float(np.mean([x.n for x in local])), 1)
     return out
 
 
