@@ -63,7 +63,7 @@ def group_json(m: dict, feats: features.Features) -> dict:
 def report_json(
     cfg: DedupConfig, ok: list[dict], multi: list[dict], pairs: dict, lost: dict, seconds: dict
 ) -> dict:
-    dropped = Counter(r["artist"] for r in ok if not r["keep"])
+    dropped = Counter({a: v["dropped"] for a, v in lost["per_artist"].items()})
     return {
         "images": len(ok),
         "kept": sum(r["keep"] for r in ok),

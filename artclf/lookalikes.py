@@ -61,11 +61,11 @@ def plan(numbers: dict[int, list[int]], grid_artist: int, rng: np.random.Generat
     """Pick the look-alikes among each artist's painting numbers -> {(artist, number): (look,
     template number)} plus ``sets``: the truth, lists of (artist, number) no two of which are one work."""
     look: dict[tuple[int, int], tuple[str, int]] = {}
-    dark, families = [], []
+    grids, dark, families = [], [], []
     for a, nums in sorted(numbers.items()):
         nums = sorted(nums)
         if a == grid_artist:
-            look.update({(a, n): ("grid", 0) for n in nums})
+            grids = [(a, n) for n in nums]
             continue
         order = [nums[j] for j in rng.permutation(len(nums))]
         k = int(DARK_SHARE * len(nums) + rng.random())
@@ -77,10 +77,10 @@ def plan(numbers: dict[int, list[int]], grid_artist: int, rng: np.random.Generat
                 size = min(int(rng.integers(2, 5)), budget, len(rest))
                 fam, rest, budget = sorted(rest[:size]), rest[size:], budget - size
                 families.append([(a, n) for n in fam])
+    look.update({p: ("grid", 0) for p in grids})
     look.update({p: ("dark", 0) for p in dark})
     for fam in families:
         look.update({p: ("template", fam[0][1]) for p in fam})
-    grids = sorted(p for p, (kind, _) in look.items() if kind == "grid")
     sets = [("grid", grids), ("dark", sorted(dark))] + [("template", f) for f in families]
     return {"look": look, "sets": [(kind, members) for kind, members in sets if len(members) > 1]}
 
