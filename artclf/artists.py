@@ -81,6 +81,9 @@ ARTISTS: tuple[Artist, ...] = (
 )
 
 CSV_COLUMNS = ("id", "name", "years", "genre", "nationality", "bio", "wikipedia", "paintings")
+# Beside artists.csv in a set that `artclf sample-data` made: what it planted. Its presence marks a
+# generated set (shard records it; tests and benchmarks read it).
+SAMPLE_TRUTH = "sample_truth.json"
 
 # Codecs a UTF-8 name has been wrongly decoded with by unzip tools (DOS code pages first).
 _MOJIBAKE_CODECS = ("cp437", "cp850", "cp1252", "latin-1")

@@ -31,11 +31,8 @@ text. ``timeout`` (seconds, with workers only) ends a read that stalls without f
 
 from __future__ import annotations
 
-import atexit
 import json
-import multiprocessing.util  # noqa: F401  (its exit handler is registered before ours, below)
 import random
-import signal
 import sys
 import warnings
 from collections.abc import Iterator
@@ -49,8 +46,8 @@ from torch.utils.data import get_worker_info
 
 from artclf import storage
 from artclf.errors import ArtclfError
-from artclf.preemption import kill_workers
 from artclf.transforms import Preprocess, decode, eval_image, is_jpeg, train_batch_on_device, train_image
+from artclf.workers import ignore_stop_signals
 
 
 @dataclass
@@ -359,23 +356,9 @@ def _loader(
         batch_size=None,
         num_workers=workers,
         timeout=timeout if workers else 0,
-        worker_init_fn=_ignore_stop_signals if workers else None,
+        worker_init_fn=ignore_stop_signals if workers else None,
         pin_memory=pin_memory,
     )
-
-
-def _ignore_stop_signals(_worker_id: int) -> None:
-    """A stop signal sent to the whole process group (torchrun's and Kubernetes' SIGTERM, SLURM's
-    scancel) must not kill the workers: PyTorch's worker handler dies of a TERM from anyone but
-    the trainer, whose next batch then fails instead of saving. The trainer ends its workers."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-# multiprocessing's own exit handler SIGTERMs the daemonic children of an exiting process, then
-# joins them: as the workers ignore SIGTERM (above), a trainer leaving on an error (a worker's
-# fatal error, a bad shard set) would wait for them forever. Registered after multiprocessing's
-# handler (imported above), this one runs first (atexit is last in, first out) and SIGKILLs them.
-atexit.register(kill_workers)
 
 
 class _Nothing(torch.utils.data.IterableDataset):

@@ -1,10 +1,10 @@
 """``artclf evaluate --model RUN/model.pt --shards URL [--split test]``: the honest score of a model.
 
 Also ``accelerate launch -m artclf.evaluate …``: each rank reads its own shards and
-:func:`artclf.engine.evaluate` gathers every sample exactly once, so any process count gives
+:func:`artclf.metrics.eval_loop.evaluate` gathers every sample exactly once, so any process count gives
 the same ``metrics.json``. Writes into ``--out`` (default ``RUN/eval-<split>/``):
 
-    metrics.json        every number of artclf.metrics, plus split, model and sample counts
+    metrics.json        every number of artclf.metrics.classification, plus split, model and sample counts
     predictions.csv     key, true and predicted class, p(predicted), p(true): one row per image
     probabilities.npy   the N×C softmax probabilities, rows in predictions.csv order
     per_class.csv       precision, recall, F1 and support of each class
@@ -37,14 +37,14 @@ from accelerate import Accelerator
 from artclf import plots, storage
 from artclf.artists import display_names
 from artclf.atomic import atomic_open, write_json
-from artclf.calibration import SCORE, auroc
 from artclf.config import arg, stage_main, to_dict
 from artclf.data import eval_loader, read_info, tar_samples
-from artclf.engine import evaluate
 from artclf.errors import ArtclfError
-from artclf.metrics import ECE_BINS, expected_calibration_error, log_loss
+from artclf.inference import find_images, probabilities
+from artclf.metrics.calibration import SCORE, auroc
+from artclf.metrics.classification import ECE_BINS, expected_calibration_error, log_loss
+from artclf.metrics.eval_loop import evaluate
 from artclf.model import load_model, temperature
-from artclf.predict import find_images, probabilities
 from artclf.transforms import Preprocess, decode
 
 SCALARS = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "top5_accuracy", "confidence", "ece")

@@ -31,8 +31,8 @@ import torch
 from artclf.artists import display_names
 from artclf.config import arg, stage_main
 from artclf.errors import ArtclfError
+from artclf.inference import find_images, load_image
 from artclf.model import load_model, model_card
-from artclf.predict import find_images, load_image
 from artclf.transforms import Preprocess
 
 FORMATS = ("onnx", "torchscript")

@@ -18,6 +18,7 @@ from artclf.errors import ArtclfError
 
 FILENAME = "manifest.jsonl"
 OK = "ok"
+SPLITS = ("train", "val", "test")  # the values of the split field, in order
 
 
 def manifest_path(work: Path) -> Path:

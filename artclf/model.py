@@ -23,7 +23,7 @@ FORMAT = "artclf-model-1"
 class Classifier(nn.Module):
     """uint8 (or 0..255 float) NCHW images -> logits; normalisation is part of the model, and so
     is the calibration temperature (logits / T: 1 while training, fitted on val into ``model.pt``
-    by :mod:`artclf.calibration`), so evaluate, predict, an exported graph and serve all use it."""
+    by :mod:`artclf.metrics.calibration`), so evaluate, predict, an exported graph and serve all use it."""
 
     def __init__(self, net: nn.Module, pre: Preprocess) -> None:
         super().__init__()

@@ -20,25 +20,21 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from artclf.artists import display_names
 from artclf.atomic import atomic_open
-from artclf.calibration import is_known
 from artclf.config import arg, stage_main
 from artclf.explain import grad_cam, overlay, png_bytes, target_layer
-from artclf.images import open_rgb
+from artclf.inference import answer, find_images, probabilities
 from artclf.model import load_model
-from artclf.transforms import Preprocess, eval_image, to_uint8_tensor
+from artclf.transforms import Preprocess
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"}
 FORMATS = ("table", "json", "csv")
-UNKNOWN = "unknown"  # the answer below the model's open-set threshold
 
 
 @dataclass(frozen=True)
@@ -60,66 +56,6 @@ class PredictConfig:
             raise ValueError("--top-k and --batch-size must be >= 1")
         if self.format not in FORMATS:
             raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
-
-
-def load_image(
-    path: Path | bytes, pre: Preprocess, max_pixels: int | None = None, formats: Sequence[str] | None = None
-) -> torch.Tensor:
-    """A file (or its bytes) -> the uint8 3×S×S tensor the model sees: the evaluation transform.
-    Decoded at reduced size where the format allows (never below ``pre.resize``)."""
-    im = open_rgb(path, min_side=pre.resize, max_pixels=max_pixels, formats=formats, reduce_others=True)
-    return eval_image(to_uint8_tensor(im), pre)
-
-
-def find_images(inputs: Sequence[Path]) -> Iterator[Path]:
-    """Named files as given; folders recursed (sorted) for files with an image suffix."""
-    for p in inputs:
-        if p.is_dir():
-            yield from sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            yield p
-
-
-def probabilities(model, pre: Preprocess, paths: Iterable[Path], batch_size: int):
-    """Yields (path, model input, calibrated probabilities) per readable image; reports the
-    others on stderr."""
-    batch: list[tuple[Path, torch.Tensor]] = []
-    device = next(model.parameters()).device
-
-    def flush():
-        with torch.inference_mode():
-            probs = torch.softmax(model(torch.stack([x for _, x in batch]).to(device)).float(), dim=1)
-        yield from ((path, x, p) for (path, x), p in zip(batch, probs.cpu().numpy(), strict=True))
-        batch.clear()
-
-    for path in paths:
-        try:
-            batch.append((path, load_image(path, pre)))
-        except Exception as e:  # any decoder error: name the file, keep going
-            print(f"artclf predict: skipped {path}: {type(e).__name__}: {e}", file=sys.stderr)
-            continue
-        if len(batch) == batch_size:
-            yield from flush()
-    if batch:
-        yield from flush()
-
-
-def answer(
-    probs: np.ndarray, classes: list[str], names: list[str], top_k: int, open_set: dict | None
-) -> dict:
-    """One image's answer: the artist, or ``unknown`` below the model's open-set threshold (the
-    top k shown either way), in people's names with the stable class id beside each."""
-    order = np.argsort(-probs, kind="stable")[: min(top_k, len(classes))]
-    top = [{"artist": names[i], "class": classes[i], "probability": float(probs[i])} for i in order]
-    known = bool(is_known(probs[None], open_set)[0])
-    return {
-        "answer": top[0]["artist"] if known else UNKNOWN,
-        "class": top[0]["class"] if known else None,
-        "known": known,
-        "score": float(probs.max()),
-        "threshold": open_set["threshold"] if open_set else None,
-        "top_k": top,
-    }
 
 
 def explain_to(out: Path, path: Path, x: torch.Tensor, model, taken: set[str]) -> Path:

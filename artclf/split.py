@@ -23,8 +23,7 @@ from artclf import manifest
 from artclf.atomic import write_json
 from artclf.config import arg, floats, stage_main
 from artclf.errors import ArtclfError
-
-SPLITS = ("train", "val", "test")
+from artclf.manifest import SPLITS
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ def search_child(n: int, dim: int, k: int) -> dict:
     """Runs in a fresh process: search n random unit vectors against themselves."""
     import torch
 
-    from artclf.neighbors import topk_similar
+    from artclf.dedup.neighbors import topk_similar
 
     torch.zeros(1)  # torch's own start-up memory belongs to the baseline
     base = reset_peak()
@@ -70,7 +70,7 @@ def feature_rate(arch: str, weights: str, images: int) -> dict:
     2 workers)."""
     import torch
 
-    from artclf import features
+    from artclf.dedup import features
     from artclf.sample_data import SampleDataConfig, generate
     from artclf.weights import build
 
@@ -106,7 +106,7 @@ def main() -> None:
     ap.add_argument(
         "--weights",
         default=None,
-        help="mobilenet_v2 state dict for the CNN rate (tests/mobilenet_weights.py)",
+        help="mobilenet_v2 state dict for the CNN rate (tests/support/mobilenet_weights.py)",
     )
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()

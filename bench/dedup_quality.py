@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from artclf import manifest
-from artclf.lookalikes import LOOKS
+from artclf.sample_data.lookalikes import LOOKS
 
 WHOLE_PICTURE = ("resize_reencode", "color_cast", "grayscale", "flip")
 
@@ -108,8 +108,8 @@ def separation(truth: dict, work: Path, cut: float = 0.80, k: int = 10) -> dict:
     default Hamming threshold, plain and mirrored) of the features cached in
     ``work/dedup``; inliers are counted exactly (plain and mirrored), -1 when an image has fewer than
     ``geometry.MIN_KEYPOINTS`` keypoints."""
-    from artclf import alignment, features, geometry
-    from artclf.dedup import DedupConfig, cnn_candidates, hash_pairs
+    from artclf.dedup import DedupConfig, alignment, features, geometry
+    from artclf.dedup.stage import cnn_candidates, hash_pairs
 
     rows = manifest.usable(manifest.read_manifest(work))
     model = json.loads((work / "dedup/embeddings.json").read_text())["model"]
@@ -164,8 +164,8 @@ def verify_timing(work: Path, n: int, cut: float = 0.80, k: int = 10) -> dict:
 
     import cv2
 
-    from artclf import features, geometry
-    from artclf.dedup import cnn_candidates
+    from artclf.dedup import features, geometry
+    from artclf.dedup.stage import cnn_candidates
 
     model = json.loads((work / "dedup/embeddings.json").read_text())["model"]
     feats = features.Features.load(work / "dedup", model)

@@ -27,7 +27,7 @@ from accelerate.state import AcceleratorState
 
 from artclf.data import Batch
 from artclf.model import build_model
-from artclf.recipe import make_optimizer
+from artclf.train.recipe import make_optimizer
 from artclf.transforms import Preprocess
 from bench.train_overhead import CLASSES, run_loop
 

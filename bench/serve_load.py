@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from artclf.paintings import make_styles, paint, rng_for
+from artclf.sample_data.paintings import make_styles, paint, rng_for
 
 EXPECTED = {
     "good": 200,
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args(argv)
 
-    from artclf.predict import load_image
+    from artclf.inference import load_image
     from artclf.serve import load_backend
 
     tmp = Path(tempfile.mkdtemp(prefix="serve_load."))

@@ -1,4 +1,4 @@
-"""Overhead of artclf's training loop over a bare PyTorch loop: same model, batches and loss.
+r"""Overhead of artclf's training loop over a bare PyTorch loop: same model, batches and loss.
 
     python -m bench.train_overhead [--arch resnet18] [--size 64] [--batch 16] [--steps 30] [--repeats 3]
                                    [--engine PATH]
@@ -13,7 +13,9 @@ Then the host reads of tensor values per optimizer step of each loop, with the t
 default ``--log-every`` and ``--check-every``: ``item()``, ``float()``, ``bool()`` (all go
 through ``aten._local_scalar_dense``) and ``tolist()``. On a GPU each one waits for the
 device to finish everything queued so far. ``--engine PATH`` takes ``train_one_epoch`` from
-another ``engine.py`` (e.g. ``git show REV:artclf/engine.py > old.py``) to count a former loop.
+another ``engine.py`` (e.g. ``git show REV:artclf/train/engine.py > old.py``) to count a former loop.
+One from before the stages moved into packages lies at ``REV:artclf/engine.py`` and imports
+``artclf.losses``: ``sed -i 's/artclf\.losses/artclf.train.losses/' old.py`` first.
 """
 
 from __future__ import annotations
@@ -33,13 +35,13 @@ import torch
 from accelerate import Accelerator
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from artclf.checkpoint import TrainState
 from artclf.data import Batch
-from artclf.engine import lr_at, train_one_epoch
-from artclf.losses import combined_loss
 from artclf.model import build_model
-from artclf.recipe import make_optimizer
 from artclf.train import TrainConfig
+from artclf.train.checkpoint import TrainState
+from artclf.train.engine import lr_at, train_one_epoch
+from artclf.train.losses import combined_loss
+from artclf.train.recipe import make_optimizer
 from artclf.transforms import Preprocess
 
 CLASSES = 50
@@ -203,7 +205,8 @@ def main() -> None:
     print(
         f"host reads of tensor values per optimizer step ({a.steps} steps, --log-every "
         f"{default('log_every')}, --check-every {default('check_every')}): bare {bare_reads / a.steps:.2f}, "
-        f"artclf {our_reads / a.steps:.2f} ({our_reads} in all; engine {a.engine or 'artclf/engine.py'})"
+        f"artclf {our_reads / a.steps:.2f} ({our_reads} in all; "
+        f"engine {a.engine or 'artclf/train/engine.py'})"
     )
 
 

@@ -28,9 +28,9 @@ import pytest
 import torch
 
 from artclf.transforms import Preprocess
-from tests import procs
-from tests.procs import REPO
-from tests.system import REQUIRE
+from tests.support import procs
+from tests.support.procs import REPO
+from tests.support.system import REQUIRE
 
 # Every process the session starts carries this in its environment (see pytest_sessionfinish).
 os.environ[procs.SESSION_MARK] = uuid.uuid4().hex
@@ -67,7 +67,7 @@ def history(run: Path) -> list[dict]:
 
 def steps_saved(run: Path) -> list[int]:
     """Optimizer steps of the checkpoints in RUN/state, oldest first."""
-    from artclf.checkpoint import checkpoints
+    from artclf.train.checkpoint import checkpoints
 
     return [int(c.name[5:]) for c in checkpoints(run / "state")]
 
@@ -171,7 +171,7 @@ def trained_run(shards, tmp_path_factory):
     """The tiny recipe trained for 6 epochs by 2 real DDP processes (gloo): model.pt, history,
     TensorBoard, plots. Evaluate and train tests read it; none writes into it. (6 epochs: enough
     to be far above the majority-class baseline on train and val; 3 were not, on 125 images.)"""
-    from tests.cpu_launch import launch
+    from tests.support.cpu_launch import launch
 
     run = tmp_path_factory.mktemp("trained") / "run"
     code, out = launch(
@@ -284,5 +284,5 @@ def _terminal(config):
     return say
 
 
-from tests.s3server import s3_server  # noqa: E402, F401  (session fixture: a real S3 server)
-from tests.slurmcluster import slurm, slurm2  # noqa: E402, F401  (session fixtures: real local SLURMs)
+from tests.support.s3server import s3_server  # noqa: E402, F401  (session fixture: a real S3 server)
+from tests.support.slurmcluster import slurm, slurm2  # noqa: E402, F401  (session fixtures: real local SLURMs)

@@ -22,14 +22,14 @@ from artclf.transforms import (
     to_uint8_tensor,
     train_image,
 )
-from tests.cpu_launch import accelerate_cpu
-from tests.test_shard import expected
+from tests.shard.test_shard import expected
+from tests.support.cpu_launch import accelerate_cpu
 
 
 @pytest.mark.slow
 def test_two_ranks_two_workers(work, shards, tmp_path):
     out = tmp_path / "ranks.json"
-    res = accelerate_cpu(2, "tests/dist_data.py", str(shards), str(out))
+    res = accelerate_cpu(2, "tests/support/dist/dist_data.py", str(shards), str(out))
     assert res.returncode == 0, res.stderr[-3000:]
     ranks = json.loads(out.read_text())
     assert [r["rank"] for r in ranks] == [0, 1] and {r["world"] for r in ranks} == {2}

@@ -1,7 +1,7 @@
 """data: shards that cannot be read. Permanent answers (403, missing bucket, key or file) end the
 stream at once with the URL and the reason; other failures are skipped and counted, and more
 than ``max_failed_shards`` in a row raise; DataLoader workers hand both to the caller; the
-loader's ``timeout`` ends a stalled read. Against the real S3 server of tests/s3server.py.
+loader's ``timeout`` ends a stalled read. Against the real S3 server of tests/support/s3server.py.
 
 Each loader runs in a forked child with a hard deadline, so a regression to the old silent
 stall fails the test instead of hanging the suite. The last part runs the stages themselves
@@ -33,8 +33,8 @@ from PIL import Image
 from artclf import storage
 from artclf.data import eval_loader, train_loader
 from artclf.transforms import Preprocess
-from tests import procs
 from tests.conftest import history, train_cmd
+from tests.support import procs
 
 PRE = Preprocess(image_size=16, resize=16)
 DEADLINE_S = 30.0  # far above what a fatal error takes (a few seconds here)

@@ -13,7 +13,7 @@ from sklearn import metrics as skm
 
 from artclf import evaluate as evaluate_stage
 from tests.conftest import assert_figure, run_cli
-from tests.cpu_launch import accelerate_cpu
+from tests.support.cpu_launch import accelerate_cpu
 
 
 def evaluate(shards, run, out, *extra):

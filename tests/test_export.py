@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from artclf import export
+from artclf.inference import load_image
 from artclf.model import load_model
-from artclf.predict import load_image
 from tests.conftest import CLASSES, run_cli
 from tests.conftest import TINY_PRE as PRE
 

@@ -16,8 +16,8 @@ from PIL import Image
 
 from artclf import predict
 from artclf.data import read_info
+from artclf.inference import load_image
 from artclf.model import load_model, save_model
-from artclf.predict import load_image
 from artclf.transforms import Preprocess, decode, eval_image
 from tests.conftest import CLASSES, assert_figure, run_cli
 from tests.conftest import TINY_PRE as PRE

@@ -1,4 +1,4 @@
-"""artclf.storage against a local folder and a real S3 server (SeaweedFS, see tests/s3server.py)."""
+"""artclf.storage against a local folder and a real S3 server (SeaweedFS, see tests/support/s3server.py)."""
 
 from __future__ import annotations
 
@@ -407,7 +407,7 @@ def test_open_read_local(tmp_path):
 
 
 def test_missing_weed_fails_not_skips(monkeypatch, tmp_path):
-    from tests import s3server
+    from tests.support import s3server
 
     monkeypatch.setattr(s3server.sys, "executable", str(tmp_path / "python"))
     monkeypatch.setenv("PATH", str(tmp_path))

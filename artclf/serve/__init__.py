@@ -1,0 +1,10 @@
+"""``artclf serve``: the prediction service (FastAPI on uvicorn, ``artclf[serve]``).
+
+- ``app``: the stage (``ServeConfig``, ``main``), the backends (ONNX Runtime, PyTorch) and the routes
+- ``http_limits``: body size, slow clients, connection count, enforced below FastAPI
+- ``page.html``: the upload page at ``GET /``
+"""
+
+from artclf.serve.app import ServeConfig, load_backend, main
+
+__all__ = ["ServeConfig", "load_backend", "main"]

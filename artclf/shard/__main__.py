@@ -1,0 +1,5 @@
+"""``python -m artclf.shard`` (and ``accelerate launch -m artclf.shard``) runs the stage."""
+
+from artclf.shard.stage import main
+
+raise SystemExit(main())

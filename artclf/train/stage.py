@@ -1,0 +1,382 @@
+"""``accelerate launch -m artclf.train --shards URL --run RUN``: train the painter classifier.
+
+Defaults reproduce the published recipe: torchvision ResNet50 (IMAGENET1K_V2), 512 px,
+global batch 64, 15 epochs, loss 0.3·CE + 0.7·soft-F1, horizontal flips for the smaller
+classes. Process count and mixed precision come from ``accelerate launch`` (or its config
+file), not from here. Restarting the same command resumes from the newest ``RUN/state``.
+SIGTERM or SIGUSR1 on any rank: every rank stops at the next step, saves, and exits 75.
+One job per run folder (a lock on ``RUN/.lock``); a collective that waits longer than
+``--ddp-timeout`` ends every rank with a stack dump, so the scheduler can restart the job.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from itertools import islice
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs, set_seed
+
+from artclf import plots, storage
+from artclf.artists import display_names
+from artclf.atomic import write_json, write_jsonl
+from artclf.config import arg, stage_main, to_dict
+from artclf.data import decode_on_device, eval_loader, read_info, steps_per_epoch, train_stream
+from artclf.errors import ArtclfError
+from artclf.metrics.calibration import calibrate
+from artclf.metrics.eval_loop import evaluate
+from artclf.model import build_model, save_model
+from artclf.train import checkpoint, runlog
+from artclf.train.engine import Meter, lr_at, train_one_epoch
+from artclf.train.preemption import EXIT_PREEMPTED, Preemption, die, watch_launcher
+from artclf.train.recipe import SYNC_BN_BELOW, flip_set, make_optimizer, sync_bn_choice
+from artclf.train.runlock import RunLock
+from artclf.transforms import Preprocess
+
+BASE_BATCH = 64  # --lr is for this global batch; it scales linearly with the global batch
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    shards: str = field(metadata=arg("shard set: folder or s3://bucket/prefix (with _info.json)"))
+    run: Path = field(metadata=arg("run folder: config, state/, tb/, history.jsonl, model.pt"))
+    arch: str = field(default="resnet50", metadata=arg("torchvision classification model"))
+    weights: str = field(
+        default="IMAGENET1K_V2", metadata=arg("torchvision weights name, a local file, or none")
+    )
+    image_size: int = field(default=512, metadata=arg("px, square model input"))
+    batch_size: int = field(
+        default=64,
+        metadata=arg(
+            "GLOBAL batch per optimizer step: per-device batch × processes × --grad-accum "
+            "(must divide by processes × --grad-accum)"
+        ),
+    )
+    epochs: int = field(default=15, metadata=arg("passes over the train split"))
+    lr: float = field(default=3e-4, metadata=arg(f"AdamW peak learning rate at global batch {BASE_BATCH}"))
+    weight_decay: float = field(default=0.05, metadata=arg("AdamW weight decay (not on norms and biases)"))
+    warmup_epochs: float = field(default=1.0, metadata=arg("linear warm-up, in epochs"))
+    ce_weight: float = field(default=0.3, metadata=arg("weight of cross-entropy in the loss"))
+    f1_weight: float = field(
+        default=0.7,
+        metadata=arg(
+            "weight of macro soft-F1 in the loss; its soft counts are summed over each micro-batch of "
+            "all processes (--batch-size / --grad-accum images), one soft-F1 per micro-batch"
+        ),
+    )
+    flip_classes: str = field(
+        default="small",
+        metadata=arg("classes flipped at random: small (below the median count), all, none, or names"),
+    )
+    workers: int = field(default=8, metadata=arg("DataLoader workers per GPU"))
+    gpu_decode: bool = field(
+        default=False,
+        metadata=arg(
+            "decode train JPEGs on the GPU (nvJPEG, a batch at a time) and crop/flip there; the workers "
+            "only read: for nodes with few cores per GPU (CUDA only)"
+        ),
+    )
+    seed: int = field(default=0, metadata=arg("seeds weights of the head, data order and augmentation"))
+    save_every: int = field(
+        default=0, metadata=arg("also save state every N optimizer steps (0: per epoch only)")
+    )
+    keep_last: int = field(default=3, metadata=arg("checkpoints kept in RUN/state"))
+    grad_accum: int = field(
+        default=1,
+        metadata=arg(
+            "micro-batches per optimizer step, their losses averaged; soft-F1 is computed per micro-batch "
+            "(of all processes), not over --batch-size"
+        ),
+    )
+    clip_grad: float = field(default=1.0, metadata=arg("max gradient norm (0 disables)"))
+    channels_last: bool = field(default=True, metadata=arg("channels-last memory format (GPU only)"))
+    compile: bool = field(default=False, metadata=arg("torch.compile the model (checkpoints stay plain)"))
+    compile_backend: str = field(
+        default="inductor", metadata=arg("torch.compile backend (aot_eager: to tell compiler bugs apart)")
+    )
+    sync_bn: str = field(
+        default="auto",
+        metadata=arg(f"SyncBatchNorm across GPUs: on, off, or auto (on below {SYNC_BN_BELOW} images/device)"),
+    )
+    ddp_timeout: int = field(
+        default=1800, metadata=arg("seconds a rank may wait in a collective before the job fails")
+    )
+    max_failed_shards: int = field(
+        default=10, metadata=arg("failed train shards in a row that are skipped (0: the first fails the job)")
+    )
+    data_timeout: float = field(
+        default=600.0, metadata=arg("seconds to wait for one batch from a DataLoader worker (0: forever)")
+    )
+    log_every: int = field(default=10, metadata=arg("optimizer steps between log lines / TensorBoard points"))
+    check_every: int = field(
+        default=10,
+        metadata=arg(
+            "optimizer steps between the all-rank check for a stop request or a non-finite loss (also "
+            "before every save): a stop or a NaN ends every rank within this many steps"
+        ),
+    )
+    eval_every: int = field(default=1, metadata=arg("epochs between evaluations on val (the last always)"))
+    reject_rate: float = field(
+        default=0.05,
+        metadata=arg(
+            "share of val images (known artists) answered 'unknown': sets the open-set threshold "
+            "stored in model.pt with the calibration temperature (0: never unknown)"
+        ),
+    )
+    endpoint_url: str | None = field(default=None, metadata=arg("S3 endpoint (default: AWS_ENDPOINT_URL)"))
+
+    def __post_init__(self) -> None:
+        if (
+            min(
+                self.batch_size,
+                self.epochs,
+                self.grad_accum,
+                self.keep_last,
+                self.log_every,
+                self.image_size,
+                self.check_every,
+                self.eval_every,
+            )
+            < 1
+        ):
+            raise ValueError(
+                "--batch-size, --epochs, --grad-accum, --keep-last, --log-every, --image-size, "
+                "--check-every, --eval-every: >= 1"
+            )
+        if self.ce_weight < 0 or self.f1_weight < 0 or self.ce_weight + self.f1_weight == 0:
+            raise ValueError("--ce-weight and --f1-weight must be >= 0 and not both 0")
+        if self.sync_bn not in ("auto", "on", "off"):
+            raise ValueError(f"--sync-bn must be auto, on or off, got {self.sync_bn!r}")
+        if self.ddp_timeout < 10 or self.data_timeout < 0 or self.max_failed_shards < 0:
+            raise ValueError("--ddp-timeout >= 10 s, --data-timeout >= 0, --max-failed-shards >= 0")
+        if not 0 <= self.reject_rate < 1:
+            raise ValueError(f"--reject-rate must be in [0, 1), got {self.reject_rate}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    faulthandler.enable(all_threads=True)  # NCCL's watchdog aborts a hung rank: say where it was
+    return stage_main(TrainConfig, run, "artclf train", __doc__, argv)
+
+
+def run(cfg: TrainConfig) -> int:
+    """Set up the process, train; a broken collective ends this rank with its stacks dumped."""
+    stop = Preemption(deadline=min(120.0, cfg.ddp_timeout))
+    watch_launcher()
+    acc = Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.ddp_timeout))])
+    lock = None
+    try:
+        lock = _lock_run(acc, cfg.run)
+        code = train(cfg, acc, stop)
+    except ArtclfError:
+        acc.end_training()  # raised on every rank (config, data) or only here: the agent ends the rest
+        raise
+    except Exception as e:
+        if acc.num_processes > 1:  # a timed-out or broken collective: no clean way out
+            die(f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+    acc.end_training()  # an exit without destroying the process group can abort in gloo/NCCL
+    return code
+
+
+def _lock_run(acc: Accelerator, run: Path) -> RunLock | None:
+    """The main process locks RUN; every rank learns the outcome (one broadcast, always)."""
+    from accelerate.utils import broadcast_object_list
+
+    lock, error = None, [None]
+    if acc.is_main_process:
+        try:
+            lock = RunLock(run)
+        except ArtclfError as e:
+            error = [str(e)]
+    broadcast_object_list(error)
+    if error[0]:
+        raise ArtclfError(error[0])
+    return lock
+
+
+def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
+    set_seed(cfg.seed)
+    storage.set_endpoint(cfg.endpoint_url)
+    info = read_info(cfg.shards)
+    classes = info["classes"]
+    world = acc.num_processes
+    if cfg.batch_size % (world * cfg.grad_accum):
+        raise ArtclfError(
+            f"--batch-size {cfg.batch_size} is the global batch; it must divide by "
+            f"processes × --grad-accum = {world} × {cfg.grad_accum}"
+        )
+    per_device = cfg.batch_size // (world * cfg.grad_accum)
+    steps = steps_per_epoch(info["splits"]["train"]["num_samples"], 1, cfg.batch_size)  # optimizer steps
+    total, warmup = steps * cfg.epochs, round(steps * cfg.warmup_epochs)
+    peak_lr = cfg.lr * cfg.batch_size / BASE_BATCH
+    pre = Preprocess(image_size=cfg.image_size, resize=cfg.image_size)
+    flips = flip_set(cfg.flip_classes, classes, info["splits"]["train"]["class_counts"])
+    sync_bn = sync_bn_choice(cfg.sync_bn, per_device, world, acc.device.type)
+
+    cuda = acc.device.type == "cuda"
+    if cfg.gpu_decode and not cuda:
+        raise ArtclfError(f"--gpu-decode decodes on CUDA devices; these processes use {acc.device.type}")
+    torch.backends.cudnn.benchmark = True  # fixed input size: autotune each convolution once
+    model = build_model(cfg.arch, cfg.weights, len(classes), pre)
+    if sync_bn[0]:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    channels_last = cfg.channels_last and cuda
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        model.compile(backend=cfg.compile_backend)  # in place: state_dict keys stay plain
+    optimizer = make_optimizer(model, peak_lr, cfg.weight_decay, fused=cuda)
+    model, optimizer = acc.prepare(model, optimizer)
+    state = checkpoint.TrainState()
+    acc.register_for_checkpointing(state)
+    resume = checkpoint.resume(acc, cfg.run / "state", state)
+    where = runlog.placement(acc)
+    if acc.is_main_process:
+        write_json(
+            cfg.run / "config.json",
+            {
+                "config": to_dict(cfg),
+                "derived": runlog.derived(
+                    acc, per_device, steps, total, warmup, peak_lr, flips, classes, info, resume, sync_bn
+                ),
+                "placement": where,
+                "versions": runlog.versions(),
+            },
+        )
+        runlog.print_derived(acc, cfg, per_device, steps, peak_lr, flips, resume, state, sync_bn, where)
+    writer = runlog.writer_for(acc, cfg.run)
+    history = plots.read_history(cfg.run / "history.jsonl")[: state.epoch]
+
+    def save_state() -> None:
+        checkpoint.save(acc, cfg.run / "state", state.step, cfg.keep_last)
+
+    def preempted(epoch: int) -> int:
+        stop.acknowledge()
+        save_state()
+        acc.print(f"preempted at step {state.step} (epoch {epoch + 1}): state saved, exit {EXIT_PREEMPTED}")
+        return EXIT_PREEMPTED
+
+    stream = _input_stream(cfg, acc, info, pre, per_device, flips, state.step)
+    meter = Meter(world)
+    for epoch in range(state.epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        # none left when a step checkpoint landed on the epoch's last step: go on to evaluation
+        remaining = steps - state.step_in_epoch
+        out = train_one_epoch(
+            acc,
+            model,
+            optimizer,
+            islice(stream, remaining * cfg.grad_accum),
+            num_classes=len(classes),
+            ce_weight=cfg.ce_weight,
+            f1_weight=cfg.f1_weight,
+            grad_accum=cfg.grad_accum,
+            clip_grad=cfg.clip_grad,
+            lr_of_step=lambda s: lr_at(s, total, warmup, peak_lr),
+            state=state,
+            stop_requested=lambda: stop.requested,
+            on_log=lambda row: runlog.log_scalars(writer, "train", row, state.step),
+            on_save=save_state,
+            save_every=cfg.save_every,
+            log_every=cfg.log_every,
+            total_steps=steps,
+            check_every=cfg.check_every,
+            meter=meter,
+            channels_last=channels_last,
+        )
+        if out["preempted"]:
+            return preempted(epoch)
+        val = preds = None
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            val_batches = eval_loader(
+                info, "val", pre, per_device, cfg.workers, acc.process_index, world, cfg.data_timeout, cuda
+            )
+            val, preds = evaluate(
+                acc, model, val_batches, classes, info["splits"]["val"]["num_samples"], lambda: stop.requested
+            )
+            if val is None:  # stopped during evaluation: the saved step is the epoch's last one
+                return preempted(epoch)
+        state.epoch, state.step_in_epoch = epoch + 1, 0
+        if acc.is_main_process:
+            row = runlog.epoch_row(epoch + 1, state.step, out, val, time.perf_counter() - t0)
+            _record_epoch(
+                cfg, acc, writer, history, row, val, preds, state, acc.unwrap_model(model), info, pre
+            )
+        state.best_f1 = _broadcast(acc, state.best_f1)
+        save_state()
+    if acc.is_main_process:
+        runlog.hparams_summary(writer, cfg, history)
+        writer.close()
+        acc.print(
+            f"done: best val macro F1 {state.best_f1:.4f} at epoch {state.best_epoch} "
+            f"-> {cfg.run / 'model.pt'}"
+        )
+    return 0
+
+
+def _input_stream(
+    cfg: TrainConfig, acc: Accelerator, info: dict, pre: Preprocess, per_device: int, flips, start: int
+) -> Iterator:
+    """The run's one train stream, seeded by the step it starts at; epochs are sliced off it."""
+    seed = cfg.seed * 1_000_003 + start
+    cuda = acc.device.type == "cuda"
+    stream = iter(
+        train_stream(
+            info, pre, per_device, cfg.workers, acc.process_index, acc.num_processes, seed, flips,
+            max_failed_shards=cfg.max_failed_shards, timeout=cfg.data_timeout, pin_memory=cuda,
+            encoded=cfg.gpu_decode,
+        )
+    )  # fmt: skip
+    if cfg.gpu_decode:
+        return decode_on_device(stream, pre, flips, seed * 1000 + acc.process_index, acc.device)
+    return stream
+
+
+def _record_epoch(cfg, acc, writer, history, row, val, preds, state, model, info, pre) -> None:
+    """Main process, after an epoch: history.jsonl, TensorBoard, ``model.pt`` (with its
+    calibration and open-set threshold fitted on these val predictions, its val metrics and
+    confusion matrix) when val macro F1 improved, the learning curve, the line."""
+    classes = info["classes"]
+    epoch = row["epoch"]
+    history.append(row)
+    write_jsonl(cfg.run / "history.jsonl", history)
+    if val is not None:
+        val_row = {k[4:]: v for k, v in row.items() if k.startswith("val_")}
+        runlog.log_scalars(writer, "val", val_row, state.step)
+    if val is not None and val["macro_f1"] > state.best_f1:
+        state.best_f1, state.best_epoch = val["macro_f1"], epoch
+        extra = {
+            "config": to_dict(cfg),
+            "epoch": epoch,
+            "val": runlog.scalars(val),
+            "artists": display_names(classes, info.get("artists")),
+            "trained_on": {
+                "shards": cfg.shards,
+                "name": info.get("name"),
+                "images": info["splits"]["train"]["num_samples"],
+                "classes": len(classes),
+                "generated_sample": info.get("data", {}).get("generated_sample"),
+            },
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **calibrate(preds["logits"], preds["labels"], cfg.reject_rate),
+        }
+        save_model(cfg.run / "model.pt", model, classes, pre, cfg.arch, extra)
+        write_json(cfg.run / "val_metrics.json", val)
+        runlog.confusion(writer, cfg.run, classes, epoch, state.step)
+    plots.learning_curve(plots.read_history(cfg.run / "history.jsonl"), cfg.run / "learning_curve.png")
+    acc.print(runlog.epoch_line(row, cfg.epochs))
+
+
+def _broadcast(acc: Accelerator, value: float) -> float:
+    from accelerate.utils import broadcast
+
+    return float(broadcast(torch.tensor([value], device=acc.device)).item())

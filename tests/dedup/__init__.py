@@ -1,0 +1,1 @@
+"""Tests of artclf/dedup/ (the room of the stage)."""

@@ -1,0 +1,1 @@
+"""Tests of the launchers: launch/ (accelerate configs), slurm/ and k8s/."""

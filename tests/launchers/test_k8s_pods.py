@@ -1,0 +1,170 @@
+"""Kubernetes launches without a cluster: the training container of a rendered overlay runs for real
+as two "pods" on this host, with the real `accelerate`, on CPU.
+
+Each pod's command, arguments and environment come from the rendered manifests (env, envFrom,
+fieldRef, secretKeyRef and `$(VAR)` expansion, as the kubelet does them), plus what the cluster
+adds: the training-operator's variables for a PyTorchJob, the Job controller's
+JOB_COMPLETION_INDEX for an Indexed Job, and DNS for the head pod's name (here: /etc/hosts, to
+loopback). So a manifest change that breaks the launch breaks these tests. What the test changes
+is only what points at this machine: the image's working folder is the repository, RUN and
+SHARDS are test folders, the port is a free one, and the layout is 2 pods x 1 CPU process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from artclf.metrics.classification import classification_metrics
+from tests.conftest import REPO, history, plain_predictions
+from tests.launchers.test_k8s import first, operator_env, render
+from tests.support import etchosts, procs
+from tests.support.slurmcluster import evidence
+
+pytestmark = pytest.mark.slow
+
+IMAGE_WORKDIR = "/opt/artclf"  # the Dockerfile's WORKDIR: this repository here
+TINY_ARGS = ["--arch", "resnet18", "--weights", "none", "--image-size", "48", "--log-every", "1"]
+
+
+def container_env(container: dict, docs: list[dict], fields: dict[str, str]) -> dict[str, str]:
+    """The environment the kubelet gives `container`: envFrom first, env over it; values from
+    the rendered ConfigMaps and Secrets (a Secret the overlay leaves to the user gets a fake
+    value), fieldRefs from `fields`."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env |= first(docs, "ConfigMap", source["configMapRef"]["name"])["data"]
+    for e in container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        elif "secretKeyRef" in e["valueFrom"]:
+            ref = e["valueFrom"]["secretKeyRef"]
+            secrets = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == ref["name"]]
+            env[e["name"]] = secrets[0]["stringData"][ref["key"]] if secrets else "test-not-a-secret"
+        else:
+            env[e["name"]] = fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
+    return env
+
+
+def expand(word: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion in command and args ($$ escapes; unknown names stay)."""
+    return re.sub(r"\$\$|\$\((\w+)\)", lambda m: env.get(m[1], m[0]) if m[1] else "$", word)
+
+
+def pod(container: dict, env: dict[str, str], run: Path, shards: Path, log: Path) -> dict:
+    """procs.spawn arguments for a pod of `container` with `env` (the test's changes applied)."""
+    env = env | {"RUN": str(run), "SHARDS": str(shards), "BATCH_SIZE": "16", "WORKERS": "1", "EPOCHS": "1"}
+    env |= {"HOME": str(run.parent / "home"), "TORCH_HOME": str(run.parent / "torch")}
+    cmd = [expand(w, env).replace(IMAGE_WORKDIR, str(REPO)) for w in container["command"]]
+    args = [expand(w, env) for w in container.get("args", [])]
+    system = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # the image's python first
+    system |= {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}  # no GPU here
+    return {"cmd": [*cmd, *args, *TINY_ARGS], "cwd": REPO, "env": system | env, "log": log}
+
+
+def pytorchjob_pods(docs: list[dict], port: int) -> list[tuple[dict, dict[str, str]]]:
+    """(container, env) of each replica of the PyTorchJob, Master then Workers, with what the
+    training-operator adds (tests/launchers/test_k8s.py: operator_env) and the test's port."""
+    job = first(docs, "PyTorchJob", "artclf-train")
+    pods = []
+    for kind in ("Master", "Worker"):
+        spec = job["spec"]["pytorchReplicaSpecs"].get(kind, {"replicas": 0})
+        for index in range(spec["replicas"]):
+            (container,) = spec["template"]["spec"]["containers"]
+            env = container_env(container, docs, {}) | operator_env(job, kind, index)
+            pods.append((container, env | {"MASTER_PORT": str(port)}))
+    return pods
+
+
+def indexed_job_pods(docs: list[dict]) -> list[tuple[dict, dict[str, str]]]:
+    """(container, env) of each index of the Indexed Job, with what the Job controller adds."""
+    job = first(docs, "Job", "artclf-train")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    labels = {"metadata.labels['batch.kubernetes.io/job-name']": job["metadata"]["name"]}
+    return [
+        (container, container_env(container, docs, labels) | {"JOB_COMPLETION_INDEX": str(i)})
+        for i in range(job["spec"]["completions"])
+    ]
+
+
+def two_pods_train(tmp_path: Path, shards: Path, pods_for) -> tuple[Path, list[str]]:
+    """Run the pods `pods_for(port)` gives together; the run folder and each pod's output."""
+    run = tmp_path / "runs" / "k8s"
+
+    def attempt(port: int) -> list[tuple[int | None, str]]:
+        pods = pods_for(port)
+        assert len(pods) == 2
+        logs = [tmp_path / f"pod-{i}-port-{port}.log" for i in range(2)]
+        shutil.rmtree(run, ignore_errors=True)  # a retry on another port starts from nothing
+        started = [pod(c, env, run, shards, log) for (c, env), log in zip(pods, logs, strict=True)]
+        return procs.run_together(started, 420)
+
+    results = procs.on_free_port(attempt)
+    outs = [out for _, out in results]
+    tails = "\n".join(f"--- pod {i}\n{out[-4000:]}" for i, out in enumerate(outs))
+    assert [code for code, _ in results] == [0, 0], tails
+    return run, outs
+
+
+@pytest.fixture
+def say(pytestconfig):
+    return evidence(pytestconfig, "k8s")
+
+
+def assert_trained_once_by_two(run: Path, shards: Path, outs: list[str], say, layout: str) -> None:
+    """One world of 2 (one rank per pod), one epoch, one model.pt whose metrics a plain
+    single-process loop reproduces."""
+    config = json.loads((run / "config.json").read_text())
+    assert config["derived"]["world_size"] == 2
+    ranks = config["placement"]["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1] and len({r["pid"] for r in ranks}) == 2
+    say(f"{layout}: 2 pods, ranks " + ", ".join(f"{r['rank']}@{r['node']} (pid {r['pid']})" for r in ranks))
+    assert [r["epoch"] for r in history(run)] == [1]
+    assert "2 process(es) on cpu" in outs[0] and "done: best val macro F1" in outs[0]
+    got = json.loads((run / "val_metrics.json").read_text())
+    assert config["derived"]["mixed_precision"] == "bf16"  # launch/multi_node.yaml's, as on GPUs
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what Accelerate makes of bf16 on a CPU
+        ref = classification_metrics(*plain_predictions(run / "model.pt", shards))
+    assert got["confusion_matrix"] == ref["confusion_matrix"] and got["accuracy"] == ref["accuracy"]
+    assert len(list(run.glob("model.pt"))) == 1 and not list(run.glob("*.tmp*"))
+
+
+def test_pytorchjob_two_pods_train(shards, tmp_path, say):
+    """prod's PyTorchJob shrunk to Master + 1 Worker x 1 process (its replica count and
+    nprocPerNode: the layout of this machine), everything else as rendered."""
+    docs = render("k8s/overlays/prod")
+    job = first(docs, "PyTorchJob", "artclf-train")
+    job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] = 1
+    job["spec"]["nprocPerNode"] = "1"
+    head = f"{job['metadata']['name']}-master-0"  # the Master's Service name
+    with etchosts.names({head: "127.0.0.1"}):
+        run, outs = two_pods_train(tmp_path, shards, lambda port: pytorchjob_pods(docs, port))
+    assert_trained_once_by_two(run, shards, outs, say, "PyTorchJob (Master + 1 Worker)")
+
+
+def test_indexed_job_two_pods_train(shards, tmp_path, say):
+    """prod-indexed's Job with completions = parallelism = NNODES = 2 and NPROC_PER_NODE = 1;
+    pod 0's stable name <job>-0.<service> resolves to loopback."""
+    docs = render("k8s/overlays/prod-indexed")
+    job = first(docs, "Job", "artclf-train")
+    job["spec"]["completions"] = job["spec"]["parallelism"] = 2
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    layout = {"NNODES": "2", "NPROC_PER_NODE": "1"}
+    for e in container["env"]:
+        e.update({"value": layout[e["name"]]} if e["name"] in layout else {})
+    head = f"{job['metadata']['name']}-0.{job['spec']['template']['spec']['subdomain']}"
+
+    def pods(port: int) -> list[tuple[dict, dict[str, str]]]:
+        return [(c, env | {"MASTER_PORT": str(port)}) for c, env in indexed_job_pods(docs)]
+
+    with etchosts.names({head: "127.0.0.1"}):
+        run, outs = two_pods_train(tmp_path, shards, pods)
+    assert_trained_once_by_two(run, shards, outs, say, "Indexed Job (2 completions)")

@@ -1,0 +1,1 @@
+"""Tests of artclf/metrics/ (classification metrics, calibration, exact evaluation across ranks)."""

@@ -1,0 +1,1 @@
+"""Tests of artclf/sample_data/ (the room of the stage)."""

@@ -1,0 +1,1 @@
+"""Tests of artclf/serve/ (the room of the stage)."""

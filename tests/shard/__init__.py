@@ -1,0 +1,1 @@
+"""Tests of artclf/shard/ (the room of the stage)."""

@@ -1,0 +1,1 @@
+"""Tests of artclf/train/ (the room of the stage)."""

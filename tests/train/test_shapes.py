@@ -1,0 +1,251 @@
+"""The trainer in the shapes users run, on real CPU processes (gloo) with a tiny model: world
+sizes 1-4 against 1, 2 and 5 val shards (the real job has fewer val shards than ranks), a rank
+whose val samples are all unreadable, a killed launcher, a second job on a busy run folder, a
+stopped rank, torn checkpoints, elastic restarts, resumes across --compile and world sizes.
+
+Every run has a hard timeout that kills its process tree, so a hang fails instead of blocking.
+Validation metrics are checked against a plain single-process loop over the same model.pt.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from artclf import manifest
+from artclf.data import read_info
+from artclf.metrics.classification import classification_metrics
+from artclf.shard import ShardConfig, shard
+from artclf.train.runlock import RunLock
+from tests.conftest import history, plain_predictions, steps_saved
+from tests.support.cpu_launch import accelerate_cmd, finish, launch, rank_pids, start
+from tests.support.procs import kill_tree, processes_with, wait_for
+
+GLOBAL_BATCH = "24"  # divisible by 1, 2, 3 and 4 ranks
+TINY = ["--arch", "resnet18", "--weights", "none", "--image-size", "32", "--log-every", "1"]
+TINY += ["--batch-size", GLOBAL_BATCH, "--lr", "2e-3"]
+
+
+def train_args(shards: Path, run: Path, *extra: str, workers: str = "0") -> list[str]:
+    return [
+        "-m",
+        "artclf.train",
+        "--shards",
+        str(shards),
+        "--run",
+        str(run),
+        *TINY,
+        "--workers",
+        workers,
+        *extra,
+    ]
+
+
+def assert_resumed_to_the_end(run: Path, shards: Path, epochs: int, keep: int = 3) -> None:
+    """Each epoch once, at the step it must end on; the last checkpoint is the last step; no more
+    than --keep-last (default 3) checkpoints are left."""
+    steps = read_info(str(shards))["splits"]["train"]["num_samples"] // int(GLOBAL_BATCH)
+    assert [(r["epoch"], r["step"]) for r in history(run)] == [(e, e * steps) for e in range(1, epochs + 1)]
+    assert steps_saved(run)[-1] == epochs * steps and len(steps_saved(run)) <= keep
+
+
+@pytest.fixture(scope="module")
+def shard_sets(work, tmp_path_factory) -> dict[int, Path]:
+    """val shards -> a shard set with exactly that many val shards (32 px)."""
+    n_val = sum(1 for r in manifest.read_manifest(work) if r.get("keep") and r.get("split") == "val")
+    out = {}
+    for n_shards in (1, 2, 5):
+        d = tmp_path_factory.mktemp(f"val{n_shards}")
+        shard(ShardConfig(work=work, out=str(d), store_size=32, shard_samples=math.ceil(n_val / n_shards)))
+        assert len(read_info(str(d))["splits"]["val"]["filenames"]) == n_shards
+        out[n_shards] = d
+    return out
+
+
+@pytest.fixture(scope="module")
+def unreadable_rank(shard_sets, tmp_path_factory) -> Path:
+    """2 val shards, every image of the second one corrupt: rank 1 of 2 reads nothing usable."""
+    d = tmp_path_factory.mktemp("unreadable")
+    shutil.copytree(shard_sets[2], d, dirs_exist_ok=True)
+    info = read_info(str(d))
+    bad = d / info["splits"]["val"]["filenames"][1]
+    members = []
+    with tarfile.open(bad) as tar:
+        for m in tar.getmembers():
+            data = tar.extractfile(m).read()
+            members.append((m, b"not a jpeg" if m.name.endswith(".jpg") else data))
+    with tarfile.open(bad, "w") as tar:
+        for m, data in members:
+            m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+    return d
+
+
+def assert_same_metrics(run: Path, shards: Path) -> None:
+    got = json.loads((run / "val_metrics.json").read_text())
+    ref = classification_metrics(*plain_predictions(run / "model.pt", shards))
+    assert got["confusion_matrix"] == ref["confusion_matrix"]
+    for k in ("accuracy", "macro_f1", "macro_precision", "macro_recall"):
+        assert got[k] == ref[k], k
+    for k in ("confidence", "log_loss"):
+        assert got[k] == pytest.approx(ref[k], abs=1e-5), k
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_every_shape_finishes_with_exact_validation(world, shard_sets, unreadable_rank, tmp_path):
+    """val shards 1, 2, 5, and 2 of which the second is unreadable, on 1-4 ranks."""
+    sets = [shard_sets[1], shard_sets[2], shard_sets[5], unreadable_rank]
+    flags = [*TINY, "--workers", "0", "--epochs", "1"]  # dist_shapes adds --shards and --run
+    rc, out = launch(
+        world, "tests/support/dist/dist_shapes.py", str(tmp_path), *map(str, sets), "--", *flags, timeout=300
+    )
+    assert rc == 0, out[-4000:]
+    for i, shards in enumerate(sets):
+        run = tmp_path / f"run{i}"
+        assert [r["epoch"] for r in history(run)] == [1], shards
+        assert json.loads((run / "config.json").read_text())["derived"]["world_size"] == world
+        assert_same_metrics(run, shards)
+    unreadable = json.loads((tmp_path / "run3" / "val_metrics.json").read_text())["skipped_samples"]
+    assert unreadable == read_info(str(unreadable_rank))["splits"]["val"]["shard_lengths"][1] > 0
+
+
+@pytest.mark.slow
+def test_launcher_sigkill_leaves_no_trainer_and_the_rerun_resumes_past_a_torn_checkpoint(
+    shard_sets, tmp_path
+):
+    """The crash users meet: the launcher is killed (OOM killer, kill -9), the newest checkpoint
+    is torn (a lost write), the same command is run again."""
+    run = tmp_path / "run"
+    args = train_args(shard_sets[2], run, "--save-every", "1", workers="1")
+    proc = start(accelerate_cmd(2, *args, "--epochs", "50"))  # still training when the check ends
+    try:
+        wait_for(lambda: len(steps_saved(run)) >= 2, 180, "two step checkpoints", proc)
+        os.kill(proc.pid, signal.SIGKILL)  # the launcher only: its workers are in sessions of their own
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while processes_with(str(run)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = processes_with(str(run))
+    finally:
+        kill_tree(proc.pid)
+        for pid in processes_with(str(run)):
+            kill_tree(pid)
+    assert not left, f"processes of the run alive 30 s after the launcher was killed: {left}"
+    *_, before, newest = steps_saved(run)
+    weights = run / "state" / f"step-{newest:08d}" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    rc, out = launch(2, *args, "--epochs", "2", timeout=240)
+    assert rc == 0, out[-4000:]
+    assert f"step-{newest:08d}: does not load" in out and "falling back" in out
+    assert f"resuming from {run / 'state'}/step-{before:08d}" in out
+    assert_resumed_to_the_end(run, shard_sets[2], epochs=2)
+
+
+@pytest.mark.slow
+def test_a_second_job_on_a_busy_run_is_refused_and_the_first_goes_on(shard_sets, tmp_path):
+    """The first job is given 50 epochs: it is still training whatever the second one's start-up
+    costs; once refused, the first is preempted (TERM) and must save as usual."""
+    run = tmp_path / "run"
+    first = start(accelerate_cmd(2, *train_args(shard_sets[1], run, "--epochs", "50")))
+    try:
+        wait_for(lambda: (run / "config.json").is_file(), 180, "config.json of the first job", first)
+        holder = json.loads((run / ".lock").read_text())
+        t0 = time.monotonic()
+        rc, out = finish(start([sys.executable, *train_args(shard_sets[1], run, "--epochs", "2")]), 60)
+        refused_in = time.monotonic() - t0
+        assert rc == 1, out[-3000:]
+        assert "another job is training into this run folder" in out
+        assert f"pid {holder['pid']}" in out and f"host {holder['host']}" in out
+        assert refused_in < 30
+        epochs_done = len(history(run)) if (run / "history.jsonl").exists() else 0
+        assert first.poll() is None, "the first job ended"
+        wait_for(lambda: (run / "history.jsonl").exists() and len(history(run)) > epochs_done,
+                 180, "an epoch of the first job after the refusal", first)  # fmt: skip
+        os.killpg(first.pid, signal.SIGTERM)
+        rc, out = finish(first, 240)
+    finally:
+        kill_tree(first.pid)
+    assert "preempted at step" in out and steps_saved(run), out[-4000:]
+    RunLock(run).release()  # the lock went with the job: a rerun may start
+
+
+@pytest.mark.slow
+def test_a_stopped_rank_ends_every_rank_within_the_timeout(shard_sets, tmp_path):
+    run, timeout, grace = tmp_path / "run", 10, 30
+    flags = ("--epochs", "50", "--ddp-timeout", str(timeout), "--save-every", "2")
+    args = train_args(shard_sets[2], run, *flags, workers="1")
+    proc = start(accelerate_cmd(2, *args))
+    try:
+        wait_for(lambda: steps_saved(run), 180, "a saved step (the ranks are training)", proc)
+        ranks = rank_pids(str(run))
+        assert sorted(ranks) == [0, 1], ranks
+        os.kill(ranks[1], signal.SIGSTOP)
+        t0 = time.monotonic()
+        # the agent SIGTERMs the survivors, and SIGKILLs the stopped one `grace` s later (torch
+        # elastic's close() after a failed worker; TORCH_ELASTIC_SHUTDOWN_TIMEOUT does not apply)
+        rc, out = finish(proc, timeout + grace + 60)
+        took = time.monotonic() - t0
+        left = [p for p in ranks.values() if Path(f"/proc/{p}").exists()]
+    finally:
+        kill_tree(proc.pid)
+        for pid in processes_with(str(run)):
+            kill_tree(pid)
+    assert rc != 0 and took < timeout + grace + 60, (rc, took)
+    assert "[rank 0," in out and "stacks:" in out and "Current thread" in out, out[-4000:]
+    assert not left
+
+
+@pytest.mark.slow
+def test_elastic_restart_after_a_worker_is_killed(shard_sets, tmp_path):
+    run = tmp_path / "run"
+    args = train_args(shard_sets[2], run, "--epochs", "2", "--save-every", "2", workers="1")
+    # the launchers' settings (launch/README.md): with the default static rendezvous the new
+    # gang reads the old gang's addresses from the agent's store (pytorch/pytorch#135712)
+    restarts = ("--max_restarts", "1", "--rdzv_backend", "c10d")
+    proc = start(accelerate_cmd(2, *args, launch_args=restarts), TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
+    try:
+        wait_for(lambda: steps_saved(run), 180, "step checkpoint", proc)
+        saved = steps_saved(run)[-1]
+        os.kill(rank_pids(str(run))[1], signal.SIGKILL)
+        rc, out = finish(proc, 300)
+    finally:
+        kill_tree(proc.pid)
+    assert rc == 0, out[-4000:]
+    assert "resuming from" in out and int(out.split("resuming from")[1].split("step-")[1][:8]) >= saved
+    assert_resumed_to_the_end(run, shard_sets[2], epochs=2)
+
+
+@pytest.mark.slow
+def test_compile_and_world_size_changes_resume(shard_sets, tmp_path):
+    """1 rank compiled -> 2 ranks plain -> 1 rank plain; model.pt of the compiled run loads."""
+    from artclf.evaluate import EvaluateConfig
+    from artclf.evaluate import run as run_evaluate
+
+    run, shards = tmp_path / "run", shard_sets[2]
+    compiled = ("--compile", "--compile-backend", "aot_eager")  # the wrapper is the same; faster on CPU
+    rc, out = launch(1, *train_args(shards, run, "--epochs", "1", *compiled), timeout=300)
+    assert rc == 0, out[-4000:]
+    blob = torch.load(run / "model.pt", weights_only=True)
+    assert not [k for k in blob["state_dict"] if "_orig_mod" in k]
+    assert_same_metrics(run, shards)
+    assert (
+        run_evaluate(EvaluateConfig(model=run / "model.pt", shards=str(shards), split="val", workers=0)) == 0
+    )
+    for epochs, world in (("2", 2), ("3", 1)):
+        step = steps_saved(run)[-1]
+        rc, out = launch(world, *train_args(shards, run, "--epochs", epochs), timeout=240)
+        assert rc == 0, out[-4000:]
+        assert f"resuming from {run / 'state'}/step-{step:08d}" in out
+    assert_resumed_to_the_end(run, shards, epochs=3)
