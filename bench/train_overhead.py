@@ -15,7 +15,8 @@ through ``aten._local_scalar_dense``) and ``tolist()``. On a GPU each one waits 
 device to finish everything queued so far. ``--engine PATH`` takes ``train_one_epoch`` from
 another ``engine.py`` (e.g. ``git show REV:artclf/train/engine.py > old.py``) to count a former loop.
 One from before the stages moved into packages lies at ``REV:artclf/engine.py`` and imports
-``artclf.losses``: ``sed -i 's/artclf\.losses/artclf.train.losses/' old.py`` first.
+``artclf.losses`` and ``artclf.metrics``: first ``sed -i -e 's/artclf\.losses/artclf.train.losses/'
+-e 's/artclf\.metrics import/artclf.metrics.classification import/' old.py``.
 """
 
 from __future__ import annotations

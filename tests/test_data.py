@@ -29,7 +29,7 @@ from tests.support.cpu_launch import accelerate_cpu
 @pytest.mark.slow
 def test_two_ranks_two_workers(work, shards, tmp_path):
     out = tmp_path / "ranks.json"
-    res = accelerate_cpu(2, "tests/support/dist/dist_data.py", str(shards), str(out))
+    res = accelerate_cpu(2, "tests/support/launched/dist_data.py", str(shards), str(out))
     assert res.returncode == 0, res.stderr[-3000:]
     ranks = json.loads(out.read_text())
     assert [r["rank"] for r in ranks] == [0, 1] and {r["world"] for r in ranks} == {2}

@@ -1,4 +1,4 @@
-"""``python -m artclf.dedup`` (and ``accelerate launch -m artclf.dedup``) runs the stage."""
+"""``python -m artclf.dedup`` runs the stage, as ``artclf dedup`` does."""
 
 from artclf.dedup.stage import main
 

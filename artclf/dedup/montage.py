@@ -42,7 +42,7 @@ def sheet(tiles: list[tuple[Image.Image, str, str]], title: str, columns: int = 
 
 
 def write_montages(groups: list[dict], data_dir: Path, out: Path, feats: Features) -> list[Path]:
-    """``out/group_<id>.png`` for each group of ``groups`` (dicts from ``dedup.assign``)."""
+    """``out/group_<id>.png`` for each group of ``groups`` (dicts from ``artclf.dedup.stage.assign``)."""
     paths = []
     for g in groups:
         kept = next((r for r in g["members"] if r["keep"]), g["members"][0])

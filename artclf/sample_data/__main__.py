@@ -1,4 +1,4 @@
-"""``python -m artclf.sample_data`` (and ``accelerate launch -m artclf.sample_data``) runs the stage."""
+"""``python -m artclf.sample_data`` runs the stage, as ``artclf sample-data`` does."""
 
 from artclf.sample_data.stage import main
 

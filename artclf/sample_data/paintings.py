@@ -4,6 +4,7 @@ A style fixes a palette, a stroke kind, size and direction, a layout, grain and 
 each painting varies its layout, shapes, colours and where the strokes bunch, so a small CNN
 can learn the 50 artists while no two paintings are alike. ``copy_of`` makes the set's
 near-duplicates: the same painting photographed again.
+A ``Job`` is one painting and the files made from it, as the plan decides them.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """What every file of the sample set is, decided before any is drawn: names, odd files, copies,
-look-alikes, and the truth file that lists them (format: ``artclf.sample_data``).
+look-alikes, and the truth file that lists them (format: ``artclf.sample_data.stage``).
 
 Every decision comes from the ``PLAN`` RNG stream, so one seed gives one plan whatever the number
-of workers that paint it. A ``Job`` is one painting and the files made from it; ``sample_data``
-paints and writes them.
+of workers that paint it. It answers with jobs (``paintings.Job``: one painting and the files
+made from it); ``stage`` paints and writes them.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """``artclf serve``: the prediction service (FastAPI on uvicorn, ``artclf[serve]``).
 
-- ``app``: the stage (``ServeConfig``, ``main``), the backends (ONNX Runtime, PyTorch) and the routes
+- ``app``: the stage (``ServeConfig``, ``main``), the backends (``load_backend``: ONNX Runtime,
+  PyTorch) and the routes
 - ``http_limits``: body size, slow clients, connection count, enforced below FastAPI
 - ``page.html``: the upload page at ``GET /``
 """

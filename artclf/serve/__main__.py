@@ -1,4 +1,4 @@
-"""``python -m artclf.serve`` (and ``accelerate launch -m artclf.serve``) runs the stage."""
+"""``python -m artclf.serve`` runs the stage, as ``artclf serve`` does."""
 
 from artclf.serve.app import main
 

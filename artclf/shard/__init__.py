@@ -1,7 +1,7 @@
 """``artclf shard``: the split packed, pre-resized, into WebDataset tar shards with ``_info.json``,
 on disk or ``s3://``.
 
-- ``stage``: the stage (``shard``, ``main``), in parts for an array job, and the merge
+- ``stage``: the stage (``ShardConfig``, ``shard``, ``main``), in parts for an array job, and the merge
 - ``verify``: ``artclf shard --verify``: every shard's sha256 and sample count against the index
 """
 

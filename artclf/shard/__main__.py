@@ -1,4 +1,4 @@
-"""``python -m artclf.shard`` (and ``accelerate launch -m artclf.shard``) runs the stage."""
+"""``python -m artclf.shard`` runs the stage, as ``artclf shard`` does."""
 
 from artclf.shard.stage import main
 

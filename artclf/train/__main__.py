@@ -1,4 +1,4 @@
-"""``python -m artclf.train`` (and ``accelerate launch -m artclf.train``) runs the stage."""
+"""``accelerate launch -m artclf.train`` (and ``python -m artclf.train``) runs the stage."""
 
 from artclf.train.stage import main
 

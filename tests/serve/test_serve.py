@@ -40,7 +40,6 @@ MAX_BYTES = 200_000
 MAX_PIXELS = 4_000_000
 
 
-free_port = procs.free_port  # tests/launchers/test_k8s.py imports it from here
 STARTUP_S = 120.0  # import, model load and bind; a few seconds here
 PORT_TRIES = 3
 

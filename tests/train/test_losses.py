@@ -112,7 +112,7 @@ def test_two_ranks_ddp_equal_one_process_on_the_concatenated_batch(tmp_path):
         f1_weight=0.7,
     )
     torch.save(inp, tmp_path / "in.pt")
-    res = accelerate_cpu(2, "tests/support/dist/dist_losses.py", str(tmp_path / "in.pt"), str(tmp_path))
+    res = accelerate_cpu(2, "tests/support/launched/dist_losses.py", str(tmp_path / "in.pt"), str(tmp_path))
     assert res.returncode == 0, res.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert [r["rank"] for r in ranks] == [0, 1] and {r["world"] for r in ranks} == {2}

@@ -224,7 +224,7 @@ def test_grad_accum_under_ddp_equals_one_process_mean_of_micro_batch_losses(tmp_
         lr=0.5,
     )
     torch.save(inp, tmp_path / "in.pt")
-    code, out = launch(2, "tests/support/dist/dist_accum.py", str(tmp_path / "in.pt"), str(tmp_path))
+    code, out = launch(2, "tests/support/launched/dist_accum.py", str(tmp_path / "in.pt"), str(tmp_path))
     assert code == 0, out[-4000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
     assert [r["rank"] for r in ranks] == [0, 1] and {r["world"] for r in ranks} == {world}
@@ -295,7 +295,7 @@ def test_stop_and_non_finite_checks_end_every_rank_within_check_every_steps(tmp_
     ]  # fmt: skip
     (tmp_path / "cases.json").write_text(json.dumps(cases))
     code, out = launch(
-        2, "tests/support/dist/dist_checks.py", str(tmp_path / "cases.json"), str(tmp_path), timeout=300
+        2, "tests/support/launched/dist_checks.py", str(tmp_path / "cases.json"), str(tmp_path), timeout=300
     )
     assert code == 0, out[-4000:]
     for case in cases:

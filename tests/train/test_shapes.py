@@ -109,7 +109,13 @@ def test_every_shape_finishes_with_exact_validation(world, shard_sets, unreadabl
     sets = [shard_sets[1], shard_sets[2], shard_sets[5], unreadable_rank]
     flags = [*TINY, "--workers", "0", "--epochs", "1"]  # dist_shapes adds --shards and --run
     rc, out = launch(
-        world, "tests/support/dist/dist_shapes.py", str(tmp_path), *map(str, sets), "--", *flags, timeout=300
+        world,
+        "tests/support/launched/dist_shapes.py",
+        str(tmp_path),
+        *map(str, sets),
+        "--",
+        *flags,
+        timeout=300,
     )
     assert rc == 0, out[-4000:]
     for i, shards in enumerate(sets):

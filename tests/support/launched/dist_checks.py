@@ -1,7 +1,8 @@
 """Run under `accelerate launch` by tests/train/test_recipe.py: the all-rank stop and non-finite checks
 of ``train_one_epoch`` (``check_every`` > 1) on every rank.
 
-ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 tests/support/dist/dist_checks.py CASES.json OUT_DIR
+ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 \
+    tests/support/launched/dist_checks.py CASES.json OUT_DIR
 
 CASES.json: a list of cases, each ``{"name", "check_every", "save_every", "steps", "stop_rank",
 "stop_at", "nan_rank", "nan_at"}``: rank ``stop_rank`` asks to stop once it has taken ``stop_at``

@@ -1,6 +1,7 @@
 """Run under `accelerate launch` by tests/train/test_losses.py: one DDP step of the combined loss.
 
-ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 tests/support/dist/dist_losses.py IN.pt OUT_DIR
+ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 \
+    tests/support/launched/dist_losses.py IN.pt OUT_DIR
 
 Rank r takes the r-th equal slice of the batch in IN.pt, runs a DDP-wrapped nn.Linear with the
 weights from IN.pt, backpropagates `combined_loss` and saves OUT_DIR/rank{r}.pt: its loss and

@@ -1,7 +1,8 @@
 """Run under `accelerate launch` by tests/test_data.py: counts what each rank's loaders yield,
 and the keys of 3 epochs sliced off one persistent train stream beside those of a fresh stream.
 
-ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 tests/support/dist/dist_data.py SHARDS OUT.json
+ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 \
+    tests/support/launched/dist_data.py SHARDS OUT.json
 """
 
 from __future__ import annotations

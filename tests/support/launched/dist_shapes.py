@@ -1,7 +1,7 @@
 """Run by tests/train/test_shapes.py under N processes: the trainer's ``train()`` (model, DDP, the
 training loop, validation, checkpoints, model.pt) once per shard set, in one process group.
 
-accelerate launch … tests/support/dist/dist_shapes.py OUT SHARDS [SHARDS …] -- TRAIN FLAGS
+accelerate launch … tests/support/launched/dist_shapes.py OUT SHARDS [SHARDS …] -- TRAIN FLAGS
 
 One launch per world size instead of one per (world size, shard set): starting 4 processes on
 a 2-core machine costs more than the training itself. ``run()``'s wrapper (lock, watchdogs,

@@ -1,7 +1,8 @@
 """Run under `accelerate launch` by tests/train/test_recipe.py: optimizer steps of ``train_one_epoch``
 with gradient accumulation under DDP.
 
-ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 tests/support/dist/dist_accum.py IN.pt OUT_DIR
+ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 \
+    tests/support/launched/dist_accum.py IN.pt OUT_DIR
 
 IN.pt holds ``x`` [M, W, n, d] and ``y`` [M, W, n]: micro-batch m of rank r is ``x[m, r]``. Rank r
 trains a DDP-wrapped float64 nn.Linear (weights from IN.pt) with plain SGD, no clipping, through
