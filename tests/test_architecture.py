@@ -21,6 +21,11 @@ import pytest
 
 from tests.conftest import REPO
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 MAX_LINES, MAX_MODULES = 400, 24
 
@@ -45,6 +50,19 @@ def test_the_contracts_hold_on_the_copy(house):
     res = lint_imports(house)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "4 kept, 0 broken" in res.stdout, res.stdout
+
+
+def test_the_three_lists_of_stages_agree():
+    """The stage layer, the independence contract and the front doors name the stages three
+    times (import-linter has no references): a stage added to one list and not the others would
+    go unchecked by the contract that missed it."""
+    with open(REPO / "pyproject.toml", "rb") as f:
+        contracts = {c["id"]: c for c in tomllib.load(f)["tool"]["importlinter"]["contracts"]}
+    stages = {f"artclf.{m.strip()}" for m in contracts["layers"]["layers"][2].split(":")}
+    assert "artclf.train" in stages and "artclf.data" not in stages, "layers[2] is no longer the stage layer"
+    assert set(contracts["stages"]["modules"]) == stages
+    rooms = {m for m in stages if (REPO / m.replace(".", "/") / "__init__.py").is_file()}
+    assert set(contracts["front-doors"]["protected_modules"]) == rooms
 
 
 # (contract id, file, line added, what the output must name)
