@@ -1,52 +1,45 @@
-"""The input pipeline over WebDataset shards (disk or ``s3://``), used by train and evaluate.
+"""The input pipeline over WebDataset shards (disk or ``s3://``): what train and evaluate share.
 
-Train (per rank; one endless stream for a whole run, epochs sliced off it):
-
-    shard list ─ resample (seed, rank, worker) ─ tar → samples ─ shuffle buffer
-      ─ decode + crop/flip → uint8 ─ batch ─ [pinned] ─ next ``steps`` batches = one epoch
-
-Resampling instead of splitting the shard list: every rank draws shards with replacement
-from the whole list, so no rank can run short and hang the others at a collective, and
-taking the same number of batches from every rank's stream gives every rank the same number
-of steps. An epoch is ``num_samples // (world × batch)`` steps, one pass in expectation. The
-stream's workers start once per run, not once per epoch; a resumed run starts a new stream
-seeded by the step it resumes at.
-
-Eval: rank r reads shards r, r+W, …; its workers split those; no resampling, partial last
-batch, keys carried along, so every sample is seen exactly once across ranks.
+- :class:`Batch`, what every loader yields; :func:`loader`, the DataLoader around a pipeline.
+- The sample index (``_index.json``, written by ``artclf shard``): each sample's key and the
+  byte span of its tar members, so one sample is one ranged read (:func:`read_sample`). The
+  train stream (:mod:`artclf.train.stream`) reads in the exact order of :mod:`artclf.train.order`
+  with it.
+- Eval: rank r reads shards r, r+W, …; its workers split those; partial last batch, keys
+  carried along, so every sample is seen exactly once across ranks.
 
 Failures. A permanent storage answer (:class:`artclf.storage.PermanentStorageError`: access
 denied or expired credentials, no such bucket, key or file, no credentials at all) raises at
-once, train and eval, naming the URL and the reason: resampling would only meet it again, and
-the rank would stall while its peers die at the collective timeout. Anything else, a sample
-that fails to decode or a shard that fails past storage's own retries (unreachable endpoint,
-broken tar, a shard without samples), is skipped; the batch carries the failed keys (or shard
-URLs) so the caller counts and reports them. In train, more than ``max_failed_shards`` failed
-shards in a row in one worker's stream raise (resampling could spin on them forever), and
-so do more than ``MAX_FAILED_SAMPLES_IN_A_ROW`` samples that fail to decode; eval
-reads each shard once and only counts. Exceptions in DataLoader workers reach the caller as
-PyTorch re-raises them: same type, the worker's traceback and message (URL included) in the
-text. ``timeout`` (seconds, with workers only) ends a read that stalls without failing.
+once, naming the URL and the reason: the rank would otherwise stall while its peers die at
+the collective timeout. Anything else, a sample that fails to decode or a shard that fails
+past storage's own retries (unreachable endpoint, broken tar, a shard without samples), is
+skipped; the batch carries the failed keys (or shard URLs) so the caller counts and reports
+them. Exceptions in DataLoader workers reach the caller as PyTorch re-raises them: same type,
+the worker's traceback and message (URL included) in the text. ``timeout`` (seconds, with
+workers only) ends a read that stalls without failing.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
-import random
 import sys
+import tarfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, BinaryIO
 
+import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import get_worker_info
 
 from artclf import storage
 from artclf.errors import ArtclfError
-from artclf.transforms import Preprocess, decode, eval_image, is_jpeg, train_batch_on_device, train_image
+from artclf.transforms import Preprocess, decode, eval_image
 from artclf.workers import ignore_stop_signals
 
 
@@ -57,6 +50,7 @@ class Batch:
     keys: list[str]
     failed: list[str] = field(default_factory=list)  # since the last batch: keys, or "URL: cause" of a shard
     lost: int = 0  # samples not read since the last batch (a failed shard: all it had left)
+    aug: list[int] = field(default_factory=list)  # train: each sample's augmentation seed
 
     def pin_memory(self) -> Batch:
         """Page-locked copies (the DataLoader's pin-memory thread calls this), so the copy to
@@ -66,7 +60,7 @@ class Batch:
             if isinstance(self.images, list)
             else self.images.pin_memory()
         )
-        return Batch(images, self.labels.pin_memory(), self.keys, self.failed, self.lost)
+        return Batch(images, self.labels.pin_memory(), self.keys, self.failed, self.lost, self.aug)
 
 
 def read_info(url: str) -> dict:
@@ -81,13 +75,130 @@ def read_info(url: str) -> dict:
     return info
 
 
-def _worker() -> tuple[int, int]:
+# ---- the sample index: where each sample's tar members lie in its shard -------------------------
+
+INDEX = "_index.json"  # beside _info.json: per split, each shard's sample keys and byte spans
+
+
+def tar_spans(stream: BinaryIO) -> tuple[list[str], list[tuple[int, int]]]:
+    """Keys and ``(offset, size)`` byte spans of the samples of one tar, in order, read from
+    its headers alone (streamed, never seeks: a file or an S3 body). A sample's span runs from
+    its first member's header to the padded end of its last member, so reading those bytes
+    gives a small tar of that sample alone (:func:`read_sample`). Keys are webdataset's: the
+    member name up to the first dot of its last path component."""
+    keys: list[str] = []
+    spans: list[tuple[int, int]] = []
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for m in tar:
+            if not m.isfile():
+                continue
+            base, name = m.name.rpartition("/")[::2]
+            key = f"{base}/{name.split('.', 1)[0]}" if base else name.split(".", 1)[0]
+            end = m.offset_data + -(-m.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+            if keys and keys[-1] == key:
+                spans[-1] = (spans[-1][0], end - spans[-1][0])
+            else:
+                keys.append(key)
+                spans.append((m.offset, end - m.offset))
+    return keys, spans
+
+
+@dataclass(frozen=True)
+class SampleIndex:
+    """Every sample of a split, flattened in shard order then tar order: its shard's URL, the
+    byte span of its members and its key. Position ``i`` here is the sample's identity in the
+    train order (:mod:`artclf.train.order`)."""
+
+    urls: list[str]
+    shard: np.ndarray  # int32 N: index into urls
+    offset: np.ndarray  # int64 N
+    size: np.ndarray  # int64 N
+    keys: list[str]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def digest(self) -> str:
+        """sha256 of the shards' names, keys and spans: the same data wherever it is stored."""
+        h = hashlib.sha256()
+        h.update(json.dumps([u.rsplit("/", 1)[-1] for u in self.urls]).encode())
+        h.update(json.dumps(self.keys).encode())
+        for a in (self.shard, self.offset, self.size):
+            h.update(np.ascontiguousarray(a, dtype="<i8").tobytes())
+        return h.hexdigest()
+
+    @classmethod
+    def from_shards(cls, urls: list[str], keys: list[list[str]], spans: list[list]) -> SampleIndex:
+        lens = [len(k) for k in keys]
+        flat = np.asarray([s for per in spans for s in per], dtype=np.int64).reshape(-1, 2)
+        return cls(
+            list(urls),
+            np.repeat(np.arange(len(urls), dtype=np.int32), lens),
+            flat[:, 0].copy(),
+            flat[:, 1].copy(),
+            [k for per in keys for k in per],
+        )
+
+
+def index_shards(urls: list[str]) -> SampleIndex:
+    """Index shards by reading their tar headers (each shard read once, start to end): for
+    shard lists without ``_index.json`` (hand-made, or packed before shard wrote the index)."""
+    keys, spans = [], []
+    for url in urls:
+        try:
+            with storage.open_read(url) as stream:
+                k, s = tar_spans(stream)
+        except storage.PermanentStorageError as e:
+            raise storage.PermanentStorageError(f"{url}: {_reason(e, url)}") from None
+        except (tarfile.TarError, OSError, ArtclfError) as e:
+            warnings.warn(f"{url}: cannot index ({_reason(e, url)}); its samples are left out", stacklevel=2)
+            k, s = [], []
+        keys.append(k)
+        spans.append(s)
+    return SampleIndex.from_shards(urls, keys, spans)
+
+
+def train_index(info: dict, url: str | None = None) -> SampleIndex:
+    """The train split's :class:`SampleIndex`: from ``_index.json`` beside ``_info.json``
+    (``url``: the shard set), else by reading the shards' headers (a warning says so)."""
+    split = info["splits"]["train"]
+    if url is not None and storage.exists(index_url := storage.join(url, INDEX)):
+        entry = json.loads(storage.read_bytes(index_url))["splits"]["train"]
+        by_name = dict(zip(entry["filenames"], zip(entry["keys"], entry["spans"], strict=True), strict=True))
+        missing = [f for f in split["filenames"] if f not in by_name]
+        if missing:
+            raise ArtclfError(f"{index_url}: no entry for {missing[:3]}; rerun `artclf shard` to rewrite it")
+        found = [by_name[f] for f in split["filenames"]]
+        return SampleIndex.from_shards(split["urls"], [k for k, _ in found], [s for _, s in found])
+    if url is not None:
+        warnings.warn(
+            f"{storage.join(url, INDEX)}: not found (a shard set packed before shard wrote the index); "
+            "reading every train shard's headers once to index it. `artclf shard` writes the index",
+            stacklevel=2,
+        )
+    return index_shards(split["urls"])
+
+
+def read_sample(index: SampleIndex, i: int) -> dict:
+    """Sample ``i`` of ``index`` as webdataset's tar reader gives it (``__key__``, ``__url__``,
+    one entry of bytes per member suffix): one ranged read of its span, nothing else."""
+    url = index.urls[index.shard[i]]
+    data = storage.read_range(url, int(index.offset[i]), int(index.size[i]))
+    sample: dict[str, Any] = {"__key__": index.keys[i], "__url__": url}
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        for m in tar:
+            if m.isfile():
+                f = tar.extractfile(m)
+                sample[m.name.rpartition("/")[2].split(".", 1)[1]] = f.read() if f else b""
+    if not sample.keys() - {"__key__", "__url__"}:
+        raise ArtclfError(f"no members at bytes {index.offset[i]}+{index.size[i]}")
+    return sample
+
+
+def worker_info() -> tuple[int, int]:
+    """(this DataLoader worker's id, the number of workers); (0, 1) in the main process."""
     w = get_worker_info()
     return (w.id, w.num_workers) if w is not None else (0, 1)
-
-
-def _worker_seed(rank: int) -> int:
-    return rank * 1000 + _worker()[0]
 
 
 def _reason(e: Exception, url: str) -> str:
@@ -98,14 +209,11 @@ def _reason(e: Exception, url: str) -> str:
     return text.removeprefix(f"{url}: ")
 
 
-def tar_samples(
-    shards: Iterator[dict], max_failed: int | None = None, lengths: dict[str, int] | None = None
-) -> Iterator[dict]:
-    """tar → samples. A permanent storage answer raises; any other failed shard becomes one
-    ``__error__`` marker, and more than ``max_failed`` of them in a row (None: no limit) raise.
-    The marker carries ``__lost__``, the samples of the shard not read (``lengths``: url ->
-    samples, from _info.json), and a warning naming the shard goes to stderr."""
-    in_a_row = 0
+def tar_samples(shards: Iterator[dict], lengths: dict[str, int] | None = None) -> Iterator[dict]:
+    """tar → samples, each shard read once start to end. A permanent storage answer raises; any
+    other failed shard becomes one ``__error__`` marker carrying ``__lost__``, the samples of the
+    shard not read (``lengths``: url -> samples, from _info.json), and a warning naming the
+    shard goes to stderr."""
     for shard in shards:
         url, n = shard["url"], 0
         try:
@@ -116,19 +224,12 @@ def tar_samples(
                     yield sample
         except storage.PermanentStorageError as e:
             raise storage.PermanentStorageError(f"{url}: {_reason(e, url)}") from None
-        except Exception as e:  # storage already retried; one broken shard must not end the epoch
+        except Exception as e:  # storage already retried; one broken shard must not end the pass
             cause = _reason(e, url)
         else:
-            cause = None if n else "no samples in the shard"
-        if cause is None:
-            in_a_row = 0
-            continue
-        in_a_row += 1
-        if max_failed is not None and in_a_row > max_failed:
-            raise ArtclfError(
-                f"{url}: {cause} (failed shards in a row: {in_a_row}, more than max_failed_shards="
-                f"{max_failed}); check the store, and the shard set with `artclf shard --verify`"
-            )
+            if n:
+                continue
+            cause = "no samples in the shard"
         length = (lengths or {}).get(url)
         lost = max(length - n, 0) if length is not None else 0
         of = f"{lost} of its {length} samples unread" if length is not None else f"{n} samples read"
@@ -136,180 +237,40 @@ def tar_samples(
         yield {"__key__": url, "__error__": cause, "__lost__": lost}
 
 
-def _decode(sample: dict, make_tensor, encoded: bool = False) -> tuple:
+def _decode_eval(src: Iterator[dict], pre: Preprocess) -> Iterator[tuple]:
     """(tensor, label, key), or for what could not be read (None, samples lost, what): a sample
-    that fails to decode is (None, 1, key), a failed shard (None, its unread samples, "URL: cause").
-    ``encoded``: a JPEG stays encoded (1-D uint8, for :func:`decode_on_device`)."""
-    key = sample.get("__key__", "?")
-    if "__error__" in sample:
-        return None, sample["__lost__"], f"{key}: {sample['__error__']}"
-    try:
-        label = int(sample["cls"])
-        if encoded and is_jpeg(sample["jpg"]):
-            return torch.frombuffer(bytearray(sample["jpg"]), dtype=torch.uint8), label, key
-        return make_tensor(decode(sample["jpg"]), label), label, key
-    except Exception:  # a corrupt sample is counted by the caller, never fatal
-        return None, 1, key
+    that fails to decode is (None, 1, key), a failed shard (None, its unread samples, "URL: cause")."""
+    for sample in src:
+        key = sample.get("__key__", "?")
+        if "__error__" in sample:
+            yield None, sample["__lost__"], f"{key}: {sample['__error__']}"
+            continue
+        try:
+            yield eval_image(decode(sample["jpg"]), pre), int(sample["cls"]), key
+        except Exception:  # a corrupt sample is counted by the caller, never fatal
+            yield None, 1, key
 
 
-# Samples in a row that fail to decode before the train stream gives up: ten default shards.
-# Resampling never runs out, so a shard set that is wholly undecodable would spin forever.
-MAX_FAILED_SAMPLES_IN_A_ROW = 1000
-
-
-def _batches(
-    items: Iterator[tuple],
-    batch_size: int,
-    partial_last: bool,
-    max_failed: int | None = None,
-    stack: bool = True,
-) -> Iterator[Batch]:
-    """Batches of ``batch_size`` (a partial last one if ``partial_last``); ``stack`` False keeps
-    the images a list (encoded JPEGs of different lengths, for the GPU decode path)."""
-    xs, ys, keys, failed, lost, in_a_row = [], [], [], [], 0, 0
+def _batches(items: Iterator[tuple], batch_size: int) -> Iterator[Batch]:
+    """Batches of ``batch_size`` and a partial last one; the failed items ride along with the
+    next batch, or with an empty one at the end."""
+    xs, ys, keys, failed, lost = [], [], [], [], 0
     for x, y, key in items:
-        if x is None:  # y: samples lost (see _decode)
+        if x is None:  # y: samples lost
             failed.append(key)
             lost += y
-            in_a_row += 1
-            if max_failed is not None and in_a_row > max_failed:
-                raise ArtclfError(
-                    f"{in_a_row} samples in a row failed to decode (the last: {key}); check the shard "
-                    "set with `artclf shard --verify`, and that Pillow/torchvision decode its images"
-                )
             continue
-        in_a_row = 0
         xs.append(x)
         ys.append(y)
         keys.append(key)
         if len(xs) == batch_size:
-            yield Batch(torch.stack(xs) if stack else xs, torch.tensor(ys), keys, failed, lost)
+            yield Batch(torch.stack(xs), torch.tensor(ys), keys, failed, lost)
             xs, ys, keys, failed, lost = [], [], [], [], 0
-    if xs and partial_last:
-        yield Batch(torch.stack(xs) if stack else xs, torch.tensor(ys), keys, failed, lost)
+    if xs:
+        yield Batch(torch.stack(xs), torch.tensor(ys), keys, failed, lost)
     elif failed:  # nothing left to carry them: an empty batch reports them
         empty = torch.empty(0, 3, 0, 0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
         yield Batch(*empty, [], failed, lost)
-
-
-def _train_tensor(
-    x: torch.Tensor, label: int, pre: Preprocess, flip: frozenset[int], rng: random.Random
-) -> torch.Tensor:
-    return train_image(x, pre, label in flip, rng)
-
-
-def _decode_train(
-    src: Iterator[dict], pre: Preprocess, flip: frozenset[int], seed: int, encoded: bool = False
-) -> Iterator[tuple]:
-    """Decoded, cropped and flipped samples; ``encoded``: JPEGs stay encoded (1-D uint8) for
-    :func:`decode_on_device`, anything else is still decoded here."""
-    rng = random.Random(seed * 7919 + _worker()[0])
-    make = partial(_train_tensor, pre=pre, flip=flip, rng=rng)
-    for sample in src:
-        yield _decode(sample, make, encoded)
-
-
-def decode_on_device(
-    batches: Iterator[Batch], pre: Preprocess, flip: frozenset[int], seed: int, device: torch.device
-) -> Iterator[Batch]:
-    """The GPU decode path: batches of encoded JPEGs (``train_stream(encoded=True)``) decoded,
-    cropped and flipped on ``device`` (:func:`artclf.transforms.train_batch_on_device`); a JPEG
-    that fails to decode is dropped from its batch and counted like any failed sample."""
-    rng = random.Random(seed)  # the caller's seed differs by rank
-    for b in batches:
-        if isinstance(b.images, list):
-            x, bad = train_batch_on_device(b.images, b.labels.tolist(), pre, flip, rng, device)
-            keep = [i for i in range(len(b.keys)) if i not in bad]
-            failed = b.failed + [b.keys[i] for i in bad]
-            b = Batch(x, b.labels[keep], [b.keys[i] for i in keep], failed, b.lost + len(bad))
-        yield b
-
-
-def _decode_eval(src: Iterator[dict], pre: Preprocess) -> Iterator[tuple]:
-    for sample in src:
-        yield _decode(sample, lambda x, _label: eval_image(x, pre))
-
-
-def steps_per_epoch(num_samples: int, world_size: int, batch_size: int) -> int:
-    """Batches each rank yields per epoch: one pass over the split in expectation."""
-    return max(1, num_samples // (world_size * batch_size))
-
-
-def train_stream(
-    info: dict,
-    pre: Preprocess,
-    batch_size: int,
-    workers: int,
-    rank: int,
-    world_size: int,
-    seed: int,
-    flip_classes: frozenset[int] = frozenset(),
-    shuffle_buffer: int = 1000,
-    max_failed_shards: int = 10,
-    timeout: float = 0,
-    pin_memory: bool = False,
-    encoded: bool = False,
-) -> wds.WebLoader:
-    """An endless stream of ``batch_size`` batches for this rank, for a whole run: iterate it
-    once and slice epochs off it (``itertools.islice``), so the workers start once and their
-    shuffle buffers stay full across epochs and through evaluation.
-
-    ``max_failed_shards``: failed shards in a row (per worker) that are skipped; one more raises
-    :class:`ArtclfError` (0: the first failed shard raises). ``timeout``: seconds a worker may
-    take for one batch before the loader raises (0: no limit; ignored without workers, as
-    PyTorch has no timeout there). A permanent storage error always raises at once.
-    ``pin_memory``: page-locked batches, for asynchronous copies to a GPU. ``encoded``: JPEGs
-    stay encoded, batches hold lists of them (the GPU decode path, :func:`decode_on_device`).
-    """
-    if max_failed_shards < 0:
-        raise ValueError(f"max_failed_shards must be >= 0, got {max_failed_shards}")
-    split = info["splits"]["train"]
-    if len(split["urls"]) < world_size * max(1, workers):
-        warnings.warn(
-            f"{len(split['urls'])} train shards for {world_size} ranks × {max(1, workers)} workers: "
-            "ranks and workers will often read the same shards; pack smaller shards "
-            "(artclf shard --shard-samples)",
-            stacklevel=2,
-        )
-    pipeline = wds.DataPipeline(
-        wds.ResampledShards(
-            split["urls"], seed=seed, worker_seed=partial(_worker_seed, rank), deterministic=True
-        ),
-        partial(tar_samples, max_failed=max_failed_shards, lengths=_lengths(split)),
-        wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed * 1000 + rank),
-        partial(_decode_train, pre=pre, flip=flip_classes, seed=seed * 1000 + rank, encoded=encoded),
-        partial(
-            _batches,
-            batch_size=batch_size,
-            partial_last=False,
-            max_failed=MAX_FAILED_SAMPLES_IN_A_ROW,
-            stack=not encoded,
-        ),
-    )
-    return _loader(pipeline, workers, timeout, pin_memory)
-
-
-def train_loader(
-    info: dict,
-    pre: Preprocess,
-    batch_size: int,
-    workers: int,
-    rank: int,
-    world_size: int,
-    epoch: int,
-    seed: int,
-    steps: int | None = None,
-    **stream: Any,
-) -> wds.WebLoader:
-    """Exactly ``steps`` (default: one pass) batches of ``batch_size`` for this rank and epoch:
-    :func:`train_stream` (``stream``: its other arguments) cut to one epoch, started afresh each
-    time it is iterated."""
-    one_pass = steps_per_epoch(info["splits"]["train"]["num_samples"], world_size, batch_size)
-    n = steps if steps is not None else one_pass
-    if n < 1:
-        raise ValueError(f"steps must be >= 1, got {n}")
-    epoch_seed = seed * 100_003 + epoch
-    return train_stream(info, pre, batch_size, workers, rank, world_size, epoch_seed, **stream).with_epoch(n)
 
 
 def eval_loader(
@@ -335,9 +296,9 @@ def eval_loader(
         wds.split_by_worker,
         partial(tar_samples, lengths=lengths),
         partial(_decode_eval, pre=pre),
-        partial(_batches, batch_size=batch_size, partial_last=True),
+        partial(_batches, batch_size=batch_size),
     )
-    return _loader(pipeline, min(workers, max(1, len(urls))), timeout, pin_memory)
+    return loader(pipeline, min(workers, max(1, len(urls))), timeout, pin_memory)
 
 
 def _lengths(split: dict) -> dict[str, int]:
@@ -345,14 +306,16 @@ def _lengths(split: dict) -> dict[str, int]:
     return dict(zip(split["urls"], split["shard_lengths"], strict=True)) if "shard_lengths" in split else {}
 
 
-def _loader(
-    pipeline: wds.DataPipeline, workers: int, timeout: float, pin_memory: bool = False
+def loader(
+    dataset: torch.utils.data.IterableDataset, workers: int, timeout: float, pin_memory: bool = False
 ) -> wds.WebLoader:
+    """A DataLoader over ``dataset``'s own batches; its workers ignore stop signals
+    (:func:`artclf.workers.ignore_stop_signals`). ``timeout``: seconds per batch (0: none)."""
     if timeout < 0:
         raise ValueError(f"timeout must be >= 0 seconds, got {timeout}")
     # PyTorch's DataLoader refuses a timeout without workers; in-process reads just block.
     return wds.WebLoader(
-        pipeline,
+        dataset,
         batch_size=None,
         num_workers=workers,
         timeout=timeout if workers else 0,

@@ -232,6 +232,48 @@ def remove(url: str | os.PathLike) -> None:
         Path(url).unlink(missing_ok=True)
 
 
+def read_range(url: str | os.PathLike, offset: int, size: int, retries: int = READ_RETRIES) -> bytes:
+    """``size`` bytes of a file or object from ``offset``: one ``pread`` on disk, one ranged GET
+    on S3 (botocore retries the request; a body that breaks mid-read is asked for again up to
+    ``retries`` times). Fewer bytes than asked for (the object is shorter) raise
+    :class:`ArtclfError`; a missing file or object, or a refusal, :class:`PermanentStorageError`."""
+    url = str(url)
+    if size <= 0:
+        return b""
+    if not is_s3(url):
+        try:
+            fd = os.open(url, os.O_RDONLY)
+        except FileNotFoundError:
+            raise PermanentStorageError(f"{url}: not found") from None
+        except (PermissionError, IsADirectoryError) as e:
+            raise PermanentStorageError(f"{url}: {e.strerror.lower()}") from None
+        try:
+            data = os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+    else:
+        for attempt in range(retries + 1):
+            body = _call(url, "get_object", Range=f"bytes={offset}-{offset + size - 1}")["Body"]
+            try:
+                data = body.read()
+                break
+            except _TRANSIENT as e:
+                if attempt == retries:
+                    cause = _redact(f"{type(e).__name__}: {e}")
+                    raise ArtclfError(
+                        f"{url}: read of bytes {offset}+{size} failed after {retries} retries ({cause})"
+                    ) from None
+                time.sleep(min(RETRY_BACKOFF_S * 2**attempt, 30.0))
+            finally:
+                with contextlib.suppress(Exception):
+                    body.close()
+    if len(data) != size:
+        raise ArtclfError(
+            f"{url}: {len(data)} bytes at offset {offset}, expected {size} (the file is shorter)"
+        )
+    return data
+
+
 def open_read(url: str | os.PathLike, retries: int = READ_RETRIES) -> BinaryIO:
     """A buffered, forward-only stream of a file or object; on S3 streamed, never held whole.
 

@@ -108,13 +108,14 @@ def train_batch_on_device(
     labels: list[int],
     pre: Preprocess,
     flip: frozenset[int],
-    rng: random.Random,
+    rngs: list[random.Random],
     device: torch.device | str,
 ) -> tuple[torch.Tensor, list[int]]:
     """The GPU decode path (``artclf train --gpu-decode``): a batch's encoded JPEGs (1-D uint8)
     decoded together on ``device`` (nvJPEG on CUDA), each then cropped and flipped by
-    :func:`train_image` there. Items that are already decoded (3-D, a worker's work) pass
-    through. Returns (N×3×S×S uint8 on ``device``, indices of the items that failed to decode).
+    :func:`train_image` there, item ``i`` drawing from ``rngs[i]``. Items that are already
+    decoded (3-D, a worker's work) pass through. Returns (N×3×S×S uint8 on ``device``,
+    indices of the items that failed to decode).
     """
     encoded = [i for i, x in enumerate(images) if x.ndim == 1]
     decoded = {i: x.to(device, non_blocking=True) for i, x in enumerate(images) if x.ndim == 3}
@@ -130,7 +131,7 @@ def train_batch_on_device(
                 except RuntimeError:
                     failed.append(i)
     out = [
-        x if images[i].ndim == 3 else train_image(x, pre, labels[i] in flip, rng)
+        x if images[i].ndim == 3 else train_image(x, pre, labels[i] in flip, rngs[i])
         for i, x in sorted(decoded.items())
     ]
     empty = torch.empty(0, 3, pre.image_size, pre.image_size, dtype=torch.uint8, device=device)

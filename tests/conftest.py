@@ -72,6 +72,39 @@ def steps_saved(run: Path) -> list[int]:
     return [int(c.name[5:]) for c in checkpoints(run / "state")]
 
 
+def weights_digest(run: Path) -> dict[str, str]:
+    """tensor name -> sha256 of its bytes, for the model of the newest checkpoint in RUN/state
+    (what "bitwise the same weights" means)."""
+    from safetensors.torch import load_file
+
+    from artclf.train.checkpoint import latest
+
+    tensors = load_file(str(latest(run / "state") / "model.safetensors"))
+    return {
+        k: hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest() for k, v in sorted(tensors.items())
+    }
+
+
+def expected_batches(shards: Path, batch: int, epochs: int, seed: int = 0) -> list[dict]:
+    """``batches.jsonl`` of a run never stopped, derived here without training: one process
+    reads each epoch's global batches with the train loader and digests them as the trainer
+    documents (sha256 of the JSON list of [key, augmentation seed] pairs, in order)."""
+    from artclf.data import read_info, train_index
+    from artclf.train.order import Order
+    from artclf.train.stream import train_loader
+
+    info = read_info(str(shards))
+    index = train_index(info, str(shards))
+    order = Order(len(index), batch, seed)
+    rows = []
+    for epoch in range(epochs):
+        for b in train_loader(index, order, epoch, 0, Preprocess(image_size=16, resize=16), 0):
+            pairs = [[k, a] for k, a in zip(b.keys, b.aug, strict=True)]
+            digest = hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
+            rows.append({"step": len(rows) + 1, "epoch": epoch + 1, "samples": len(pairs), "sha256": digest})
+    return rows
+
+
 def plain_predictions(model_path: Path, shards: Path, split: str = "val", calibrated: bool = False) -> tuple:
     """(labels, probabilities, classes) of ``model_path`` on ``split``: one process, a plain loop,
     no Accelerate; the reference the trainer's and evaluator's figures are checked against.

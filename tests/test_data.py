@@ -1,6 +1,6 @@
-"""The input pipeline with 2 real ranks × 2 workers (gloo on CPU): equal train batch counts per
-rank, a persistent train stream sliced into epochs, every eval key exactly once; and the
-transforms against torchvision's reference."""
+"""The input pipeline with 2 real ranks × 2 workers (gloo on CPU): a persistent train stream
+sliced into epochs gives the global batches one process gets, every eval key exactly once; and
+the transforms against torchvision's reference."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from artclf.data import read_info, train_index
+from artclf.train.order import Order
+from artclf.train.stream import train_loader
 from artclf.transforms import (
     Normalize,
     Preprocess,
@@ -33,20 +36,21 @@ def test_two_ranks_two_workers(work, shards, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     ranks = json.loads(out.read_text())
     assert [r["rank"] for r in ranks] == [0, 1] and {r["world"] for r in ranks} == {2}
-    info = json.loads((shards / "_info.json").read_text())
-    steps = info["splits"]["train"]["num_samples"] // (2 * 4)  # one pass in expectation, 2 ranks x 4
-    assert ranks[0]["train_batches"] == ranks[1]["train_batches"] == [4] * steps
     keys = ranks[0]["val_keys"] + ranks[1]["val_keys"]
     assert sorted(keys) == sorted(expected(work)["val"])  # each exactly once
-    # one persistent stream, 3 epochs sliced off it: the same steps on every rank, and the
-    # stream goes on across epochs (a fresh stream's first 3 epochs), it does not start over
-    for r in ranks:
-        epochs = r["stream_epochs"]
-        assert [len(e) for e in epochs] == [steps] * 3
-        assert all(len(b) == 4 for e in epochs for b in e)
-        assert [b for e in epochs for b in e] == r["fresh_stream"]
-        assert epochs[1] != epochs[0] and epochs[2] != epochs[0]
-    assert ranks[0]["stream_epochs"] != ranks[1]["stream_epochs"]  # each rank its own draw
+    # one persistent stream per rank, 3 epochs sliced off it: every global batch (rank 0's
+    # half, then rank 1's) is what one process reading the whole order gets
+    info = read_info(str(shards))
+    one = Order(info["splits"]["train"]["num_samples"], 8, seed=7)
+    index = train_index(info, str(shards))
+    pre = Preprocess(image_size=48, resize=56)
+    for epoch in range(3):
+        alone = [b.keys for b in train_loader(index, one, epoch, 0, pre, 0)]
+        ranks_epoch = [r["stream_epochs"][epoch] for r in ranks]
+        assert [len(e) for e in ranks_epoch] == [one.steps] * 2 and all(len(b) == 4 for b in ranks_epoch[0])
+        assert [a + b for a, b in zip(*ranks_epoch, strict=True)] == alone
+    train_keys = [k for e in ranks[0]["stream_epochs"] + ranks[1]["stream_epochs"] for b in e for k in b]
+    assert set(train_keys) == set(expected(work)["train"])  # 3 epochs: nothing always left out
 
 
 def square_picture(size: int = 90) -> Image.Image:
@@ -113,7 +117,7 @@ def jpeg_bytes(seed: int, size: tuple[int, int]) -> bytes:
 
 def test_device_decode_path_equals_the_workers_path_on_cpu():
     """The --gpu-decode code path, run with device "cpu": the same crops and flips as the
-    workers' decode + train_image with the same random stream; a broken JPEG is dropped and
+    workers' decode + train_image with the same random generators; a broken JPEG is dropped and
     named, the rest unchanged."""
     from artclf.transforms import train_batch_on_device
 
@@ -121,29 +125,11 @@ def test_device_decode_path_equals_the_workers_path_on_cpu():
     blobs = [jpeg_bytes(i, (90 + 7 * i, 70 + 5 * i)) for i in range(5)]
     blobs[3] = blobs[3][:200]  # truncated: no image in it
     labels, flip = [0, 1, 2, 1, 0], frozenset({1})
-    want, rng = [], random.Random(42)
-    for i, b in enumerate(blobs):
-        if i != 3:
-            want.append(train_image(decode(b), pre, labels[i] in flip, rng))
+    good = [i for i in range(len(blobs)) if i != 3]
+    want = [train_image(decode(blobs[i]), pre, labels[i] in flip, random.Random(42)) for i in good]
     tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
-    got, failed = train_batch_on_device(tensors, labels, pre, flip, random.Random(42), "cpu")
+    rngs = [random.Random(42) for _ in blobs]
+    got, failed = train_batch_on_device(tensors, labels, pre, flip, rngs, "cpu")
     assert failed == [3]
     assert got.shape == (4, 3, 48, 48) and got.dtype == torch.uint8
     assert torch.equal(got, torch.stack(want))
-
-
-def test_encoded_train_stream_decoded_on_the_device_keeps_keys_and_labels(shards):
-    """train_stream(encoded=True) + decode_on_device ("cpu" here) yields the same samples, in the
-    same order, as the workers' decode path, as uint8 image batches of the right size."""
-    from itertools import islice
-
-    from artclf.data import decode_on_device, read_info, train_stream
-
-    info, pre = read_info(str(shards)), Preprocess(image_size=48, resize=56)
-    plain = list(islice(iter(train_stream(info, pre, 4, 0, 0, 1, seed=3)), 6))
-    encoded = list(islice(iter(train_stream(info, pre, 4, 0, 0, 1, seed=3, encoded=True)), 6))
-    assert all(isinstance(b.images, list) and all(x.ndim == 1 for x in b.images) for b in encoded)
-    on_device = list(decode_on_device(iter(encoded), pre, frozenset(), 3, torch.device("cpu")))
-    assert [b.keys for b in on_device] == [b.keys for b in plain]
-    assert [b.labels.tolist() for b in on_device] == [b.labels.tolist() for b in plain]
-    assert all(b.images.shape == (4, 3, 48, 48) and b.images.dtype == torch.uint8 for b in on_device)

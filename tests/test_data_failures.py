@@ -3,6 +3,10 @@ stream at once with the URL and the reason; other failures are skipped and count
 than ``max_failed_shards`` in a row raise; DataLoader workers hand both to the caller; the
 loader's ``timeout`` ends a stalled read. Against the real S3 server of tests/support/s3server.py.
 
+The train stream reads each sample by the span ``_index.json`` gives it, so its shards break
+after they were indexed: the index here is that of good shards, the files it points to are
+broken, missing or unreachable.
+
 Each loader runs in a forked child with a hard deadline, so a regression to the old silent
 stall fails the test instead of hanging the suite. The last part runs the stages themselves
 (``artclf train``, ``artclf evaluate``) over a copy of the ``shards`` fixture on S3 with one
@@ -12,6 +16,7 @@ shard broken, in processes whose whole tree is killed at a deadline.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import multiprocessing
@@ -31,7 +36,9 @@ import webdataset as wds
 from PIL import Image
 
 from artclf import storage
-from artclf.data import eval_loader, train_loader
+from artclf.data import eval_loader, index_shards
+from artclf.train.order import Order
+from artclf.train.stream import train_loader
 from artclf.transforms import Preprocess
 from tests.conftest import history, train_cmd
 from tests.support import procs
@@ -98,12 +105,23 @@ def write_shard(path: Path, n: int) -> Path:
 
 @pytest.fixture
 def local(tmp_path) -> dict[str, Path]:
-    """Two good shards, an empty one (an upload that never got its bytes) and one of random bytes."""
+    """Two good shards, an empty one (an upload that never got its bytes) and one of random bytes
+    as long as a good one (a shard overwritten after it was indexed)."""
     good = [write_shard(tmp_path / f"train-{i:06d}.tar", SAMPLES) for i in range(2)]
     empty, garbage = tmp_path / "train-000002.tar", tmp_path / "train-000003.tar"
     empty.write_bytes(b"")
-    garbage.write_bytes(os.urandom(5000))
+    garbage.write_bytes(os.urandom(good[0].stat().st_size))
     return {"good0": good[0], "good1": good[1], "empty": empty, "garbage": garbage}
+
+
+def garbage_shards(local: dict[str, Path], n: int) -> list[str]:
+    """``n`` shards of random bytes, each as long as a good one."""
+    out = []
+    for i in range(n):
+        path = local["garbage"].with_name(f"train-{100 + i:06d}.tar")
+        path.write_bytes(os.urandom(local["good0"].stat().st_size))
+        out.append(str(path))
+    return out
 
 
 def info_of(urls: list[str], num_samples: int = 2 * SAMPLES) -> dict:
@@ -112,8 +130,13 @@ def info_of(urls: list[str], num_samples: int = 2 * SAMPLES) -> dict:
     return {"splits": {"train": split, "val": split}}
 
 
-def train(info: dict, workers: int = 0, steps: int = 6, **kw) -> Callable:
-    return lambda: train_loader(info, PRE, 4, workers, 0, 1, epoch=0, seed=0, steps=steps, **kw)
+def train(urls: list, layout: Path, workers: int = 0, batch: int = 4, **kw) -> Callable:
+    """One epoch of the train stream over ``urls``, indexed as if each were a copy of the good
+    shard ``layout`` (the index of a set whose shards broke, went missing or out of reach later)."""
+    good = index_shards([str(layout)] * len(urls))
+    index = dataclasses.replace(good, urls=[str(u) for u in urls])
+    order = Order(len(index), batch, seed=0)
+    return lambda: train_loader(index, order, 0, 0, PRE, workers, **kw)
 
 
 def evaluate(info: dict, workers: int = 0, **kw) -> Callable:
@@ -140,27 +163,27 @@ def assert_fatal(out: Outcome, url_part: str, reason: str, secrets: tuple[str, .
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_wrong_credentials_are_fatal_at_once(s3_env, s3_urls, monkeypatch, workers):
+def test_wrong_credentials_are_fatal_at_once(s3_env, s3_urls, local, monkeypatch, workers):
     # Credentials that expire mid-run: the shard list was read, every GET now answers 403.
     wrong = "WrOnGsEcReT" + uuid.uuid4().hex
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong)
     secrets = (wrong, s3_env.secret_key)
     info = info_of(s3_urls)
-    out = drain(train(info, workers))
+    out = drain(train(s3_urls, local["good0"], workers))
     assert_fatal(out, s3_urls[0].rsplit("/", 1)[0], "access denied", secrets)
     assert_fatal(drain(evaluate(info, workers)), s3_urls[0], "access denied", secrets)
 
 
 @pytest.mark.parametrize("workers", [0, 1])
 @pytest.mark.parametrize("missing", ["bucket", "key"])
-def test_missing_bucket_or_keys_are_fatal_at_once(s3_env, s3_urls, missing, workers):
+def test_missing_bucket_or_keys_are_fatal_at_once(s3_env, s3_urls, local, missing, workers):
     if missing == "bucket":
         urls = [u.replace(f"s3://{s3_env.bucket}/", "s3://artclf-no-such-bucket/") for u in s3_urls]
         reason = "bucket does not exist (NoSuchBucket)"
     else:
         urls = [u.replace(".tar", "-gone.tar") for u in s3_urls]
         reason = "not found"
-    out = drain(train(info_of(urls), workers))
+    out = drain(train(urls, local["good0"], workers))
     assert_fatal(out, urls[0].rsplit("/", 1)[0], reason)
     assert_fatal(drain(evaluate(info_of(urls), workers)), urls[0], reason)
 
@@ -168,15 +191,15 @@ def test_missing_bucket_or_keys_are_fatal_at_once(s3_env, s3_urls, missing, work
 @pytest.mark.parametrize("workers", [0, 1])
 def test_missing_local_shard_is_fatal(local, tmp_path, workers):
     urls = [local["good0"], tmp_path / "train-000009.tar"]
-    out = drain(train(info_of(urls), workers, steps=50))
+    out = drain(train(urls, local["good0"], workers))
     assert_fatal(out, str(urls[1]), "not found")
     assert_fatal(drain(evaluate(info_of(urls), workers)), str(urls[1]), "not found")
 
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_too_many_failed_shards_in_a_row_raise(local, workers):
-    bad = [str(local["empty"]), str(local["garbage"])]
-    out = drain(train(info_of(bad), workers, max_failed_shards=3))
+    bad = garbage_shards(local, 5)
+    out = drain(train(bad, local["good0"], workers, batch=8, max_failed_shards=3))
     assert out.error is not None and "ArtclfError" in out.error, out
     assert "PermanentStorageError" not in out.error
     assert "failed shards in a row: 4, more than max_failed_shards=3" in out.message, out.message
@@ -184,67 +207,75 @@ def test_too_many_failed_shards_in_a_row_raise(local, workers):
 
 
 def test_default_max_failed_shards_is_ten(local):
-    out = drain(train(info_of([local["garbage"]])))
+    out = drain(train(garbage_shards(local, 16), local["good0"], batch=64))
     assert out.error is not None and "failed shards in a row: 11," in out.message, out.message
+
+
+def test_a_batch_whose_samples_all_fail_raises(local):
+    """Every rank must take each step: a batch with nothing to train on ends the run, naming a
+    cause (fewer failing shards than max_failed_shards here)."""
+    out = drain(train(garbage_shards(local, 2), local["good0"], batch=4))
+    assert out.error is not None and "ArtclfError" in out.error, out
+    assert "no sample of a train batch of 4 could be used" in out.message and "ReadError" in out.message
 
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_fewer_failed_shards_are_skipped_and_counted(local, workers):
-    # One shard in three broken: 11 draws of it in a row has odds of 3^-11 per draw.
+    # One shard in three broken: its samples are left out of their batches, the epoch goes on
     urls = [str(local[k]) for k in ("good0", "garbage", "good1")]
-    out = drain(train(info_of(urls), workers, steps=30, max_failed_shards=10))
+    out = drain(train(urls, local["good0"], workers, max_failed_shards=10))
     assert out.error is None, out.message
-    assert out.batches == 30
-    assert any(f.startswith(f"{urls[1]}: ReadError: ") for f in out.failed)  # its URL and cause
+    assert out.batches == 3 * SAMPLES // 4
+    assert len(out.failed) == SAMPLES  # each of its samples, once
+    assert all(f.startswith(f"{urls[1]}: ReadError: ") for f in out.failed)  # its URL and cause
     # eval reads each shard once: failures are skipped and counted, whatever their number
     out = drain(evaluate(info_of([str(local[k]) for k in ("good0", "empty", "garbage", "good1")]), workers))
     assert out.error is None, out.message
     failed_urls = {f.split(": ", 1)[0] for f in out.failed}
     assert {str(local["empty"]), str(local["garbage"])} <= failed_urls
     # 0: the first failed shard ends the stream
-    out = drain(train(info_of(urls), workers, steps=30, max_failed_shards=0))
+    out = drain(train(urls, local["good0"], workers, max_failed_shards=0))
     assert out.error is not None and "failed shards in a row: 1," in out.message, out.message
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_unreachable_endpoint_counts_as_failed_shards(s3_urls, monkeypatch, workers):
+def test_unreachable_endpoint_counts_as_failed_shards(s3_urls, local, monkeypatch, workers):
     port = procs.free_port()  # a port nobody listens on
     monkeypatch.setattr(storage, "S3_MAX_ATTEMPTS", 1)
     storage.set_endpoint(f"http://127.0.0.1:{port}")  # the s3_env fixture resets it
-    out = drain(train(info_of(s3_urls), workers, max_failed_shards=2))
+    out = drain(train(s3_urls, local["good0"], workers, batch=8, max_failed_shards=1))
     assert out.error is not None and "PermanentStorageError" not in out.error, out
-    assert "failed shards in a row: 3," in out.message and "cannot reach the S3 endpoint" in out.message
+    assert "failed shards in a row: 2," in out.message and "cannot reach the S3 endpoint" in out.message
 
 
 @pytest.mark.slow  # ~15 s: PyTorch waits 5 s for a stuck worker before it terminates it
 def test_timeout_ends_a_stalled_read(local, tmp_path):
     stalled = tmp_path / "train-000005.tar"
     os.mkfifo(stalled)  # opening it for reading waits for a writer that never comes
-    out = drain(train(info_of([stalled]), workers=1, timeout=2))
+    out = drain(train([stalled], local["good0"], workers=1, timeout=2))
     assert out.error is not None and "timed out after 2 seconds" in out.message, out
     assert out.seconds < 15
     out = drain(evaluate(info_of([stalled]), workers=1, timeout=2))
     assert out.error is not None and "timed out after 2 seconds" in out.message, out
     # without workers PyTorch has no timeout: it is ignored, not an error
-    assert drain(train(info_of([local["good0"]]), workers=0, timeout=2)).batches == 6
+    assert drain(train([local["good0"]], local["good0"], workers=0, timeout=2)).batches == SAMPLES // 4
 
 
-def test_a_shard_set_whose_samples_all_fail_to_decode_raises(tmp_path, monkeypatch):
-    """Readable tars of undecodable images: every shard reads, no sample decodes; resampling
-    would spin forever without a limit on failed samples in a row."""
-    import artclf.data
-
-    monkeypatch.setattr(artclf.data, "MAX_FAILED_SAMPLES_IN_A_ROW", 20)
+def test_a_shard_set_whose_samples_all_fail_to_decode_raises(tmp_path):
+    """Readable tars of undecodable images: every sample reads, none decodes; the first batch
+    ends the run instead of every batch of every epoch failing."""
     urls = []
     for i in range(2):
         path = tmp_path / f"train-{i:06d}.tar"
         with wds.TarWriter(str(path)) as sink:
             for j in range(SAMPLES):
                 sink.write({"__key__": f"bad{i}_{j:03d}", "jpg": b"not an image", "cls": "0"})
-        urls.append(path)
-    out = drain(train(info_of(urls), workers=0))
+        urls.append(str(path))
+    index = index_shards(urls)
+    order = Order(len(index), 4, seed=0)
+    out = drain(lambda: train_loader(index, order, 0, 0, PRE, 0))
     assert out.error and "ArtclfError" in out.error, out
-    assert "21 samples in a row failed to decode" in out.message
+    assert "no sample of a train batch of 4 could be used (the last: bad" in out.message
 
 
 # --- the stages over a shard set on S3 with one shard that stays unreadable --------------------
@@ -252,10 +283,11 @@ def test_a_shard_set_whose_samples_all_fail_to_decode_raises(tmp_path, monkeypat
 STAGE_S = 300.0  # far above a tiny-recipe epoch or an evaluation here (about 10 s)
 EXIT_S = 20.0  # after its error line a stage has ended its workers and exited (about 1 s here)
 BATCH = 8
-# Bytes that are no tar, in place of a shard after _info.json was written. S3 serves them without
-# a hitch, so storage has nothing to retry (a stream that breaks is reopened, tests/test_storage.py)
-# and the tar reader fails: a failed shard, skipped and counted, not a permanent answer.
-NOT_A_TAR = np.random.default_rng(12).bytes(5000)
+# Bytes that are no tar, as many as the shard had, in place of it after _info.json and the index
+# were written. S3 serves them without a hitch, so storage has nothing to retry (a stream that
+# breaks is reopened, tests/test_storage.py) and the tar reader fails: failed samples (a failed
+# shard, for eval), skipped and counted, not a permanent answer.
+NOT_A_TAR_SEED = 12
 
 
 @dataclass(frozen=True)
@@ -279,7 +311,8 @@ def s3_copy(s3_server, shards: Path, broken: dict[str, int]) -> Broken:
     bad, lengths = {}, {}
     for split, i in broken.items():
         name = info[split]["filenames"][i]
-        client.put_object(Bucket=s3_server.bucket, Key=f"{prefix}/{name}", Body=NOT_A_TAR)
+        garbage = np.random.default_rng(NOT_A_TAR_SEED).bytes((shards / name).stat().st_size)
+        client.put_object(Bucket=s3_server.bucket, Key=f"{prefix}/{name}", Body=garbage)
         bad[split], lengths[split] = f"{url}/{name}", info[split]["shard_lengths"][i]
     totals = {split: sum(s["shard_lengths"]) for split, s in info.items()}
     return Broken(url, bad, lengths, totals)
@@ -319,8 +352,7 @@ def bad_train_copy(s3_server, shards) -> Broken:
 
 @pytest.fixture(scope="module")
 def bad_train_shard(s3_server, bad_train_copy, tmp_path_factory) -> Ran:
-    """One epoch of the tiny recipe over a shard set whose train shard 0 is unreadable. The
-    train stream resamples shards: with seed 0 it draws shard 0 at least once (checked below)."""
+    """One epoch of the tiny recipe over a shard set whose train shard 0 is unreadable."""
     run = tmp_path_factory.mktemp("bad-train") / "run"
     return Ran(bad_train_copy, "train", *stage_train(bad_train_copy, run, s3_server.env()), run)
 
@@ -329,17 +361,18 @@ def test_train_skips_an_unreadable_train_shard(bad_train_shard):
     broken, code, out = bad_train_shard.broken, bad_train_shard.code, bad_train_shard.out
     assert code == 0, out[-4000:]
     (row,) = history(bad_train_shard.run)
-    assert row["step"] == broken.totals["train"] // BATCH  # one pass in expectation, 1 process
+    assert row["step"] == broken.totals["train"] // BATCH  # one exact pass, 1 process
     assert row["val_n"] == broken.totals["val"]  # val was readable, all of it
-    assert row["skipped_samples"] > 0, f"{broken.bad['train']} was never drawn: break another shard"
+    assert row["skipped_samples"] > 0
 
 
 def test_train_counts_the_samples_of_the_skipped_shard_and_names_it(bad_train_shard):
     broken, out = bad_train_shard.broken, bad_train_shard.out
     (row,) = history(bad_train_shard.run)
-    # each draw of the shard loses all of its samples: a whole, non-zero multiple of its length
-    skipped, length = row["skipped_samples"], broken.lengths["train"]
-    assert skipped > 0 and skipped % length == 0, f"skipped_samples {skipped}, shard of {length}"
+    # every sample of the shard the epoch visits: epoch 1 leaves out the first N mod B samples of
+    # the flat order (docs/design.md), which are shard 0's first ones
+    length, left_out = broken.lengths["train"], broken.totals["train"] % BATCH
+    assert row["skipped_samples"] == length - min(left_out, length)
     said = [line for line in out.splitlines() if broken.bad["train"] in line]
     assert said and all("ReadError" in line for line in said), out[-4000:]
 

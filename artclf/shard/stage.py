@@ -6,9 +6,11 @@ to 11 MP. Samples: ``__key__``, ``jpg``, ``cls`` (label as text), ``json`` (arti
 path, original size, group). ``URL`` is a folder or ``s3://bucket/prefix``.
 
 Atomic and resumable: a shard appears under its final name only when complete, and its
-record (``_shards/<name>.json``: keys, bytes, sha256) follows; a rerun skips shards whose
-record matches the plan and whose bytes still hash to it. ``--part i --num-parts n`` packs
-every n-th shard (SLURM array, Indexed Job); ``--merge`` then writes ``_info.json``.
+record (``_shards/<name>.json``: keys, each sample's byte span, bytes, sha256) follows; a
+rerun skips shards whose record matches the plan and whose bytes still hash to it.
+``--part i --num-parts n`` packs every n-th shard (SLURM array, Indexed Job); ``--merge``
+then writes ``_info.json`` and the sample index ``_index.json`` (each sample's key and byte
+span per shard, for ranged reads).
 ``artclf shard --verify URL`` re-reads everything and exits 1 on any mismatch.
 """
 
@@ -33,6 +35,7 @@ from tqdm import tqdm
 from artclf import __version__, manifest, storage
 from artclf.artists import SAMPLE_TRUTH, class_names, fold
 from artclf.config import arg, stage_main
+from artclf.data import INDEX, tar_spans
 from artclf.errors import ArtclfError
 from artclf.images import open_rgb
 from artclf.manifest import SPLITS
@@ -153,6 +156,12 @@ def write_shard(job: Job) -> dict:
                     }
                 )
         data = local.read_bytes()
+        with open(local, "rb") as f:
+            keys, spans = tar_spans(f)
+        if keys != [sample_key(r["path"]) for r in job.samples]:
+            raise ArtclfError(
+                f"{job.url}: the tar's keys {keys[:3]}… are not the plan's"
+            )  # a webdataset change
         storage.upload_file(local, job.url)
     record = {
         "name": job.url.rsplit("/", 1)[-1],
@@ -160,7 +169,8 @@ def write_shard(job: Job) -> dict:
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "plan": job.plan_hash,
-        "keys": [sample_key(r["path"]) for r in job.samples],
+        "keys": keys,
+        "spans": [list(s) for s in spans],  # (offset, size) of each sample's members
     }
     storage.write_bytes(job.record_url, json.dumps(record).encode())
     return record
@@ -180,6 +190,8 @@ def existing_record(job: Job) -> dict | None:
         return None
     record = json.loads(storage.read_bytes(job.record_url))
     if record.get("plan") != job.plan_hash or storage.size(job.url) != record["bytes"]:
+        return None
+    if "spans" not in record:  # packed before shard wrote the sample index: packed again
         return None
     return record if _sha256(job.url) == record["sha256"] else None
 
@@ -264,6 +276,25 @@ def write_info(
         "shards": {r["name"]: {k: r[k] for k in ("num_samples", "bytes", "sha256")} for r in records},
         "manifest_sha256": manifest.manifest_sha256(cfg.work),
     }
+    index = {
+        "version": 1,
+        "splits": {
+            split: {
+                "filenames": [
+                    rec["name"] for (sp, _), rec in zip(split_jobs, records, strict=True) if sp == split
+                ],
+                "keys": [
+                    rec["keys"] for (sp, _), rec in zip(split_jobs, records, strict=True) if sp == split
+                ],
+                "spans": [
+                    rec["spans"] for (sp, _), rec in zip(split_jobs, records, strict=True) if sp == split
+                ],
+            }
+            for split in splits
+        },
+    }
+    # the index first: a set with _info.json has its index (the trainer reads both)
+    storage.write_bytes(storage.join(cfg.out, INDEX), json.dumps(index, separators=(",", ":")).encode())
     storage.write_bytes(storage.join(cfg.out, INFO), json.dumps(info, indent=2, ensure_ascii=False).encode())
     return info
 

@@ -1,8 +1,9 @@
 """``artclf shard --verify URL``: re-read every shard and check it against ``_info.json``.
 
-For each shard: sha256 and byte count of the whole file, the sample count, and every
-sample: a key, a decodable ``jpg``, a ``cls`` that is a class index, a ``json``. Every
-problem is printed with its shard and key; any problem makes the command exit 1.
+For each shard: sha256 and byte count of the whole file, the sample count, its keys against
+the sample index (``_index.json``), and every sample: a key, a decodable ``jpg``, a ``cls``
+that is a class index, a ``json``. Every problem is printed with its shard and key; any
+problem makes the command exit 1.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections import defaultdict
 from PIL import Image
 
 from artclf import storage
+from artclf.data import INDEX
 from artclf.errors import ArtclfError
 
 FIELDS = {"jpg", "cls", "json"}
@@ -61,8 +63,8 @@ def _check_sample(key: str, fields: dict[str, bytes], num_classes: int) -> list[
     return [f"{key}: {p}" for p in problems]
 
 
-def verify_shard(url: str, expected: dict, num_classes: int) -> list[str]:
-    """Problems found in one shard (empty when it is sound)."""
+def verify_shard(url: str, expected: dict, num_classes: int, keys: list[str] | None = None) -> list[str]:
+    """Problems found in one shard (empty when it is sound); ``keys``: what ``_index.json`` lists."""
     samples: dict[str, dict[str, bytes]] = defaultdict(dict)
     problems = []
     try:
@@ -78,6 +80,8 @@ def verify_shard(url: str, expected: dict, num_classes: int) -> list[str]:
         return [f"cannot read the shard ({type(e).__name__}: {e})"]
     for key, fields in samples.items():
         problems += _check_sample(key, fields, num_classes)
+    if keys is not None and keys != list(samples):
+        problems.append(f"its samples are not the ones _index.json lists ({len(keys)} keys there)")
     if len(samples) != expected["num_samples"]:
         problems.append(f"{len(samples)} samples, _info.json says {expected['num_samples']}")
     if stream.bytes != expected["bytes"]:
@@ -93,11 +97,17 @@ def verify(url: str) -> dict:
     if not storage.exists(info_url):
         raise ArtclfError(f"{info_url}: not found; is {url} a shard folder written by `artclf shard`?")
     info = json.loads(storage.read_bytes(info_url))
-    bad, total = 0, 0
-    for s in info["splits"].values():
+    index_url = storage.join(url, INDEX)
+    index = json.loads(storage.read_bytes(index_url))["splits"] if storage.exists(index_url) else None
+    if index is None:
+        print(f"{index_url}: not found (rerun `artclf shard` to write it; train indexes such a set at start)")
+    bad, total = int(index is None), 0
+    for split, s in info["splits"].items():
+        listed = dict(zip(index[split]["filenames"], index[split]["keys"], strict=True)) if index else {}
         for name, length in zip(s["filenames"], s["shard_lengths"], strict=True):
             expected = {**info["shards"][name], "num_samples": length}
-            problems = verify_shard(storage.join(url, name), expected, len(info["classes"]))
+            keys = listed.get(name, []) if index else None
+            problems = verify_shard(storage.join(url, name), expected, len(info["classes"]), keys)
             total += expected["num_samples"]
             for p in problems:
                 print(f"{storage.join(url, name)}: {p}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -36,6 +36,9 @@ class TrainState:
     step_in_epoch: int = 0  # optimizer steps done in the epoch under way
     best_f1: float = -1.0
     best_epoch: int = -1
+    # the epoch under way's figures so far, summed over all ranks (loss, CE, soft-F1, each ×
+    # images; images; samples lost): a resumed epoch reports the whole epoch, not its tail
+    epoch_sums: list[float] = field(default_factory=lambda: [0.0] * 5)
 
     def state_dict(self) -> dict:
         return asdict(self)

@@ -86,6 +86,7 @@ def train_one_epoch(
     check_every: int = 1,
     meter: Meter | None = None,
     channels_last: bool = False,
+    on_step: Callable[[list], None] | None = None,
 ) -> dict:
     """Optimizer steps over ``batches`` (``grad_accum`` micro-batches each) until the epoch's
     ``total_steps``. Returns the epoch's means over all ranks, and ``preempted=True`` when a
@@ -94,7 +95,8 @@ def train_one_epoch(
     No step waits for the device: losses are summed as device tensors and read every
     ``log_every`` steps. A stop request and a non-finite loss (any micro-batch, any rank) are
     folded into one two-element all-reduce before the optimizer step every ``check_every``
-    steps, before every save and at the epoch's last step. A stop therefore ends every rank
+    steps, before every save and at the epoch's last step. ``on_step`` (every rank, after each
+    optimizer step): the step's micro-batches (``--record-batches``). A stop therefore ends every rank
     within ``check_every`` steps; a non-finite loss raises on every rank within
     ``check_every`` steps, before any state is saved (with ``check_every`` 1, before the
     weights change).
@@ -113,10 +115,20 @@ def train_one_epoch(
     # rows: the epoch, the log window; columns: loss, CE, soft-F1, each × images
     sums = torch.zeros(2, 3, device=acc.device)
     images, window_images, lost, micro = 0, 0, 0, 0
+    before = torch.tensor(state.epoch_sums, dtype=torch.float32, device=acc.device)  # of a resumed epoch
+
+    def epoch_sums() -> list[float]:
+        """The epoch's figures over all ranks, resumed part included (one all-reduce)."""
+        mine = torch.cat([sums[0], torch.tensor([images, lost], dtype=torch.float32, device=acc.device)])
+        return (acc.reduce(mine, "sum") + before).tolist()
+
+    taken: list = []  # this step's micro-batches, for on_step
     t_end = time.perf_counter()
     for batch in batches:
         t_data = time.perf_counter()
         lost += batch.lost
+        if on_step is not None:
+            taken.append(batch)
         x = batch.images.to(acc.device, non_blocking=True)
         y = batch.labels.to(acc.device, non_blocking=True)
         if channels_last:
@@ -155,6 +167,9 @@ def train_one_epoch(
         state.step += 1
         state.step_in_epoch += 1
         bar.update(1)
+        if on_step is not None:
+            on_step(taken)
+            taken = []
         t_now = time.perf_counter()
         meter.add(len(y), t_data - t_end, t_now - t_data)
         meter.step()
@@ -173,17 +188,17 @@ def train_one_epoch(
             window_images = 0
         if stop:
             bar.close()
+            state.epoch_sums = epoch_sums()  # saved by the caller
             return {"preempted": True}
         if save_every and state.step % save_every == 0:
+            state.epoch_sums = epoch_sums()
             on_save()
         # the read above waits for the steps queued on the device, a save takes its time: both
         # are the trainer's own time, not waiting for data
         t_end = time.perf_counter()
         meter.add(0, 0.0, t_end - t_now)
     bar.close()
-    # the epoch's figures over all ranks (one all-reduce per epoch)
-    tail = torch.tensor([images, lost], dtype=torch.float32, device=acc.device)
-    total = acc.reduce(torch.cat([sums[0], tail]), "sum").tolist()
+    total = state.epoch_sums = epoch_sums()  # kept for a stop during the evaluation that follows
     n = max(1.0, total[3])
     return {
         "preempted": False,

@@ -1,9 +1,11 @@
 """What a training run writes about itself besides checkpoints: the ``derived`` and
-``versions`` blocks of ``config.json``, the start-up lines, and TensorBoard (main process only).
+``versions`` blocks of ``config.json``, the start-up lines, TensorBoard (main process only) and
+``batches.jsonl`` (``--record-batches``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -14,6 +16,7 @@ import torch
 from accelerate import Accelerator
 
 from artclf import plots
+from artclf.atomic import write_jsonl
 from artclf.config import to_dict
 
 
@@ -46,12 +49,15 @@ def epoch_line(row: dict, epochs: int) -> str:
     return f"epoch {row['epoch']}/{epochs}: " + ", ".join(parts)
 
 
-def writer_for(acc: Accelerator, run: Path):
-    if not acc.is_main_process:  # one event file: TensorBoard on the main process only
+def writer_for(acc: Accelerator, run: Path, purge_step: int | None = None):
+    """The run's TensorBoard writer (main process only: one event file). ``purge_step``: a resumed
+    run's first step; TensorBoard hides the points at or after it that an earlier writer of the
+    folder logged (a run killed after its last checkpoint), so each tag keeps one curve."""
+    if not acc.is_main_process:
         return None
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(str(run / "tb"))
+    return SummaryWriter(str(run / "tb"), purge_step=purge_step)
 
 
 def log_scalars(writer, prefix: str, row: dict, step: int) -> None:
@@ -183,3 +189,39 @@ def versions() -> dict:
         "git_sha": sha,
         "host": os.uname().nodename,
     }
+
+
+class BatchRecord:
+    """``RUN/batches.jsonl`` (``--record-batches``): per optimizer step, the sha256 of the global
+    batch's (sample key, augmentation seed) pairs in order (micro-batch, then rank), so two runs
+    can be compared step by step whatever their world size or workers. Every rank calls it (one
+    gather per step); the main process writes. A resumed run first drops the rows after the step
+    it resumes at (written by the run it replaces after its last checkpoint)."""
+
+    def __init__(self, acc, path: Path, resumed_step: int) -> None:
+        self.acc, self.path = acc, path
+        if acc.is_main_process:
+            rows = [r for r in _read_rows(path) if r["step"] <= resumed_step] if resumed_step else []
+            write_jsonl(path, rows)
+
+    def __call__(self, state, batches: list) -> None:
+        from accelerate.utils import gather_object
+
+        mine = [[[k, a] for k, a in zip(b.keys, b.aug, strict=True)] for b in batches]
+        everyone = gather_object([mine])
+        if self.acc.is_main_process:
+            pairs = [p for j in range(len(mine)) for rank in everyone for p in rank[j]]
+            row = {
+                "step": state.step,
+                "epoch": state.epoch + 1,
+                "samples": len(pairs),
+                "sha256": hashlib.sha256(json.dumps(pairs).encode()).hexdigest(),
+            }
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

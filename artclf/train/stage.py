@@ -12,6 +12,7 @@ One job per run folder (a lock on ``RUN/.lock``); a collective that waits longer
 from __future__ import annotations
 
 import faulthandler
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,16 +28,18 @@ from artclf import plots, storage
 from artclf.artists import display_names
 from artclf.atomic import write_json, write_jsonl
 from artclf.config import arg, stage_main, to_dict
-from artclf.data import decode_on_device, eval_loader, read_info, steps_per_epoch, train_stream
+from artclf.data import SampleIndex, eval_loader, read_info, train_index
 from artclf.errors import ArtclfError
 from artclf.metrics.calibration import calibrate
 from artclf.metrics.eval_loop import evaluate
 from artclf.model import build_model, save_model
-from artclf.train import checkpoint, runlog
+from artclf.train import checkpoint, runconfig, runlog
 from artclf.train.engine import Meter, lr_at, train_one_epoch
+from artclf.train.order import Order
 from artclf.train.preemption import EXIT_PREEMPTED, Preemption, die, watch_launcher
 from artclf.train.recipe import SYNC_BN_BELOW, flip_set, make_optimizer, sync_bn_choice
 from artclf.train.runlock import RunLock
+from artclf.train.stream import decode_on_device, train_stream
 from artclf.transforms import Preprocess
 
 BASE_BATCH = 64  # --lr is for this global batch; it scales linearly with the global batch
@@ -83,6 +86,13 @@ class TrainConfig:
         ),
     )
     seed: int = field(default=0, metadata=arg("seeds weights of the head, data order and augmentation"))
+    record_batches: bool = field(
+        default=False,
+        metadata=arg(
+            "write RUN/batches.jsonl: per optimizer step, a sha256 of the global batch's sample keys and "
+            "augmentation seeds (to compare runs step by step; one gather per step)"
+        ),
+    )
     save_every: int = field(
         default=0, metadata=arg("also save state every N optimizer steps (0: per epoch only)")
     )
@@ -130,6 +140,13 @@ class TrainConfig:
         ),
     )
     endpoint_url: str | None = field(default=None, metadata=arg("S3 endpoint (default: AWS_ENDPOINT_URL)"))
+    resume_with_changes: bool = field(
+        default=False,
+        metadata=arg(
+            "resume although flags that change the result (arch aside) differ from the run's: each change "
+            "is recorded in config.json with its step (without it such a rerun is refused)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if (
@@ -214,8 +231,9 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
             f"--batch-size {cfg.batch_size} is the global batch; it must divide by "
             f"processes × --grad-accum = {world} × {cfg.grad_accum}"
         )
-    per_device = cfg.batch_size // (world * cfg.grad_accum)
-    steps = steps_per_epoch(info["splits"]["train"]["num_samples"], 1, cfg.batch_size)  # optimizer steps
+    index = train_index(info, cfg.shards)
+    order = Order(len(index), cfg.batch_size, cfg.seed, cfg.grad_accum, world)
+    per_device, steps = order.per_device, order.steps  # steps: optimizer steps per epoch
     total, warmup = steps * cfg.epochs, round(steps * cfg.warmup_epochs)
     peak_lr = cfg.lr * cfg.batch_size / BASE_BATCH
     pre = Preprocess(image_size=cfg.image_size, resize=cfg.image_size)
@@ -238,22 +256,30 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
     model, optimizer = acc.prepare(model, optimizer)
     state = checkpoint.TrainState()
     acc.register_for_checkpointing(state)
+    data_digest = index.digest()
+    change = _check_resume(acc, cfg, data_digest)  # before anything is loaded or written
     resume = checkpoint.resume(acc, cfg.run / "state", state)
     where = runlog.placement(acc)
     if acc.is_main_process:
-        write_json(
-            cfg.run / "config.json",
-            {
-                "config": to_dict(cfg),
-                "derived": runlog.derived(
-                    acc, per_device, steps, total, warmup, peak_lr, flips, classes, info, resume, sync_bn
-                ),
-                "placement": where,
-                "versions": runlog.versions(),
-            },
+        derived = runlog.derived(
+            acc, per_device, steps, total, warmup, peak_lr, flips, classes, info, resume, sync_bn
         )
+        record = {
+            "config": to_dict(cfg),
+            "derived": {**derived, "train_index_sha256": data_digest},
+            "placement": where,
+            "versions": runlog.versions(),
+        }
+        if resume is not None and (cfg.run / "config.json").is_file():
+            before = json.loads((cfg.run / "config.json").read_text())
+            record["config"] = before["config"]  # the flags the run started with
+            record["changes"] = before.get("changes", []) + (
+                [{**change, "step": state.step}] if change else []
+            )
+        write_json(cfg.run / "config.json", record)
         runlog.print_derived(acc, cfg, per_device, steps, peak_lr, flips, resume, state, sync_bn, where)
-    writer = runlog.writer_for(acc, cfg.run)
+    # a resumed run drops what the run it replaces logged after its last checkpoint
+    writer = runlog.writer_for(acc, cfg.run, purge_step=state.step + 1 if resume else None)
     history = plots.read_history(cfg.run / "history.jsonl")[: state.epoch]
 
     def save_state() -> None:
@@ -265,7 +291,8 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
         acc.print(f"preempted at step {state.step} (epoch {epoch + 1}): state saved, exit {EXIT_PREEMPTED}")
         return EXIT_PREEMPTED
 
-    stream = _input_stream(cfg, acc, info, pre, per_device, flips, state.step)
+    stream = _input_stream(cfg, acc, index, order, pre, flips, state)
+    record = runlog.BatchRecord(acc, cfg.run / "batches.jsonl", state.step) if cfg.record_batches else None
     meter = Meter(world)
     for epoch in range(state.epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -292,6 +319,7 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
             check_every=cfg.check_every,
             meter=meter,
             channels_last=channels_last,
+            on_step=None if record is None else lambda batches: record(state, batches),
         )
         if out["preempted"]:
             return preempted(epoch)
@@ -305,7 +333,7 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
             )
             if val is None:  # stopped during evaluation: the saved step is the epoch's last one
                 return preempted(epoch)
-        state.epoch, state.step_in_epoch = epoch + 1, 0
+        state.epoch, state.step_in_epoch, state.epoch_sums = epoch + 1, 0, [0.0] * 5
         if acc.is_main_process:
             row = runlog.epoch_row(epoch + 1, state.step, out, val, time.perf_counter() - t0)
             _record_epoch(
@@ -323,21 +351,46 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
     return 0
 
 
+def _check_resume(acc: Accelerator, cfg: TrainConfig, data_digest: str) -> dict | None:
+    """When RUN holds a checkpoint: the main process compares this rerun's flags and data with
+    the run's config.json (:mod:`artclf.train.runconfig`); every rank learns the outcome."""
+    from accelerate.utils import broadcast_object_list
+
+    outcome: list = [None]
+    if acc.is_main_process and checkpoint.latest(cfg.run / "state") is not None:
+        try:
+            outcome = [("ok", runconfig.check(cfg.run / "config.json", to_dict(cfg), data_digest,
+                                              cfg.resume_with_changes, step=-1))]  # fmt: skip
+        except ArtclfError as e:
+            outcome = [("error", str(e))]
+    broadcast_object_list(outcome)
+    if outcome[0] and outcome[0][0] == "error":
+        raise ArtclfError(outcome[0][1])
+    return outcome[0][1] if outcome[0] else None
+
+
 def _input_stream(
-    cfg: TrainConfig, acc: Accelerator, info: dict, pre: Preprocess, per_device: int, flips, start: int
+    cfg: TrainConfig,
+    acc: Accelerator,
+    index: SampleIndex,
+    order: Order,
+    pre: Preprocess,
+    flips: frozenset[int],
+    state: checkpoint.TrainState,
 ) -> Iterator:
-    """The run's one train stream, seeded by the step it starts at; epochs are sliced off it."""
-    seed = cfg.seed * 1_000_003 + start
+    """The run's one train stream, from the micro-batch after the checkpoint it resumes from
+    (nothing before it is read); epochs are sliced off it."""
+    start = state.epoch * order.micro + state.step_in_epoch * cfg.grad_accum
     cuda = acc.device.type == "cuda"
     stream = iter(
         train_stream(
-            info, pre, per_device, cfg.workers, acc.process_index, acc.num_processes, seed, flips,
+            index, order, acc.process_index, pre, cfg.workers, flips, start=start,
             max_failed_shards=cfg.max_failed_shards, timeout=cfg.data_timeout, pin_memory=cuda,
             encoded=cfg.gpu_decode,
         )
     )  # fmt: skip
     if cfg.gpu_decode:
-        return decode_on_device(stream, pre, flips, seed * 1000 + acc.process_index, acc.device)
+        return decode_on_device(stream, pre, flips, acc.device)
     return stream
 
 

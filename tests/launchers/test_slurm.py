@@ -24,7 +24,7 @@ from artclf.ingest import IngestConfig, ingest
 from artclf.metrics.classification import classification_metrics
 from artclf.model import load_model
 from artclf.split import SplitConfig, split
-from tests.conftest import REPO, TINY, history, plain_predictions, run_cli
+from tests.conftest import REPO, TINY, expected_batches, history, plain_predictions, run_cli
 from tests.support import procs
 from tests.support.slurmcluster import Slurm
 
@@ -152,12 +152,13 @@ def test_two_nodes_train_as_one_node_does(slurm2, train_job, shards, tmp_path):
 def test_losing_a_node_mid_epoch_fails_the_step_and_a_requeue_resumes(slurm2, shards, tmp_path):
     """Everything of node 2 is killed (its slurmd, step daemon, launcher and trainer: a node that
     died). Rank 0 fails at its next collective, SLURM declares the node DOWN (SlurmdTimeout 30 s)
-    and requeues the job (--requeue); once the node is back, the job resumes from its last step."""
+    and requeues the job (--requeue); once the node is back, the job resumes from its last step
+    and trains on exactly the batches of a run never stopped."""
     started = time.time()
     run, out = tmp_path / "run", tmp_path / "train.out"
     epochs = 4  # ~7 s an epoch: the kill comes at the first saved step, far from the end
     job = submit_train(slurm2, shards, run, out, "--epochs", str(epochs), "--save-every", "1",
-                       "--ddp-timeout", "60", MAX_RESTARTS="0")  # fmt: skip
+                       "--ddp-timeout", "60", "--record-batches", MAX_RESTARTS="0")  # fmt: skip
     deadline = time.time() + 300
     while not list((run / "state").glob("step-*")):
         assert slurm2.job(job)[0]["JobState"] in {"PENDING", "RUNNING"}, slurm2.job(job)
@@ -195,6 +196,10 @@ def test_losing_a_node_mid_epoch_fails_the_step_and_a_requeue_resumes(slurm2, sh
     steps = read_info(str(shards))["splits"]["train"]["num_samples"] // BATCH
     assert [(r["epoch"], r["step"]) for r in history(run)] == [(e, e * steps) for e in range(1, epochs + 1)]
     assert_placed(slurm2, run)
+    # every optimizer step, the steps the lost node's run took included, trained on the global
+    # batch one process reading the order gets: nothing repeated or skipped by the requeue
+    recorded = [json.loads(line) for line in (run / "batches.jsonl").read_text().splitlines()]
+    assert recorded == expected_batches(shards, BATCH, epochs)
 
 
 def _array_then_merge(slurm: Slurm, script: str, n: int, out: Path, env: dict, *flags: str) -> None:

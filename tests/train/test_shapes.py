@@ -28,13 +28,14 @@ from artclf.data import read_info
 from artclf.metrics.classification import classification_metrics
 from artclf.shard import ShardConfig, shard
 from artclf.train.runlock import RunLock
-from tests.conftest import history, plain_predictions, steps_saved
+from tests.conftest import history, plain_predictions, steps_saved, weights_digest
 from tests.support.cpu_launch import accelerate_cmd, finish, launch, rank_pids, start
 from tests.support.procs import kill_tree, processes_with, wait_for
 
 GLOBAL_BATCH = "24"  # divisible by 1, 2, 3 and 4 ranks
 TINY = ["--arch", "resnet18", "--weights", "none", "--image-size", "32", "--log-every", "1"]
 TINY += ["--batch-size", GLOBAL_BATCH, "--lr", "2e-3"]
+EXACT2 = ("--epochs", "3", "--record-batches")  # the recipe of reference2 and the runs compared with it
 
 
 def train_args(shards: Path, run: Path, *extra: str, workers: str = "0") -> list[str]:
@@ -127,15 +128,28 @@ def test_every_shape_finishes_with_exact_validation(world, shard_sets, unreadabl
     assert unreadable == read_info(str(unreadable_rank))["splits"]["val"]["shard_lengths"][1] > 0
 
 
+@pytest.fixture(scope="module")
+def reference2(shard_sets, tmp_path_factory) -> Path:
+    """2 ranks, 3 epochs, never stopped, --record-batches: what every interrupted run below,
+    on any number of ranks, must have trained on (and on 2 ranks, bitwise the same weights)."""
+    run = tmp_path_factory.mktemp("reference2") / "run"
+    rc, out = launch(2, *train_args(shard_sets[2], run, *EXACT2), timeout=300)
+    assert rc == 0, out[-4000:]
+    return run
+
+
 @pytest.mark.slow
 def test_launcher_sigkill_leaves_no_trainer_and_the_rerun_resumes_past_a_torn_checkpoint(
-    shard_sets, tmp_path
+    shard_sets, reference2, tmp_path
 ):
     """The crash users meet: the launcher is killed (OOM killer, kill -9), the newest checkpoint
-    is torn (a lost write), the same command is run again."""
+    is torn (a lost write), the same command is run again: it ends with the weights and global
+    batches of the run never stopped."""
     run = tmp_path / "run"
-    args = train_args(shard_sets[2], run, "--save-every", "1", workers="1")
-    proc = start(accelerate_cmd(2, *args, "--epochs", "50"))  # still training when the check ends
+    args = train_args(
+        shard_sets[2], run, "--save-every", "1", "--epochs", "2", "--record-batches", workers="1"
+    )
+    proc = start(accelerate_cmd(2, *args))
     try:
         wait_for(lambda: len(steps_saved(run)) >= 2, 180, "two step checkpoints", proc)
         os.kill(proc.pid, signal.SIGKILL)  # the launcher only: its workers are in sessions of their own
@@ -152,11 +166,13 @@ def test_launcher_sigkill_leaves_no_trainer_and_the_rerun_resumes_past_a_torn_ch
     *_, before, newest = steps_saved(run)
     weights = run / "state" / f"step-{newest:08d}" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    rc, out = launch(2, *args, "--epochs", "2", timeout=240)
+    rc, out = launch(2, *args, timeout=240)
     assert rc == 0, out[-4000:]
     assert f"step-{newest:08d}: does not load" in out and "falling back" in out
     assert f"resuming from {run / 'state'}/step-{before:08d}" in out
-    assert_resumed_to_the_end(run, shard_sets[2], epochs=2)
+    assert_resumed_to_the_end(run, shard_sets[2], epochs=3)
+    assert weights_digest(run) == weights_digest(reference2)
+    assert (run / "batches.jsonl").read_text() == (reference2 / "batches.jsonl").read_text()
 
 
 @pytest.mark.slow
@@ -234,24 +250,41 @@ def test_elastic_restart_after_a_worker_is_killed(shard_sets, tmp_path):
 
 
 @pytest.mark.slow
-def test_compile_and_world_size_changes_resume(shard_sets, tmp_path):
-    """1 rank compiled -> 2 ranks plain -> 1 rank plain; model.pt of the compiled run loads."""
+def test_resumes_on_other_world_sizes_train_on_the_same_global_batches(shard_sets, reference2, tmp_path):
+    """2 ranks (compiled) -> 1 rank -> 4 ranks, each stopped (TERM, saved) and rerun on another
+    world size: every optimizer step takes the global batch, keys and augmentation, of the
+    2-rank run never stopped (RUN/batches.jsonl). model.pt of the compiled segment loads into a
+    plain model. (Weights are not compared: BatchNorm statistics are per device.)"""
     from artclf.evaluate import EvaluateConfig
     from artclf.evaluate import run as run_evaluate
 
     run, shards = tmp_path / "run", shard_sets[2]
+    args = train_args(shards, run, *EXACT2, "--save-every", "1", "--check-every", "1")
     compiled = ("--compile", "--compile-backend", "aot_eager")  # the wrapper is the same; faster on CPU
-    rc, out = launch(1, *train_args(shards, run, "--epochs", "1", *compiled), timeout=300)
-    assert rc == 0, out[-4000:]
-    blob = torch.load(run / "model.pt", weights_only=True)
-    assert not [k for k in blob["state_dict"] if "_orig_mod" in k]
-    assert_same_metrics(run, shards)
-    assert (
-        run_evaluate(EvaluateConfig(model=run / "model.pt", shards=str(shards), split="val", workers=0)) == 0
-    )
-    for epochs, world in (("2", 2), ("3", 1)):
-        step = steps_saved(run)[-1]
-        rc, out = launch(world, *train_args(shards, run, "--epochs", epochs), timeout=240)
-        assert rc == 0, out[-4000:]
-        assert f"resuming from {run / 'state'}/step-{step:08d}" in out
+    segments = [
+        (2, compiled, lambda: (run / "model.pt").exists()),  # epoch 1 done and evaluated
+        (1, (), lambda: steps_saved(run)[-1] > start_step),  # a step on this world size
+        (4, (), None),  # to the end
+    ]
+    for world, extra, until in segments:
+        start_step = steps_saved(run)[-1] if steps_saved(run) else 0
+        proc = start(accelerate_cmd(world, *args, *extra))
+        try:
+            if until is not None:
+                wait_for(until, 300, f"progress on {world} rank(s)", proc)
+                os.killpg(proc.pid, signal.SIGTERM)
+            rc, out = finish(proc, 300)
+        finally:
+            kill_tree(proc.pid)
+        assert ("preempted at step" in out) == (until is not None) and "Traceback" not in out, out[-4000:]
+        if extra:
+            blob = torch.load(run / "model.pt", weights_only=True)
+            assert not [k for k in blob["state_dict"] if "_orig_mod" in k]
+            assert_same_metrics(run, shards)
+            config = EvaluateConfig(model=run / "model.pt", shards=str(shards), split="val", workers=0)
+            assert run_evaluate(config) == 0
+        else:
+            assert f"resuming from {run / 'state'}/step-{start_step:08d}" in out
+    assert rc == 0 and json.loads((run / "config.json").read_text())["derived"]["world_size"] == 4
     assert_resumed_to_the_end(run, shards, epochs=3)
+    assert (run / "batches.jsonl").read_text() == (reference2 / "batches.jsonl").read_text()
