@@ -367,6 +367,35 @@ def test_broken_stream_is_reopened_at_its_offset(s3_prefix, proxy, reset):
         f.read()
 
 
+def test_read_range_is_the_slice_and_a_short_object_an_error(base):
+    """One sample of a shard is one ranged read (the train stream, _index.json): the bytes are the
+    slice of the file; past its end is an error naming the URL (the shard is shorter than its
+    index), a missing file or object a permanent one."""
+    url = storage.join(base, "train-000000.tar")
+    data = os.urandom(3 * MiB + 17)
+    storage.write_bytes(url, data)
+    for offset, size in ((0, 512), (MiB - 3, 7), (3 * MiB, 17), (12345, MiB)):
+        assert storage.read_range(url, offset, size) == data[offset : offset + size]
+    with pytest.raises(ArtclfError, match=f"^{url}: 17 bytes at offset {3 * MiB}, expected 512") as e:
+        storage.read_range(url, 3 * MiB, 512)
+    assert not isinstance(e.value, storage.PermanentStorageError)
+    with pytest.raises(storage.PermanentStorageError, match="not found"):
+        storage.read_range(storage.join(base, "gone.tar"), 0, 512)
+
+
+def test_ranged_read_broken_mid_body_is_asked_again(s3_prefix, proxy):
+    url = storage.join(s3_prefix, "train-000000.tar")
+    data = os.urandom(4 * MiB)
+    storage.write_bytes(url, data)
+    storage.set_endpoint(proxy.url)
+    proxy.arm(after=MiB, times=2)
+    assert storage.read_range(url, 1000, 2 * MiB) == data[1000 : 1000 + 2 * MiB]
+    assert proxy.cuts_done == 2
+    proxy.arm(after=MiB, times=100)
+    with pytest.raises(ArtclfError, match=f"^{url}: read of bytes 1000\\+{2 * MiB} failed after 1 retries"):
+        storage.read_range(url, 1000, 2 * MiB, retries=1)
+
+
 def test_failed_open_is_retried_by_botocore(s3_prefix, proxy, recwarn):
     url = storage.join(s3_prefix, "train-000000.tar")
     storage.write_bytes(url, b"shard")
