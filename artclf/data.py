@@ -27,7 +27,7 @@ import json
 import sys
 import tarfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, BinaryIO
@@ -179,11 +179,12 @@ def train_index(info: dict, url: str | None = None) -> SampleIndex:
     return index_shards(split["urls"])
 
 
-def read_sample(index: SampleIndex, i: int) -> dict:
+def read_sample(index: SampleIndex, i: int, where: Callable[[str], str] | None = None) -> dict:
     """Sample ``i`` of ``index`` as webdataset's tar reader gives it (``__key__``, ``__url__``,
-    one entry of bytes per member suffix): one ranged read of its span, nothing else."""
+    one entry of bytes per member suffix): one ranged read of its span, nothing else.
+    ``where``: shard URL -> where to read it (a local copy, :mod:`artclf.train.shardcache`)."""
     url = index.urls[index.shard[i]]
-    data = storage.read_range(url, int(index.offset[i]), int(index.size[i]))
+    data = storage.read_range(where(url) if where else url, int(index.offset[i]), int(index.size[i]))
     sample: dict[str, Any] = {"__key__": index.keys[i], "__url__": url}
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
         for m in tar:

@@ -14,7 +14,9 @@ of DataLoader workers and batch size, for ``--passes`` passes over the train spl
   shards with replacement, streams them, shuffle buffer of 1,000), kept here as
   :func:`resampled_stream`, the baseline the exact stream must stay within 10 % of;
 * exact: ``artclf.train.stream.train_stream``: one ranged read per sample (``_index.json``),
-  in the seeded order of the epoch, crop, flip, uint8 at 512 px.
+  in the seeded order of the epoch, crop, flip, uint8 at 512 px; on S3 from the node-local
+  shard cache (``artclf.train.shardcache``), empty at the start of each measurement, so its
+  first pass downloads every shard once.
 
 The two artclf streams run over the shards on disk and, uploaded, on a SeaweedFS S3 server on
 loopback (``tests/support/s3server.py``). Also the packing rate of ``artclf shard`` with 1
@@ -47,6 +49,7 @@ from artclf.sample_data import SampleDataConfig, generate
 from artclf.shard import ShardConfig, shard
 from artclf.split import SplitConfig, split
 from artclf.train.order import Order
+from artclf.train.shardcache import ShardCache
 from artclf.train.stream import train_loader, train_stream
 from artclf.transforms import Preprocess, decode, train_image
 
@@ -89,12 +92,18 @@ def resampled_stream(info: dict, pre: Preprocess, batch: int, workers: int, seed
 
 
 def exact_stream(info: dict, url: str, batch: int, workers: int, epoch: int | None = None):
-    """The exact stream from the start of the run (endless), or one ``epoch`` of it."""
+    """The exact stream from the start of the run (endless), or one ``epoch`` of it; on S3
+    through a node-local shard cache that starts empty (as the trainer's first epoch does)."""
     index = train_index(info, url)
     order = Order(len(index), batch, seed=0)
+    cache = (
+        ShardCache(tempfile.mkdtemp(prefix="bench-cache-"), index.digest(), info["shards"])
+        if storage.is_s3(url)
+        else None
+    )
     if epoch is not None:
-        return train_loader(index, order, epoch, 0, Preprocess(), workers)
-    return train_stream(index, order, 0, Preprocess(), workers)
+        return train_loader(index, order, epoch, 0, Preprocess(), workers, cache=cache)
+    return train_stream(index, order, 0, Preprocess(), workers, cache=cache)
 
 
 def prepare(root: Path, scale: float, sizes: str) -> tuple[Path, Path]:
@@ -229,6 +238,7 @@ def s3_rates(root: Path, a: argparse.Namespace, total: int) -> dict[str, tuple[f
     """The shards uploaded to a SeaweedFS server of this run's own, both streams read there."""
     from tests.support.s3server import _stop, start
 
+    (root / "s3").mkdir()
     proc, server = start(root / "s3")
     try:
         for k, v in server.env().items():

@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -34,6 +35,9 @@ from tests.support.system import REQUIRE
 
 # Every process the session starts carries this in its environment (see pytest_sessionfinish).
 os.environ[procs.SESSION_MARK] = uuid.uuid4().hex
+# The trainer's node-local copies of S3 shards (artclf/train/shardcache.py) go to the session's
+# own folder, never to a shared $TMPDIR/artclf-shards; tests that need their own set it.
+os.environ["ARTCLF_CACHE"] = tempfile.mkdtemp(prefix="artclf-cache-")
 
 # Class list and preprocessing of the untrained ``model_pt`` (predict, export and serve tests).
 CLASSES = ["Albrecht_Durer", "Claude_Monet", "Edgar_Degas", "Pablo_Picasso", "Paul_Klee", "Titian"]
@@ -280,6 +284,9 @@ def s3_prefix(s3_env) -> str:
 
 def pytest_sessionfinish(session, exitstatus):
     """The suite's own checks, after every fixture has been torn down."""
+    import shutil
+
+    shutil.rmtree(os.environ["ARTCLF_CACHE"], ignore_errors=True)
     say = _terminal(session.config)
     mark = os.environ[procs.SESSION_MARK]
     left = procs.marked(mark)

@@ -43,6 +43,7 @@ FREE = frozenset(
         "max_failed_shards",
         "data_timeout",
         "record_batches",
+        "cache_dir",
         "resume_with_changes",
     }
 )
@@ -84,11 +85,12 @@ def check(path: Path, now: dict, data_digest: str, allow: bool, step: int) -> di
     structural = sorted(STRUCTURAL & diff.keys())
     where = path.parent
     if structural or data_changed or not allow:
-        cure = (
-            f"the checkpoints in {where / 'state'} hold {before.get('arch')!r} weights; "
-            if structural
-            else "pass --resume-with-changes to resume with them (recorded in config.json), or "
-        )
+        if structural:
+            cure = f"the checkpoints in {where / 'state'} hold {before.get('arch')!r} weights; "
+        elif data_changed:
+            cure = "a run trains on one data set; "
+        else:
+            cure = "pass --resume-with-changes to resume with them (recorded in config.json), or "
         raise ArtclfError(
             f"{where}: this run was started with other flags; resuming would train on under another "
             "recipe:\n" + "\n".join(lines) + f"\n{cure}start a new run with another --run"

@@ -39,6 +39,7 @@ from artclf.train.order import Order
 from artclf.train.preemption import EXIT_PREEMPTED, Preemption, die, watch_launcher
 from artclf.train.recipe import SYNC_BN_BELOW, flip_set, make_optimizer, sync_bn_choice
 from artclf.train.runlock import RunLock
+from artclf.train.shardcache import ShardCache, default_root
 from artclf.train.stream import decode_on_device, train_stream
 from artclf.transforms import Preprocess
 
@@ -140,6 +141,14 @@ class TrainConfig:
         ),
     )
     endpoint_url: str | None = field(default=None, metadata=arg("S3 endpoint (default: AWS_ENDPOINT_URL)"))
+    cache_dir: str = field(
+        default="auto",
+        metadata=arg(
+            "node-local folder for whole copies of S3 train shards, read by every rank of the node (auto: "
+            "$ARTCLF_CACHE or $TMPDIR/artclf-shards for s3:// shards, none for a folder; none: one "
+            "ranged GET per sample)"
+        ),
+    )
     resume_with_changes: bool = field(
         default=False,
         metadata=arg(
@@ -291,7 +300,13 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
         acc.print(f"preempted at step {state.step} (epoch {epoch + 1}): state saved, exit {EXIT_PREEMPTED}")
         return EXIT_PREEMPTED
 
-    stream = _input_stream(cfg, acc, index, order, pre, flips, state)
+    cache = _cache(cfg, index, info)
+    if cache is not None:
+        train_bytes = sum(
+            info.get("shards", {}).get(f, {}).get("bytes", 0) for f in info["splits"]["train"]["filenames"]
+        )
+        acc.print(f"train shards copied whole to {cache.dir} on each node, once ({train_bytes / 1e9:.2f} GB)")
+    stream = _input_stream(cfg, acc, index, order, pre, flips, state, cache)
     record = runlog.BatchRecord(acc, cfg.run / "batches.jsonl", state.step) if cfg.record_batches else None
     meter = Meter(world)
     for epoch in range(state.epoch, cfg.epochs):
@@ -369,6 +384,14 @@ def _check_resume(acc: Accelerator, cfg: TrainConfig, data_digest: str) -> dict 
     return outcome[0][1] if outcome[0] else None
 
 
+def _cache(cfg: TrainConfig, index: SampleIndex, info: dict) -> ShardCache | None:
+    """The node-local shard cache ``--cache-dir`` asks for (auto: for shard sets on S3)."""
+    if cfg.cache_dir == "none" or (cfg.cache_dir == "auto" and not storage.is_s3(cfg.shards)):
+        return None
+    root = default_root() if cfg.cache_dir == "auto" else cfg.cache_dir
+    return ShardCache(root, index.digest(), info.get("shards"))
+
+
 def _input_stream(
     cfg: TrainConfig,
     acc: Accelerator,
@@ -377,6 +400,7 @@ def _input_stream(
     pre: Preprocess,
     flips: frozenset[int],
     state: checkpoint.TrainState,
+    cache: ShardCache | None,
 ) -> Iterator:
     """The run's one train stream, from the micro-batch after the checkpoint it resumes from
     (nothing before it is read); epochs are sliced off it."""
@@ -386,7 +410,7 @@ def _input_stream(
         train_stream(
             index, order, acc.process_index, pre, cfg.workers, flips, start=start,
             max_failed_shards=cfg.max_failed_shards, timeout=cfg.data_timeout, pin_memory=cuda,
-            encoded=cfg.gpu_decode,
+            encoded=cfg.gpu_decode, cache=cache,
         )
     )  # fmt: skip
     if cfg.gpu_decode:

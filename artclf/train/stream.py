@@ -31,6 +31,7 @@ from artclf import storage
 from artclf.data import Batch, SampleIndex, loader, read_sample, worker_info
 from artclf.errors import ArtclfError
 from artclf.train.order import Order, aug_seed
+from artclf.train.shardcache import ShardCache
 from artclf.transforms import Preprocess, decode, is_jpeg, train_batch_on_device, train_image
 
 
@@ -48,6 +49,7 @@ class ExactStream(torch.utils.data.IterableDataset):
         stop: int | None = None,
         max_failed_shards: int = 10,
         encoded: bool = False,
+        cache: ShardCache | None = None,
     ) -> None:
         if len(index) != order.num_samples:
             raise ArtclfError(f"the index holds {len(index)} samples, the order {order.num_samples}")
@@ -55,6 +57,7 @@ class ExactStream(torch.utils.data.IterableDataset):
             raise ValueError(f"max_failed_shards must be >= 0, got {max_failed_shards}")
         self.index, self.order, self.rank, self.pre, self.flips = index, order, rank, pre, flips
         self.start, self.stop, self.max_failed_shards, self.encoded = start, stop, max_failed_shards, encoded
+        self.cache = cache
 
     def __iter__(self) -> Iterator[Batch]:
         w, n = worker_info()
@@ -73,7 +76,7 @@ class ExactStream(torch.utils.data.IterableDataset):
         for i in positions:
             key = self.index.keys[i]
             try:
-                sample = read_sample(self.index, i)
+                sample = read_sample(self.index, i, self.cache.path if self.cache else None)
             except storage.PermanentStorageError:
                 raise
             except Exception as e:  # the store gave up, a short shard, bytes that are no tar
@@ -145,12 +148,14 @@ def train_stream(
     timeout: float = 0,
     pin_memory: bool = False,
     encoded: bool = False,
+    cache: ShardCache | None = None,
 ) -> wds.WebLoader:
     """This rank's micro-batches of the run from micro-batch ``start`` (``Order.locate``) to
     ``stop`` (None: endless; slice epochs off it). ``timeout``: seconds a worker may take for
     one batch (0: no limit). ``pin_memory``: page-locked batches. ``encoded``: JPEGs stay
-    encoded, batches hold lists of them (the GPU decode path, :func:`decode_on_device`)."""
-    dataset = ExactStream(index, order, rank, pre, flips, start, stop, max_failed_shards, encoded)
+    encoded, batches hold lists of them (the GPU decode path, :func:`decode_on_device`).
+    ``cache``: read the shards from node-local copies (for S3)."""
+    dataset = ExactStream(index, order, rank, pre, flips, start, stop, max_failed_shards, encoded, cache)
     return loader(dataset, workers, timeout, pin_memory)
 
 

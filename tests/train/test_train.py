@@ -225,6 +225,22 @@ def test_any_interruption_resumes_to_the_same_weights_bitwise(shards, tmp_path):
         )
     assert curves[0] == curves[1]  # one point per step: what the killed segments logged is purged
 
+    # a rerun of the finished reference with another recipe (the mistake the issue tells of) is
+    # refused by name, nothing written; with --resume-with-changes it goes on and is recorded
+    before = (ref / "config.json").read_text()
+    again = [*train_cmd(shards, ref, *EXACT)[2:], "--workers", "1"]
+    res = run_cli("train", *again, "--lr", "1e-3", "--arch", "resnet34", timeout=300)
+    assert res.returncode == 1, res.stdout[-2000:]
+    assert "--arch: 'resnet18' in the run, 'resnet34' now" in res.stderr and "--lr: 0.0003" in res.stderr
+    assert "does not load" not in res.stdout + res.stderr and (ref / "config.json").read_text() == before
+    res = run_cli("train", *again, "--epochs", "3", "--resume-with-changes", timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    record = json.loads((ref / "config.json").read_text())
+    assert record["config"]["epochs"] == 2 and record["changes"] == [
+        {"step": 2 * steps, "flags": {"epochs": [2, 3]}}
+    ]
+    assert [r["epoch"] for r in history(ref)] == [1, 2, 3]
+
 
 def test_weights_missing_local_and_malicious(shards, tmp_path):
     # the default recipe (resnet50, IMAGENET1K_V2) with an empty cache and no internet
