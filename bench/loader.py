@@ -96,11 +96,8 @@ def exact_stream(info: dict, url: str, batch: int, workers: int, epoch: int | No
     through a node-local shard cache that starts empty (as the trainer's first epoch does)."""
     index = train_index(info, url)
     order = Order(len(index), batch, seed=0)
-    cache = (
-        ShardCache(tempfile.mkdtemp(prefix="bench-cache-"), index.digest(), info["shards"])
-        if storage.is_s3(url)
-        else None
-    )
+    fresh = tempfile.mkdtemp(prefix="cache-", dir=os.environ["BENCH_TMP"])  # inside the run's folder
+    cache = ShardCache(fresh, index.digest(), info["shards"]) if storage.is_s3(url) else None
     if epoch is not None:
         return train_loader(index, order, epoch, 0, Preprocess(), workers, cache=cache)
     return train_stream(index, order, 0, Preprocess(), workers, cache=cache)
@@ -176,6 +173,7 @@ def main() -> None:
     print(f"# {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, workers {a.workers}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        os.environ["BENCH_TMP"] = tmp
         work, folder = prepare(root, a.scale, a.sizes)
         originals = [p.stat().st_size for p in (root / "data").rglob("*.jpg")]
         pack = {}
