@@ -60,9 +60,9 @@ def reads_for_first_batch(url: str, batch: int, g: int) -> int:
     count = [0]
     real = stream_module.read_sample
 
-    def counting(index, i):
+    def counting(index, i, where=None):
         count[0] += 1
-        return real(index, i)
+        return real(index, i, where)
 
     stream_module.read_sample = counting
     try:

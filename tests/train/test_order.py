@@ -76,9 +76,9 @@ def test_a_resumed_stream_reads_nothing_before_its_position(index, monkeypatch):
     reads: list[int] = []
     real = stream_module.read_sample
 
-    def counting(idx, i):
+    def counting(idx, i, where=None):
         reads.append(i)
-        return real(idx, i)
+        return real(idx, i, where)
 
     monkeypatch.setattr(stream_module, "read_sample", counting)
     start = order.micro + order.micro // 2  # epoch 1, half-way

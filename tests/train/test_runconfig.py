@@ -12,8 +12,8 @@ import pytest
 
 from artclf.config import to_dict
 from artclf.errors import ArtclfError
+from artclf.train.config import TrainConfig
 from artclf.train.runconfig import FREE, check, effective
-from artclf.train.stage import TrainConfig
 
 RUN = TrainConfig(shards="s3://bucket/shards", run="runs/a")
 
