@@ -87,7 +87,7 @@ demo: $(DEMO)/data/artists.csv $(DEMO)/mobilenet_v2.pt
 	@echo "  duplicate groups          $(DEMO)/work/dedup/{groups.json,report.json}"
 	@echo "  montages of the largest   $$(ls $(DEMO)/work/dedup/group_*.png | head -3 | tr '\n' ' ')..."
 	@echo "  split                     $(DEMO)/work/split.json (and the split field of the manifest)"
-	@echo "  WebDataset shards         $(DEMO)/shards/{train,val,test}-*.tar, $(DEMO)/shards/_info.json"
+	@echo "  WebDataset shards         $(DEMO)/shards/{train,val,test}-*.tar, $(DEMO)/shards/{_info,_index}.json"
 	@echo "  training run              $(DEMO)/runs/demo/{model.pt,history.jsonl,learning_curve.png,confusion_matrix.png}"
 	@echo "  honest test score         $(DEMO)/runs/demo/eval-test/{report.md,metrics.json,confusion_matrix.png,errors.png}"
 	@echo "  calibration, open set     $(DEMO)/runs/demo/eval-test/{reliability.png,report.md} (unseen artists: $(DEMO)/data/unseen)"
