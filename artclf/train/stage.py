@@ -3,8 +3,11 @@
 Defaults reproduce the published recipe: torchvision ResNet50 (IMAGENET1K_V2), 512 px,
 global batch 64, 15 epochs, loss 0.3·CE + 0.7·soft-F1, horizontal flips for the smaller
 classes. Process count and mixed precision come from ``accelerate launch`` (or its config
-file), not from here. Restarting the same command resumes from the newest ``RUN/state``.
-SIGTERM or SIGUSR1 on any rank: every rank stops at the next step, saves, and exits 75.
+file), not from here. Every epoch is an exact pass in a seeded order (``train/order.py``).
+Restarting the same command resumes from the newest ``RUN/state`` to the weights an
+uninterrupted run would have had (flags that change the result are refused on a resume,
+``train/runconfig.py``). SIGTERM or SIGUSR1 on any rank: every rank stops at the next step,
+saves, and exits 75.
 One job per run folder (a lock on ``RUN/.lock``); a collective that waits longer than
 ``--ddp-timeout`` ends every rank with a stack dump, so the scheduler can restart the job.
 """
