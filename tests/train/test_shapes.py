@@ -31,6 +31,7 @@ from artclf.train.runlock import RunLock
 from tests.conftest import history, plain_predictions, steps_saved, weights_digest
 from tests.support.cpu_launch import accelerate_cmd, finish, launch, rank_pids, start
 from tests.support.procs import kill_tree, processes_with, wait_for
+from tests.support.procs import output as procs_output
 
 GLOBAL_BATCH = "24"  # divisible by 1, 2, 3 and 4 ranks
 TINY = ["--arch", "resnet18", "--weights", "none", "--image-size", "32", "--log-every", "1"]
@@ -169,6 +170,59 @@ def test_launcher_sigkill_leaves_no_trainer_and_the_rerun_resumes_past_a_torn_ch
     assert f"step-{newest:08d}: does not load" in out and "falling back" in out
     assert f"resuming from {run / 'state'}/step-{before:08d}" in out
     assert_resumed_to_the_end(run, shard_sets[2], epochs=3)
+    assert weights_digest(run) == weights_digest(reference2)
+    assert (run / "batches.jsonl").read_text() == (reference2 / "batches.jsonl").read_text()
+
+
+def _poll(condition, proc, what: str, timeout: float = 300) -> None:
+    """``wait_for`` at 20 ms: an evaluation a signal must land in lasts about a second here."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"ended (exit {proc.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout:.0f} s"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_two_ranks_stopped_every_way_resume_to_the_same_weights_bitwise(shard_sets, reference2, tmp_path):
+    """2 ranks, one run folder, rerun by the same command after each stop (the save interval
+    aside): SIGKILL of everything after the first step's checkpoint; SIGTERM to the launcher
+    (torchrun forwards it) mid-epoch, so the ranks save at the epoch's last step; SIGUSR1 to
+    the ranks (what slurm/train.sbatch forwards) while they evaluate. It ends with bitwise the
+    weights and the global batches of reference2, the same recipe never stopped."""
+    run, shards = tmp_path / "run", shard_sets[2]
+    steps = read_info(str(shards))["splits"]["train"]["num_samples"] // int(GLOBAL_BATCH)
+    args = train_args(shards, run, *EXACT2, "--check-every", "1")
+
+    def stop(save_every: str, when, signal_to, what: str) -> str:
+        proc = start(accelerate_cmd(2, *args, "--save-every", save_every))
+        try:
+            _poll(lambda: when(proc), proc, what)
+            signal_to(proc)
+            _, out = finish(proc, 120)
+        finally:
+            kill_tree(proc.pid)
+            for pid in processes_with(str(run)):
+                kill_tree(pid)
+        return out
+
+    saved = lambda step: lambda _proc: step in steps_saved(run)  # noqa: E731
+    stop("1", saved(1), lambda proc: kill_tree(proc.pid), "the first step's checkpoint")
+    first = steps_saved(run)[-1]
+    out = stop("2", saved(4), lambda proc: os.killpg(proc.pid, signal.SIGTERM), "step 4's checkpoint")
+    assert f"resuming from {run / 'state'}/step-{first:08d}" in out, out[-3000:]
+    assert f"preempted at step {steps} (epoch 1)" in out, out[-3000:]
+    started = lambda proc: "artclf train: 2 process(es)" in procs_output(proc)  # noqa: E731
+
+    def usr1_to_ranks(_proc) -> None:
+        for pid in rank_pids(str(run)).values():
+            os.kill(pid, signal.SIGUSR1)
+
+    out = stop("2", started, usr1_to_ranks, "the start-up line")
+    assert f"preempted at step {steps} (epoch 1)" in out and "epoch 1/3:" not in out, out[-3000:]
+    rc, out = launch(2, *args, "--save-every", "2", timeout=300)
+    assert rc == 0, out[-4000:]
+    assert_resumed_to_the_end(run, shards, epochs=3)
     assert weights_digest(run) == weights_digest(reference2)
     assert (run / "batches.jsonl").read_text() == (reference2 / "batches.jsonl").read_text()
 
