@@ -159,9 +159,13 @@ def processes_with(needle: str) -> list[int]:
 
 
 def wait_for(
-    condition: Callable[[], object], timeout: float, what: str, proc: subprocess.Popen | None = None
+    condition: Callable[[], object],
+    timeout: float,
+    what: str,
+    proc: subprocess.Popen | None = None,
+    every: float = 0.2,
 ) -> None:
-    """Poll ``condition`` every 0.2 s; fail when ``proc`` ends first or after ``timeout`` s."""
+    """Poll ``condition`` every ``every`` s; fail when ``proc`` ends first or after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while not condition():
         if proc is not None and proc.poll() is not None:
@@ -169,7 +173,7 @@ def wait_for(
             raise AssertionError(f"ended (exit {proc.returncode}) before {what}:\n{tail}")
         if time.monotonic() > deadline:
             raise AssertionError(f"no {what} within {timeout:.0f} s")
-        time.sleep(0.2)
+        time.sleep(every)
 
 
 def _ephemeral() -> tuple[int, int]:

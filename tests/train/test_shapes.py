@@ -174,15 +174,6 @@ def test_launcher_sigkill_leaves_no_trainer_and_the_rerun_resumes_past_a_torn_ch
     assert (run / "batches.jsonl").read_text() == (reference2 / "batches.jsonl").read_text()
 
 
-def _poll(condition, proc, what: str, timeout: float = 300) -> None:
-    """``wait_for`` at 20 ms: an evaluation a signal must land in lasts about a second here."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert proc.poll() is None, f"ended (exit {proc.returncode}) before {what}"
-        assert time.monotonic() < deadline, f"no {what} within {timeout:.0f} s"
-        time.sleep(0.02)
-
-
 @pytest.mark.slow
 def test_two_ranks_stopped_every_way_resume_to_the_same_weights_bitwise(shard_sets, reference2, tmp_path):
     """2 ranks, one run folder, rerun by the same command after each stop (the save interval
@@ -197,7 +188,8 @@ def test_two_ranks_stopped_every_way_resume_to_the_same_weights_bitwise(shard_se
     def stop(save_every: str, when, signal_to, what: str) -> str:
         proc = start(accelerate_cmd(2, *args, "--save-every", save_every))
         try:
-            _poll(lambda: when(proc), proc, what)
+            # 20 ms: the evaluation a signal must land in lasts about a second here
+            wait_for(lambda: when(proc), 300, what, proc, every=0.02)
             signal_to(proc)
             _, out = finish(proc, 120)
         finally:

@@ -10,7 +10,6 @@ import os
 import pickle
 import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -148,17 +147,6 @@ def _uninterrupted(shards: Path, run: Path, workers: str) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
 
 
-def _poll(condition, proc, what: str, timeout: float = 300) -> None:
-    """``procs.wait_for`` at 20 ms: the evaluation a signal must land in lasts about a second."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert proc.poll() is None, (
-            f"ended (exit {proc.returncode}) before {what}:\n{procs.output(proc)[-3000:]}"
-        )
-        assert time.monotonic() < deadline, f"no {what} within {timeout:.0f} s"
-        time.sleep(0.02)
-
-
 def test_any_interruption_resumes_to_the_same_weights_bitwise(shards, tmp_path):
     """One run stopped four ways, each time rerun by the same command, ends with the weights,
     global batches, history and TensorBoard curves of the run never stopped; that one equals a
@@ -177,7 +165,8 @@ def test_any_interruption_resumes_to_the_same_weights_bitwise(shards, tmp_path):
 
     def stop(save_every: str, when, sig: int, what: str) -> tuple[int | None, str]:
         with procs.running([*cmd, "--save-every", save_every]) as proc:
-            _poll(lambda: when(proc), proc, what)
+            # 20 ms: the evaluation a signal must land in lasts about a second here
+            procs.wait_for(lambda: when(proc), 300, what, proc, every=0.02)
             os.killpg(proc.pid, sig)
             code = proc.wait(timeout=120)
             return code, procs.output(proc)
