@@ -149,9 +149,11 @@ def index_shards(urls: list[str]) -> SampleIndex:
             with storage.open_read(url) as stream:
                 k, s = tar_spans(stream)
         except storage.PermanentStorageError as e:
-            raise storage.PermanentStorageError(f"{url}: {_reason(e, url)}") from None
+            raise storage.PermanentStorageError(f"{url}: {failure_reason(e, url)}") from None
         except (tarfile.TarError, OSError, ArtclfError) as e:
-            warnings.warn(f"{url}: cannot index ({_reason(e, url)}); its samples are left out", stacklevel=2)
+            warnings.warn(
+                f"{url}: cannot index ({failure_reason(e, url)}); its samples are left out", stacklevel=2
+            )
             k, s = [], []
         keys.append(k)
         spans.append(s)
@@ -202,9 +204,9 @@ def worker_info() -> tuple[int, int]:
     return (w.id, w.num_workers) if w is not None else (0, 1)
 
 
-def _reason(e: Exception, url: str) -> str:
-    """One line for a failed shard; webdataset's tar iterators append `` @ <stream>`` and the URL
-    to an exception's args, which would print as a tuple."""
+def failure_reason(e: Exception, url: str) -> str:
+    """One line for a failed shard or sample read; webdataset's tar iterators append
+    `` @ <stream>`` and the URL to an exception's args, which would print as a tuple."""
     text = str(e.args[0]).split(" @ <", 1)[0] if e.args else ""
     text = text if isinstance(e, ArtclfError) else f"{type(e).__name__}: {text}"
     return text.removeprefix(f"{url}: ")
@@ -224,9 +226,9 @@ def tar_samples(shards: Iterator[dict], lengths: dict[str, int] | None = None) -
                     n += 1
                     yield sample
         except storage.PermanentStorageError as e:
-            raise storage.PermanentStorageError(f"{url}: {_reason(e, url)}") from None
+            raise storage.PermanentStorageError(f"{url}: {failure_reason(e, url)}") from None
         except Exception as e:  # storage already retried; one broken shard must not end the pass
-            cause = _reason(e, url)
+            cause = failure_reason(e, url)
         else:
             if n:
                 continue

@@ -156,8 +156,7 @@ def write_shard(job: Job) -> dict:
                     }
                 )
         data = local.read_bytes()
-        with open(local, "rb") as f:
-            keys, spans = tar_spans(f)
+        keys, spans = tar_spans(io.BytesIO(data))
         if keys != [sample_key(r["path"]) for r in job.samples]:
             raise ArtclfError(
                 f"{job.url}: the tar's keys {keys[:3]}… are not the plan's"

@@ -201,7 +201,7 @@ class BatchRecord:
     def __init__(self, acc, path: Path, resumed_step: int) -> None:
         self.acc, self.path = acc, path
         if acc.is_main_process:
-            rows = [r for r in _read_rows(path) if r["step"] <= resumed_step] if resumed_step else []
+            rows = [r for r in plots.read_history(path) if r["step"] <= resumed_step] if resumed_step else []
             write_jsonl(path, rows)
 
     def __call__(self, state, batches: list) -> None:
@@ -219,9 +219,3 @@ class BatchRecord:
             }
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-
-
-def _read_rows(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

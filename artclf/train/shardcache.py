@@ -14,9 +14,9 @@ the throughput of streaming whole shards). So on S3 every shard is fetched whole
   the lock and then find the file. Each shard is therefore downloaded once per node, not
   once per epoch: the cache stays for the rest of the run, its restarts and requeues (a
   resumed run reads nothing again), and is left on disk for the next run of the same data;
-- the cache holds the whole train split (its size is printed at start: about 0.7 GB for the
-  Kaggle set at 576 px). A shard that cannot be written there (a full or read-only disk) is
-  read by ranged GETs instead, with one warning per process.
+- the cache holds the whole train split (its size, from ``_info.json``, is printed at
+  start). A shard that cannot be written there (a full or read-only disk) is read by ranged
+  GETs instead, with one warning per process.
 """
 
 from __future__ import annotations

@@ -162,7 +162,7 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
         acc.print(f"preempted at step {state.step} (epoch {epoch + 1}): state saved, exit {EXIT_PREEMPTED}")
         return EXIT_PREEMPTED
 
-    cache = _cache(cfg, index, info)
+    cache = _cache(cfg, data_digest, info)
     if cache is not None:
         train_bytes = sum(
             info.get("shards", {}).get(f, {}).get("bytes", 0) for f in info["splits"]["train"]["filenames"]
@@ -246,12 +246,12 @@ def _check_resume(acc: Accelerator, cfg: TrainConfig, data_digest: str) -> dict 
     return outcome[0][1] if outcome[0] else None
 
 
-def _cache(cfg: TrainConfig, index: SampleIndex, info: dict) -> ShardCache | None:
+def _cache(cfg: TrainConfig, data_digest: str, info: dict) -> ShardCache | None:
     """The node-local shard cache ``--cache-dir`` asks for (auto: for shard sets on S3)."""
     if cfg.cache_dir == "none" or (cfg.cache_dir == "auto" and not storage.is_s3(cfg.shards)):
         return None
     root = default_root() if cfg.cache_dir == "auto" else cfg.cache_dir
-    return ShardCache(root, index.digest(), info.get("shards"))
+    return ShardCache(root, data_digest, info.get("shards"))
 
 
 def _input_stream(

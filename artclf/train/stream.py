@@ -28,7 +28,7 @@ import torch
 import webdataset as wds
 
 from artclf import storage
-from artclf.data import Batch, SampleIndex, loader, read_sample, worker_info
+from artclf.data import Batch, SampleIndex, failure_reason, loader, read_sample, worker_info
 from artclf.errors import ArtclfError
 from artclf.train.order import Order, aug_seed
 from artclf.train.shardcache import ShardCache
@@ -117,9 +117,7 @@ class _Failures:
         self.named: set[str] = set()  # shards already named on stderr
 
     def read_failed(self, url: str, e: Exception) -> str:
-        text = str(e.args[0]) if e.args else ""
-        cause = text if isinstance(e, ArtclfError) else f"{type(e).__name__}: {text}"
-        cause = cause.removeprefix(f"{url}: ")
+        cause = failure_reason(e, url)
         self.shards[url] = cause
         if len(self.shards) > self.max_failed_shards:
             raise ArtclfError(
