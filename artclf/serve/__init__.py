@@ -2,7 +2,8 @@
 
 - ``app``: the stage (``ServeConfig``, ``main``), the backends (``load_backend``: ONNX Runtime,
   PyTorch) and the routes
-- ``http_limits``: body size, slow clients, connection count, enforced below FastAPI
+- ``http_limits``: body size, slow clients, connection count, enforced below FastAPI; a JSON
+  500 for an exception inside a route
 - ``page.html``: the upload page at ``GET /``
 """
 

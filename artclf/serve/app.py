@@ -10,7 +10,8 @@ train/serve skew).
   probabilities, artists as ``artists.csv`` names them with the stable class id beside, and
   ``"answer": "unknown"`` below the model's open-set threshold (the top k still listed).
   ``?top_k=N`` asks for another count; ``?explain=1`` adds a Grad-CAM heat map of the top class
-  over the image the model saw (``heatmap``, a PNG data URL; PyTorch backend only).
+  over the image the model saw (``heatmap``, a PNG data URL; PyTorch backend only; no hook on
+  the shared model, so heat maps and plain predictions run side by side: :mod:`artclf.explain`).
 - ``GET /health``: backend, model file, classes, input size, whether heat maps are offered,
   and the model card: what it was trained on, when, its test macro F1 and ECE from
   ``artclf evaluate`` (``RUN/eval-test/metrics.json`` beside ``model.pt``, or carried by the
@@ -25,8 +26,10 @@ field, or bytes that are not a JPEG, PNG, WebP, BMP, TIFF or GIF image → 400. 
 headers and body are not in within ``--request-timeout`` seconds gets 408 and its connection
 is closed (slow clients cannot hold the server); more than ``--max-connections`` open
 connections → 503. Decoding and inference hold memory: at most ``--concurrency`` at once, each
-decoded at reduced size (never below the model's resize). It binds to 127.0.0.1 unless told
-otherwise, and has no authentication: put it behind your gateway to expose it.
+decoded at reduced size (never below the model's resize). Anything else that fails inside a
+request is a 500 with a JSON ``detail`` (the exception's type and message) and one line on
+stderr, never a dropped connection. It binds to 127.0.0.1 unless told otherwise, and has no
+authentication: put it behind your gateway to expose it.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures at run time, and
@@ -35,7 +38,6 @@ import base64
 import html
 import json
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,11 +50,11 @@ import torch
 from artclf.artists import display_names
 from artclf.config import arg, stage_main
 from artclf.errors import ArtclfError
-from artclf.explain import grad_cam, overlay, png_bytes, target_layer
+from artclf.explain import GradCam, overlay, png_bytes
 from artclf.images import TooManyPixels
 from artclf.inference import answer, load_image
 from artclf.model import model_card
-from artclf.serve.http_limits import CLOSE, BodyLimit, BodyTooLarge, timed_protocol
+from artclf.serve.http_limits import CLOSE, BodyLimit, BodyTooLarge, InternalErrors, timed_protocol
 from artclf.transforms import Preprocess
 
 BACKENDS = ("auto", "onnx", "torch")
@@ -154,20 +156,18 @@ class TorchBackend(Backend):
         self.classes, self.pre = blob["classes"], Preprocess.from_dict(blob["preprocess"])
         self.names = display_names(self.classes, blob.get("artists"))
         self.open_set, self.card = blob.get("open_set"), model_card(path, blob)
-        try:
-            target_layer(self.model)
-            self.explains = True
+        try:  # traced now, before any request runs the model (GradCam says why)
+            self.grad_cam: GradCam | None = GradCam(self.model)
         except ArtclfError:
-            self.explains = False
-        self._hooks = threading.Lock()  # Grad-CAM hooks a module of the one shared model
+            self.grad_cam = None
+        self.explains = self.grad_cam is not None
 
     def probs(self, x: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
             return torch.softmax(self.model(x).float(), dim=1).numpy()
 
     def explain(self, x: torch.Tensor) -> bytes:
-        with self._hooks:
-            cam, _ = grad_cam(self.model, x[None])
+        cam, _ = self.grad_cam(x[None])  # no hook, no lock: predictions may run meanwhile
         return png_bytes(overlay(x, cam))
 
 
@@ -189,6 +189,7 @@ def create_app(backend: Backend, cfg: ServeConfig):
         raise ArtclfError("fastapi is not installed: pip install 'artclf[serve]'") from None
 
     app = FastAPI(title="artclf", description="Who painted it? Top-k artists of a painting.")
+    app.add_middleware(InternalErrors)  # inside FastAPI's own (a plain-text 500 and a traceback)
     # decoding (up to --max-pixels) and inference hold memory: at most --concurrency at once
     limiter = anyio.CapacityLimiter(cfg.concurrency)
     page = (

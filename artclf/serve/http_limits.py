@@ -1,8 +1,10 @@
 """HTTP-level limits of ``artclf serve``, below the app: the request body's size (ASGI
-middleware) and the time a request may take to arrive (uvicorn's h11 protocol with a deadline)."""
+middleware), the time a request may take to arrive (uvicorn's h11 protocol with a deadline),
+and a JSON 500 for an exception inside a route (ASGI middleware)."""
 
 import asyncio
 import json
+import sys
 
 
 class BodyTooLarge(Exception):
@@ -48,6 +50,37 @@ class BodyLimit:
 
     def _detail(self, n: int) -> str:
         return f"request body of {n} bytes or more is over the limit of {self.max_bytes} bytes"
+
+
+class InternalErrors:
+    """ASGI middleware inside FastAPI's own (which answers a plain-text 500 and lets uvicorn log
+    a traceback): an exception from a route becomes a 500 ``{"detail": "internal error: Type:
+    message"}`` and one line on stderr; the connection is closed after it, as after a 413."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except BodyTooLarge:  # BodyLimit's, outside FastAPI: a 413
+            raise
+        except Exception as e:
+            what = " ".join(f"{type(e).__name__}: {e}".split())[:500]  # one line
+            after = " after the response started: connection closed" if started else ""
+            print(f"artclf serve: {scope['method']} {scope['path']}: 500 internal error{after}: {what}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            if not started:
+                await _json(send, 500, f"internal error: {what}")
 
 
 CLOSE = {"connection": "close"}  # after a refused body: do not read the rest of it

@@ -5,7 +5,6 @@ every 4xx limit, both backends, the upload page in a real headless chromium, and
 from __future__ import annotations
 
 import base64
-import contextlib
 import http.client
 import io
 import json
@@ -20,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,64 +32,12 @@ from artclf.export import run as export
 from artclf.inference import load_image
 from artclf.serve import load_backend
 from tests.conftest import CLASSES, REPO, run_cli
+from tests.serve.servers import multipart, post, serve_cmd, serving
 from tests.support import procs
 from tests.support.system import apt_install, can_apt, cannot
 
 MAX_BYTES = 200_000
 MAX_PIXELS = 4_000_000
-
-
-STARTUP_S = 120.0  # import, model load and bind; a few seconds here
-PORT_TRIES = 3
-
-
-class _PortTaken(Exception):
-    pass
-
-
-def serve_cmd(model: Path, port: int, *flags: str) -> list[str]:
-    return [sys.executable, "-m", "artclf", "serve", "--model", str(model), "--port", str(port), *flags]
-
-
-def _wait_until_serving(proc: subprocess.Popen, url: str) -> dict:
-    """/health of ``proc`` once uvicorn says it listens on ``url`` (so that a process that took
-    the port meanwhile is never mistaken for ours); _PortTaken when the bind failed."""
-    ours = f"Uvicorn running on {url}"
-    deadline = time.monotonic() + STARTUP_S
-    while ours not in procs.output(proc):
-        if proc.poll() is not None:
-            log = procs.output(proc)
-            if "address already in use" in log:
-                raise _PortTaken(log)
-            raise AssertionError(f"serve ended (exit {proc.returncode}) before serving:\n{log[-4000:]}")
-        assert time.monotonic() < deadline, f"serve did not listen on {url}:\n{procs.output(proc)[-4000:]}"
-        time.sleep(0.2)
-    with urllib.request.urlopen(f"{url}/health", timeout=30) as r:
-        return json.loads(r.read())
-
-
-@contextlib.contextmanager
-def serving(cmd_for_port: Callable[[int], list[str]], log_dir: Path, ports: Iterator[int] | None = None):
-    """Start ``artclf serve`` on a free port in a session of its own; yield (process, url,
-    /health); the whole process tree is killed on the way out, whatever happened. A port that
-    was free when probed but taken before the server bound it (another process may bind it on
-    purpose) is retried with a new one, ``PORT_TRIES`` times in all."""
-    ports = ports if ports is not None else iter(procs.free_port, None)
-    for attempt in range(PORT_TRIES):
-        port = next(ports)
-        url = f"http://127.0.0.1:{port}"
-        # the log is a file, not a pipe: the access log must never block the server
-        proc = procs.spawn(cmd_for_port(port), log=log_dir / f"serve-{attempt}.log")
-        try:
-            try:
-                health = _wait_until_serving(proc, url)
-            except _PortTaken:
-                continue
-            yield proc, url, health
-            return
-        finally:
-            procs.stop_tree(proc)
-    raise AssertionError(f"artclf serve found its port taken {PORT_TRIES} times: see {log_dir}")
 
 
 @pytest.fixture(scope="module")
@@ -109,28 +56,6 @@ def server(onnx_file, tmp_path_factory):
         yield url, health
     log = procs.output(proc)
     assert "serving" in log and f"{url}/" in log  # loopback by default
-
-
-def multipart(data: bytes, filename: str, ctype: str, field: str = "file") -> tuple[bytes, str]:
-    boundary = "artclf-test-boundary-7c1f"
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
-            f"Content-Type: {ctype}\r\n\r\n"
-        ).encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return body, f"multipart/form-data; boundary={boundary}"
-
-
-def post(url: str, body: bytes, ctype: str, path: str = "/predict") -> tuple[int, dict]:
-    req = urllib.request.Request(url + path, data=body, headers={"Content-Type": ctype}, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def test_health(server):
@@ -233,6 +158,31 @@ def test_not_an_image_is_415_or_400(server):
     assert status == 400 and "unreadable multipart" in answer["detail"]
     status, answer = post(url, *multipart(b"abc", "a.jpg", "image/jpeg"), path="/predict?top_k=many")
     assert status == 422  # FastAPI's validation of the query parameter
+
+
+def test_an_exception_in_inference_is_a_json_500_and_one_log_line(onnx_file, images, tmp_path):
+    """A model file whose metadata promises 56 px to a graph fixed at 48: ONNX Runtime raises
+    inside the request; the client still gets an answer, and the server serves on."""
+    import onnx
+
+    graph = onnx.load(onnx_file)
+    (prop,) = [p for p in graph.metadata_props if p.key == "artclf"]
+    meta = json.loads(prop.value)
+    meta["preprocess"].update(image_size=56, resize=64)
+    prop.value = json.dumps(meta)
+    bad = tmp_path / "mismatched.onnx"
+    onnx.save(graph, bad)
+    with serving(lambda port: serve_cmd(bad, port), tmp_path) as (proc, url, health):
+        assert health["image_size"] == 56
+        body = multipart((images / "upright.jpg").read_bytes(), "a.jpg", "image/jpeg")
+        status, answer = post(url, *body)  # a dropped connection would raise here
+        assert status == 500 and answer["detail"].startswith("internal error: ")
+        assert "INVALID_ARGUMENT" in answer["detail"] and "image" in answer["detail"]
+        assert post(url, *multipart(b"abc", "a.txt", "text/plain"))[0] == 415  # still serving
+        log = procs.output(proc)
+    said = [line for line in log.splitlines() if "internal error" in line]
+    assert len(said) == 1 and said[0].startswith("artclf serve: POST /predict: 500 internal error: ")
+    assert "Traceback" not in log and "Exception in ASGI application" not in log
 
 
 def test_pytorch_and_onnx_backends_agree(onnx_file, model_pt, images):
@@ -575,7 +525,8 @@ def test_connections_over_the_limit_get_503_until_the_idle_ones_are_cut(strict_s
 
 
 def test_short_load_test_no_5xx_right_answers_bounded_memory(model_pt, tmp_path):
-    """bench/serve_load.py at a test's size: every kind of request, trickling clients, a real server."""
+    """bench/serve_load.py at a test's size: every kind of request, one good request in 3 asking for
+    a heat map while the others predict on the same model, trickling clients, a real server."""
     out = tmp_path / "load.json"
     res = subprocess.run(
         [
@@ -611,7 +562,8 @@ def test_short_load_test_no_5xx_right_answers_bounded_memory(model_pt, tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     f = json.loads(out.read_text())
     assert f["requests"] == 45 and f["5xx"] == 0 and f["wrong_answers"] == 0 and f["server_alive"]
-    assert f["statuses"]["good"] == {"200": 30}
+    assert f["statuses"]["good"] == {"200": 20} and f["statuses"]["explain"] == {"200": 10}
+    assert f["heat_map_cost"]["split_mb"] == 0 < f["heat_map_cost"]["copy_mb"]  # no second model
     for kind, status in (("oversize", 413), ("bomb", 413), ("truncated", 400), ("not_image", 415),
                          ("wrong_format", 400)):  # fmt: skip
         assert f["statuses"][kind] == {str(status): 3}, kind
