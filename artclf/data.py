@@ -11,12 +11,15 @@
 Failures. A permanent storage answer (:class:`artclf.storage.PermanentStorageError`: access
 denied or expired credentials, no such bucket, key or file, no credentials at all) raises at
 once, naming the URL and the reason: the rank would otherwise stall while its peers die at
-the collective timeout. Anything else, a sample that fails to decode or a shard that fails
-past storage's own retries (unreachable endpoint, broken tar, a shard without samples), is
-skipped; the batch carries the failed keys (or shard URLs) so the caller counts and reports
-them. Exceptions in DataLoader workers reach the caller as PyTorch re-raises them: same type,
-the worker's traceback and message (URL included) in the text. ``timeout`` (seconds, with
-workers only) ends a read that stalls without failing.
+the collective timeout. An outage (unreachable endpoint, 5xx, throttling) is waited out by
+storage, up to its patience, and costs time, not samples; past the patience
+:class:`artclf.storage.StorageUnavailable` raises: the store is down, the shard not broken.
+Anything else, a sample that fails to decode or a broken shard (bytes that are no tar, a
+shard without samples, an object replaced while it was read), is skipped; the batch carries
+the failed keys (or shard URLs) so the caller counts and reports them. Exceptions in
+DataLoader workers reach the caller as PyTorch re-raises them: same type, the worker's
+traceback and message (URL included) in the text. ``timeout`` (seconds, with workers only)
+ends a read that stalls without failing.
 """
 
 from __future__ import annotations
@@ -148,8 +151,8 @@ def index_shards(urls: list[str]) -> SampleIndex:
         try:
             with storage.open_read(url) as stream:
                 k, s = tar_spans(stream)
-        except storage.PermanentStorageError as e:
-            raise storage.PermanentStorageError(f"{url}: {failure_reason(e, url)}") from None
+        except (storage.PermanentStorageError, storage.StorageUnavailable) as e:
+            raise type(e)(f"{url}: {failure_reason(e, url)}") from None
         except (tarfile.TarError, OSError, ArtclfError) as e:
             warnings.warn(
                 f"{url}: cannot index ({failure_reason(e, url)}); its samples are left out", stacklevel=2
@@ -213,10 +216,10 @@ def failure_reason(e: Exception, url: str) -> str:
 
 
 def tar_samples(shards: Iterator[dict], lengths: dict[str, int] | None = None) -> Iterator[dict]:
-    """tar → samples, each shard read once start to end. A permanent storage answer raises; any
-    other failed shard becomes one ``__error__`` marker carrying ``__lost__``, the samples of the
-    shard not read (``lengths``: url -> samples, from _info.json), and a warning naming the
-    shard goes to stderr."""
+    """tar → samples, each shard read once start to end. A permanent storage answer raises, and
+    so does an outage past storage's patience; any other failed shard becomes one ``__error__``
+    marker carrying ``__lost__``, the samples of the shard not read (``lengths``: url ->
+    samples, from _info.json), and a warning naming the shard goes to stderr."""
     for shard in shards:
         url, n = shard["url"], 0
         try:
@@ -225,9 +228,9 @@ def tar_samples(shards: Iterator[dict], lengths: dict[str, int] | None = None) -
                 for sample in wds.tariterators.group_by_keys(files):
                     n += 1
                     yield sample
-        except storage.PermanentStorageError as e:
-            raise storage.PermanentStorageError(f"{url}: {failure_reason(e, url)}") from None
-        except Exception as e:  # storage already retried; one broken shard must not end the pass
+        except (storage.PermanentStorageError, storage.StorageUnavailable) as e:
+            raise type(e)(f"{url}: {failure_reason(e, url)}") from None
+        except Exception as e:  # storage waited out any outage; one broken shard must not end the pass
             cause = failure_reason(e, url)
         else:
             if n:
@@ -286,10 +289,13 @@ def eval_loader(
     world_size: int,
     timeout: float = 0,
     pin_memory: bool = False,
+    persistent: bool = False,
 ) -> wds.WebLoader:
-    """Every sample of ``split`` exactly once across all ranks (partial last batches); failed
-    shards are skipped and counted, a permanent storage error raises; ``timeout`` as in
-    :func:`train_loader`."""
+    """Every sample of ``split`` exactly once across all ranks (partial last batches), at each
+    iteration; broken shards are skipped and counted, a permanent storage error (or an outage
+    past storage's patience) raises; ``timeout`` as in :func:`loader`; ``persistent``: the
+    workers are forked at the first iteration and kept for the next ones (a loader iterated
+    once per epoch)."""
     if split not in info["splits"]:
         raise ArtclfError(f"no '{split}' split in the shard set (has {sorted(info['splits'])})")
     urls = info["splits"][split]["urls"][rank::world_size]
@@ -301,7 +307,7 @@ def eval_loader(
         partial(_decode_eval, pre=pre),
         partial(_batches, batch_size=batch_size),
     )
-    return loader(pipeline, min(workers, max(1, len(urls))), timeout, pin_memory)
+    return loader(pipeline, min(workers, max(1, len(urls))), timeout, pin_memory, persistent)
 
 
 def _lengths(split: dict) -> dict[str, int]:
@@ -310,10 +316,15 @@ def _lengths(split: dict) -> dict[str, int]:
 
 
 def loader(
-    dataset: torch.utils.data.IterableDataset, workers: int, timeout: float, pin_memory: bool = False
+    dataset: torch.utils.data.IterableDataset,
+    workers: int,
+    timeout: float,
+    pin_memory: bool = False,
+    persistent: bool = False,
 ) -> wds.WebLoader:
     """A DataLoader over ``dataset``'s own batches; its workers ignore stop signals
-    (:func:`artclf.workers.ignore_stop_signals`). ``timeout``: seconds per batch (0: none)."""
+    (:func:`artclf.workers.ignore_stop_signals`). ``timeout``: seconds per batch (0: none);
+    ``persistent``: workers kept between iterations."""
     if timeout < 0:
         raise ValueError(f"timeout must be >= 0 seconds, got {timeout}")
     # PyTorch's DataLoader refuses a timeout without workers; in-process reads just block.
@@ -324,6 +335,7 @@ def loader(
         timeout=timeout if workers else 0,
         worker_init_fn=ignore_stop_signals if workers else None,
         pin_memory=pin_memory,
+        persistent_workers=persistent and workers > 0,
     )
 
 

@@ -19,13 +19,19 @@ holds the model's "unknown" threshold and the share of this split it rejects; wi
 ``DATA/unseen``) also the AUROC of known against unseen and the share of unseen it rejects.
 
 The default split is ``test``; the trainer chooses its model on ``val`` and never reads test.
+The shard set must hold the model's classes, in its order. A broken shard is skipped and its
+samples counted as unreadable; a storage outage is waited out up to ``--storage-patience``;
+a worker that yields no batch within ``--data-timeout`` ends the stage, with every thread's
+stack on stderr.
 """
 
 from __future__ import annotations
 
 import csv
+import faulthandler
 import io
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +52,7 @@ from artclf.metrics.classification import ECE_BINS, expected_calibration_error, 
 from artclf.metrics.eval_loop import evaluate
 from artclf.model import load_model, temperature
 from artclf.transforms import Preprocess, decode
+from artclf.workers import kill_workers
 
 SCALARS = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "top5_accuracy", "confidence", "ece")
 
@@ -64,10 +71,31 @@ class EvaluateConfig:
         metadata=arg("folder of paintings by artists the model never saw: open-set AUROC and rejection"),
     )
     endpoint_url: str | None = field(default=None, metadata=arg("S3 endpoint (default: AWS_ENDPOINT_URL)"))
+    storage_patience: float = field(
+        default=storage.DEFAULT_PATIENCE_S,
+        metadata=arg(
+            "seconds each read waits out a storage outage (unreachable endpoint, 5xx, throttling) before "
+            "the stage fails; a broken shard is skipped and counted at once, a refusal fails at once"
+        ),
+    )
+    data_timeout: float = field(
+        default=1200.0,
+        metadata=arg(
+            "seconds to wait for one batch from a DataLoader worker (0: forever); must exceed "
+            "--storage-patience. On a timeout every thread's stack goes to stderr"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.workers < 0 or self.errors < 0:
             raise ValueError("--batch-size must be >= 1, --workers and --errors >= 0")
+        if self.storage_patience < 0 or self.data_timeout < 0:
+            raise ValueError("--storage-patience and --data-timeout must be >= 0 seconds")
+        if self.data_timeout and self.storage_patience and self.data_timeout <= self.storage_patience:
+            raise ValueError(
+                f"--data-timeout {self.data_timeout:g} s must exceed --storage-patience "
+                f"{self.storage_patience:g} s: a worker waiting out an outage would be timed out first"
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,22 +105,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(cfg: EvaluateConfig) -> int:
     acc = Accelerator()
     storage.set_endpoint(cfg.endpoint_url)
+    storage.set_patience(cfg.storage_patience)  # before the loader forks its workers: they inherit it
     model, blob = load_model(cfg.model)
     classes = blob["classes"]
     pre = Preprocess.from_dict(blob["preprocess"])
     info = read_info(cfg.shards)
     if info["classes"] != classes:
-        acc.print(f"artclf evaluate: warning: {cfg.shards} has other classes than {cfg.model}")
+        where = _first_difference(info["classes"], classes)
+        raise ArtclfError(
+            f"{cfg.shards} has other classes than {cfg.model}: {where}; "
+            "score a model on shards packed from the same artists (its run's --shards)"
+        )
     out = cfg.out or cfg.model.parent / f"eval-{cfg.split}"
     acc.print(
         f"artclf evaluate: {cfg.model} on {cfg.shards} split {cfg.split}, "
         f"{acc.num_processes} process(es) on {acc.device}, {pre.image_size} px -> {out}"
     )
-    batches = eval_loader(
-        info, cfg.split, pre, cfg.batch_size, cfg.workers, acc.process_index, acc.num_processes
-    )
+    rank, world = acc.process_index, acc.num_processes
+    batches = eval_loader(info, cfg.split, pre, cfg.batch_size, cfg.workers, rank, world, cfg.data_timeout)
     expected = info["splits"][cfg.split]["num_samples"]
-    metrics, preds = evaluate(acc, model.to(acc.device), batches, classes, expected)
+    try:
+        metrics, preds = evaluate(acc, model.to(acc.device), batches, classes, expected)
+    except RuntimeError as e:
+        if "DataLoader timed out" not in str(e):
+            raise
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)  # where this process waits
+        kill_workers()  # a stuck worker ignores SIGTERM: it would hold the exit for seconds
+        raise ArtclfError(
+            f"{cfg.shards} split {cfg.split}: no batch from a DataLoader worker within --data-timeout "
+            f"{cfg.data_timeout:g} s ({e}); the stacks of this process's threads are above"
+        ) from None
     acc.end_training()  # the last collective: the main process writes the files alone
     if not acc.is_main_process:
         return 0
@@ -149,6 +191,14 @@ def run(cfg: EvaluateConfig) -> int:
         )
     print(f"report: {out / 'report.md'}")
     return 0
+
+
+def _first_difference(shards: list[str], model: list[str]) -> str:
+    for i in range(max(len(shards), len(model))):
+        a, b = (repr(x[i]) if i < len(x) else "none" for x in (shards, model))
+        if a != b:
+            return f"class {i}: {a} in the shards, {b} in the model"
+    return "none"
 
 
 def open_set_metrics(open_set: dict | None, probs: np.ndarray, cfg: EvaluateConfig, model, pre) -> dict:

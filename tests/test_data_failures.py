@@ -37,11 +37,13 @@ from PIL import Image
 
 from artclf import storage
 from artclf.data import eval_loader, index_shards
+from artclf.storage import outage
 from artclf.train.order import Order
 from artclf.train.stream import train_loader
 from artclf.transforms import Preprocess
 from tests.conftest import history, train_cmd
 from tests.support import procs
+from tests.support.s3server import s3_outage  # noqa: F401  (fixture: a server to stop and restart)
 
 PRE = Preprocess(image_size=16, resize=16)
 DEADLINE_S = 30.0  # far above what a fatal error takes (a few seconds here)
@@ -238,14 +240,65 @@ def test_fewer_failed_shards_are_skipped_and_counted(local, workers):
     assert out.error is not None and "failed shards in a row: 1," in out.message, out.message
 
 
+# --- outages: the test's own S3 server stopped and started again --------------------------------
+
+OUTAGE_S = 2.0  # and about 2 s more to restart: botocore gives up on each request meanwhile
+LAG_S = 4.0  # what waiting may add beyond the outage (the attempt under way, our backoff, load)
+
+
+@pytest.fixture
+def outage_urls(s3_outage, local, monkeypatch):  # noqa: F811  (the fixture imported above)
+    """The two good shards on a server of the test's own; boto3 (and forked children) pointed at
+    it, botocore quick to give up, a short backoff; the patience restored afterwards."""
+    for name, value in s3_outage.server.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(storage, "S3_MAX_ATTEMPTS", 2)
+    monkeypatch.setattr(outage, "BACKOFF_CAP_S", 0.5)
+    monkeypatch.setattr(outage, "_patience", outage.DEFAULT_PATIENCE_S)  # restored afterwards
+    storage.set_endpoint(None)
+    urls = [f"s3://{s3_outage.server.bucket}/outage/{local[k].name}" for k in ("good0", "good1")]
+    for k, url in zip(("good0", "good1"), urls, strict=True):
+        storage.upload_file(local[k], url)
+    storage.register_webdataset_s3()
+    yield urls
+    storage.set_endpoint(None)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_outage_costs_time_not_samples(s3_outage, outage_urls, local, capfd, workers):  # noqa: F811
+    """The store goes down as a pass starts and is back OUTAGE_S later: the train stream and the
+    eval reader wait, read every sample, and the wait is counted once however many workers
+    waited at the same time (two shards, two workers); one line says so, not one per worker."""
+    loaders = {
+        "train": train(outage_urls, local["good0"], workers, batch=4),
+        "eval": evaluate(info_of(outage_urls), workers),
+    }
+    for name, make in loaders.items():
+        before = storage.waited_s()  # shared with forked children: they add to it
+        with s3_outage.down_for(OUTAGE_S) as outage:
+            out = drain(make)
+        assert out.error is None and out.failed == [], (name, out)
+        assert out.batches == 2 * SAMPLES // 4, (name, out)
+        waited = storage.waited_s() - before
+        assert outage.seconds - 1.0 <= waited <= outage.seconds + LAG_S, (name, waited, outage.seconds)
+    err = capfd.readouterr().err
+    assert err.count("artclf: waiting for s3://") == 2 and err.count(" reachable again after ") == 2, err
+    assert "skipping" not in err, err
+
+
 @pytest.mark.parametrize("workers", [0, 1])
-def test_unreachable_endpoint_counts_as_failed_shards(s3_urls, local, monkeypatch, workers):
-    port = procs.free_port()  # a port nobody listens on
-    monkeypatch.setattr(storage, "S3_MAX_ATTEMPTS", 1)
-    storage.set_endpoint(f"http://127.0.0.1:{port}")  # the s3_env fixture resets it
-    out = drain(train(s3_urls, local["good0"], workers, batch=8, max_failed_shards=1))
-    assert out.error is not None and "PermanentStorageError" not in out.error, out
-    assert "failed shards in a row: 2," in out.message and "cannot reach the S3 endpoint" in out.message
+def test_an_outage_past_the_patience_ends_the_pass(s3_outage, outage_urls, local, workers):  # noqa: F811
+    """Not a failed shard to skip: StorageUnavailable, from a DataLoader worker too, naming the
+    shard and the patience, within the patience and one last attempt."""
+    storage.set_patience(1.0)  # inherited by the forked child and its workers
+    s3_outage.stop()
+    for make in (train(outage_urls, local["good0"], workers), evaluate(info_of(outage_urls), workers)):
+        out = drain(make)
+        assert out.error is not None and "StorageUnavailable" in out.error, out
+        assert "PermanentStorageError" not in out.error and "skipping" not in out.message, out
+        assert "cannot reach the S3 endpoint" in out.message and "--storage-patience" in out.message
+        assert any(u in out.message for u in outage_urls), out.message
+        assert out.seconds < 1.0 + LAG_S, out.seconds
 
 
 @pytest.mark.slow  # ~15 s: PyTorch waits 5 s for a stuck worker before it terminates it

@@ -12,7 +12,7 @@ import pytest
 from sklearn import metrics as skm
 
 from artclf import evaluate as evaluate_stage
-from tests.conftest import assert_figure, run_cli
+from tests.conftest import CLASSES, assert_figure, run_cli
 from tests.support.cpu_launch import accelerate_cpu
 
 
@@ -178,3 +178,46 @@ def test_calibration_and_open_set_on_test_and_unseen(shards, trained_run, unseen
 def test_unseen_folder_that_is_missing_is_a_clear_error(shards, trained_run, tmp_path):
     res = evaluate(shards, trained_run, tmp_path / "eval", "--unseen", tmp_path / "nope")
     assert res.returncode == 1 and "--unseen" in res.stderr and "nope: no such folder" in res.stderr
+
+
+def test_a_shard_set_with_other_classes_than_the_model_is_an_error(shards, model_pt, tmp_path, capsys):
+    """Scores against another class list would be wrong by construction: an error naming both
+    and the first difference, not a warning."""
+    info = json.loads((shards / "_info.json").read_text())
+    args = ["--model", str(model_pt), "--shards", str(shards), "--out", str(tmp_path / "eval")]
+    args += ["--workers", "0"]
+    assert evaluate_stage.main(args) == 1
+    err = capsys.readouterr().err
+    assert f"{shards} has other classes than {model_pt}" in err, err
+    first = next(i for i, (a, b) in enumerate(zip(info["classes"], CLASSES, strict=False)) if a != b)
+    assert f"class {first}: '{info['classes'][first]}' in the shards, '{CLASSES[first]}' in the model" in err
+    assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.slow  # ~7 s: a stage of its own, with a worker that never answers
+def test_a_stalled_read_ends_on_the_data_timeout_with_every_stack(shards, tmp_path):
+    """A test shard that never answers (a FIFO nobody writes): --data-timeout ends the stage with
+    an error naming the flag, and the stacks of its threads on stderr to tell where it hung."""
+    import os
+
+    import torch
+
+    from artclf.model import build_model, save_model
+    from tests.conftest import TINY_PRE
+
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    info = json.loads((copy / "_info.json").read_text())
+    stalled = copy / info["splits"]["test"]["filenames"][0]
+    stalled.unlink()
+    os.mkfifo(stalled)
+    torch.manual_seed(0)
+    model = build_model("resnet18", "none", len(info["classes"]), TINY_PRE)
+    save_model(tmp_path / "model.pt", model, info["classes"], TINY_PRE, "resnet18", {})
+    res = run_cli(
+        "evaluate", "--model", tmp_path / "model.pt", "--shards", copy, "--out", tmp_path / "eval",
+        "--workers", "1", "--data-timeout", "2", "--storage-patience", "1", timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert "artclf evaluate: error: " in res.stderr and "--data-timeout 2" in res.stderr, res.stderr[-3000:]
+    assert "most recent call first" in res.stderr and "Thread 0x" in res.stderr, res.stderr[-3000:]

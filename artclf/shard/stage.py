@@ -11,7 +11,9 @@ rerun skips shards whose record matches the plan and whose bytes still hash to i
 ``--part i --num-parts n`` packs every n-th shard (SLURM array, Indexed Job); ``--merge``
 then writes ``_info.json`` and the sample index ``_index.json`` (each sample's key and byte
 span per shard, for ranged reads).
-``artclf shard --verify URL`` re-reads everything and exits 1 on any mismatch.
+``artclf shard --verify URL`` re-reads everything and exits 1 on any mismatch. Credentials
+that may write but not list (a HEAD of a missing key answers 403) cannot tell what a run
+wrote: shard says so once and packs everything.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import io
 import json
 import os
 import re
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -63,8 +66,16 @@ class ShardConfig:
     merge: bool = field(default=False, metadata=arg("write _info.json from the records of all parts"))
     verify: str | None = field(default=None, metadata=arg("re-read the shards at this URL and check them"))
     endpoint_url: str | None = field(default=None, metadata=arg("S3 endpoint (default: AWS_ENDPOINT_URL)"))
+    storage_patience: float = field(
+        default=storage.DEFAULT_PATIENCE_S,
+        metadata=arg(
+            "seconds each read or write waits out a storage outage (5xx, unreachable) before failing"
+        ),
+    )
 
     def __post_init__(self) -> None:
+        if self.storage_patience < 0:
+            raise ValueError(f"--storage-patience must be >= 0 seconds, got {self.storage_patience}")
         if not 32 <= self.store_size <= 4096 or not 1 <= self.quality <= 100 or self.shard_samples < 1:
             raise ValueError("--store-size in [32, 4096], --quality in [1, 100], --shard-samples >= 1")
         if self.part is not None and not 0 <= self.part < self.num_parts:
@@ -129,11 +140,13 @@ class Job:
     quality: int
     plan_hash: str
     endpoint: str | None
+    patience: float = storage.DEFAULT_PATIENCE_S
 
 
 def write_shard(job: Job) -> dict:
     """Pack one shard in a temp file, upload it (atomic), then write its record."""
     storage.set_endpoint(job.endpoint)
+    storage.set_patience(job.patience)
     with tempfile.TemporaryDirectory(prefix="artclf-shard-") as tmp:
         local = Path(tmp) / "shard.tar"
         with open(local, "wb") as f, wds.TarWriter(f, encoder=False, mtime=0) as w:
@@ -183,9 +196,30 @@ def _sha256(url: str) -> str:
     return h.hexdigest()
 
 
-def existing_record(job: Job) -> dict | None:
-    """The shard's record when shard and record are complete and match this plan; else None."""
-    if not storage.exists(job.record_url) or not storage.exists(job.url):
+def _written(url: str, denied: list[str]) -> bool:
+    """Whether an earlier run wrote ``url``. A HEAD answers 403 for a missing key to credentials
+    without s3:ListBucket, and for wrong ones: a GET's answer tells which. The first counts as
+    not written (``url`` goes to ``denied``); a refusal of the keys themselves raises."""
+    try:
+        return storage.exists(url)
+    except storage.PermanentStorageError as e:
+        if e.status != 403:
+            raise
+    try:
+        storage.open_read(url).close()  # the GET alone: its answer carries the reason
+        return True
+    except storage.PermanentStorageError as e:
+        if e.code != "AccessDenied":  # InvalidAccessKeyId, SignatureDoesNotMatch, ExpiredToken, …
+            raise
+    denied.append(url)
+    return False
+
+
+def existing_record(job: Job, denied: list[str] | None = None) -> dict | None:
+    """The shard's record when shard and record are complete and match this plan; else None.
+    ``denied``: collects the URLs whose HEAD answered 403 (counted as not written)."""
+    denied = [] if denied is None else denied
+    if not _written(job.record_url, denied) or not _written(job.url, denied):
         return None
     record = json.loads(storage.read_bytes(job.record_url))
     if record.get("plan") != job.plan_hash or storage.size(job.url) != record["bytes"]:
@@ -213,6 +247,7 @@ def _jobs(cfg: ShardConfig, layout: dict[str, list[list[dict]]], data_dir: Path)
                         cfg.quality,
                         _plan_hash(samples, cfg_key),
                         cfg.endpoint_url,
+                        cfg.storage_patience,
                     ),
                 )
             )
@@ -221,7 +256,9 @@ def _jobs(cfg: ShardConfig, layout: dict[str, list[list[dict]]], data_dir: Path)
 
 def pack(cfg: ShardConfig, jobs: list[Job]) -> list[dict]:
     """Write the shards of ``jobs`` that are not already complete; records in job order."""
-    records: list[dict | None] = [existing_record(j) for j in jobs]
+    denied: list[str] = []
+    records: list[dict | None] = [existing_record(j, denied) for j in jobs]
+    _say_denied(denied)
     todo = [i for i, r in enumerate(records) if r is None]
     if len(todo) < len(jobs):
         print(f"shard: {len(jobs) - len(todo)} of {len(jobs)} shards already complete, kept")
@@ -235,6 +272,17 @@ def pack(cfg: ShardConfig, jobs: list[Job]) -> list[dict]:
     for i, rec in zip(todo, done, strict=True):
         records[i] = rec
     return records  # type: ignore[return-value]
+
+
+def _say_denied(denied: list[str]) -> None:
+    if denied:
+        more = f" (and {len(denied) - 1} more)" if len(denied) > 1 else ""
+        print(
+            f"artclf shard: warning: HEAD of {denied[0]}{more} answered 403: cannot tell what an earlier run "
+            "wrote (without s3:ListBucket, S3 answers 403 for a missing key); packing as if nothing was",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def write_info(
@@ -300,6 +348,7 @@ def write_info(
 
 def shard(cfg: ShardConfig) -> dict | None:
     storage.set_endpoint(cfg.endpoint_url)
+    storage.set_patience(cfg.storage_patience)
     if cfg.verify is not None:
         from artclf.shard.verify import verify
 
@@ -315,7 +364,9 @@ def shard(cfg: ShardConfig) -> dict | None:
     split_jobs = _jobs(cfg, plan(rows, cfg.shard_samples, cfg.seed), root)
     mine = [i for i in range(len(split_jobs)) if cfg.part is None or i % cfg.num_parts == cfg.part]
     if cfg.merge:
-        records = [existing_record(job) for _, job in split_jobs]
+        denied: list[str] = []
+        records = [existing_record(job, denied) for _, job in split_jobs]
+        _say_denied(denied)
         missing = [job.url for (_, job), r in zip(split_jobs, records, strict=True) if r is None]
         if missing:
             raise ArtclfError(

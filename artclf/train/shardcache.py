@@ -16,7 +16,9 @@ the throughput of streaming whole shards). So on S3 every shard is fetched whole
   resumed run reads nothing again), and is left on disk for the next run of the same data;
 - the cache holds the whole train split (its size, from ``_info.json``, is printed at
   start). A shard that cannot be written there (a full or read-only disk) is read by ranged
-  GETs instead, with one warning per process.
+  GETs instead, with one warning per process. A download waits out an outage of the store
+  like any read (:mod:`artclf.storage`); one past the patience raises, it is no reason to
+  fall back to ranged GETs (they would wait on the same store).
 """
 
 from __future__ import annotations

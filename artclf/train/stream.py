@@ -9,13 +9,15 @@ through evaluation. DataLoader hands out its workers' batches in turn (worker ``
 gives the run's micro-batches ``g₀ + w``, ``g₀ + w + n``, …), so the batches arrive in order
 whatever ``n``. Resuming at micro-batch ``g₀`` reads nothing before it.
 
-Failures. A permanent storage answer raises at once (as in :mod:`artclf.data`). A sample that
-cannot be read (the store failed past its retries, the shard is shorter than its index, its
-bytes are no tar) or decoded is left out of its batch and counted (``Batch.failed``,
-``Batch.lost``); the first failed read of each shard is named on stderr. More than
-``max_failed_shards`` shards failing in a row (no sample read in between) raise, and so does
-a micro-batch none of whose samples could be used (every rank must take the step, and a set
-whose samples all fail would otherwise fail every batch of every epoch).
+Failures. A permanent storage answer raises at once (as in :mod:`artclf.data`); an outage is
+waited out by storage and costs time, not samples, and one past its patience
+(:class:`artclf.storage.StorageUnavailable`) raises too: the store is down, not the shard
+broken. A sample that cannot be read (the shard is shorter than its index, its bytes are no
+tar, its local copy is not the packed shard) or decoded is left out of its batch and counted
+(``Batch.failed``, ``Batch.lost``); the first failed read of each shard is named on stderr.
+More than ``max_failed_shards`` shards failing in a row (no sample read in between) raise, and
+so does a micro-batch none of whose samples could be used (every rank must take the step, and
+a set whose samples all fail would otherwise fail every batch of every epoch).
 """
 
 from __future__ import annotations
@@ -77,9 +79,9 @@ class ExactStream(torch.utils.data.IterableDataset):
             key = self.index.keys[i]
             try:
                 sample = read_sample(self.index, i, self.cache.path if self.cache else None)
-            except storage.PermanentStorageError:
-                raise
-            except Exception as e:  # the store gave up, a short shard, bytes that are no tar
+            except (storage.PermanentStorageError, storage.StorageUnavailable):
+                raise  # a refusal, or the store down past the patience: not a broken shard
+            except Exception as e:  # a short shard, bytes that are no tar, a copy that is not the shard
                 url = self.index.urls[self.index.shard[i]]
                 failed.append(f"{url}: {failures.read_failed(url, e)}")
                 continue
@@ -109,7 +111,8 @@ class ExactStream(torch.utils.data.IterableDataset):
 
 
 class _Failures:
-    """Shards whose reads failed in a row, one worker's."""
+    """Broken shards whose reads failed in a row, one worker's (an outage is not counted here:
+    storage waits it out, or raises)."""
 
     def __init__(self, max_failed_shards: int) -> None:
         self.max_failed_shards = max_failed_shards

@@ -221,5 +221,23 @@ def test_s3_wrong_credentials_are_a_clear_error_without_the_secret(work, s3_serv
     env = {**s3_server.env(), "AWS_SECRET_ACCESS_KEY": secret}
     res = run_cli("shard", "--work", work, "--out", f"s3://{s3_server.bucket}/x", env=env)
     assert res.returncode == 1
-    assert f"s3://{s3_server.bucket}/x" in res.stderr
+    assert f"s3://{s3_server.bucket}/x" in res.stderr and "SignatureDoesNotMatch" in res.stderr
+    assert "cannot tell" not in res.stderr  # a HEAD's 403 is not taken for "not written" with bad keys
     assert secret not in res.stderr + res.stdout
+
+
+def test_s3_into_an_empty_prefix_when_a_head_answers_403(work, s3_server, tmp_path):
+    """Credentials that may PUT but whose HEAD of a missing key answers 403 (AWS does so without
+    s3:ListBucket; SeaweedFS answers 404 there, so its write-only identity stands in): shard
+    cannot tell what an earlier run wrote, says so once, and packs everything."""
+    url = f"s3://{s3_server.bucket}/shards-{tmp_path.name}"
+    env = s3_server.env(write_only=True)
+    args = ["--work", work, "--out", url, "--store-size", "96", "--shard-samples", "16"]
+    res = run_cli("shard", *args, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    said = [line for line in res.stderr.splitlines() if "403" in line]
+    assert len(said) == 1 and "cannot tell" in said[0] and "s3:ListBucket" in said[0], res.stderr[-3000:]
+    for secret in s3_server.write_only:
+        assert secret not in res.stdout + res.stderr
+    res = run_cli("shard", "--verify", url, env=s3_server.env())  # all of it, with the full identity
+    assert res.returncode == 0, res.stdout + res.stderr

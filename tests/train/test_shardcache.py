@@ -2,10 +2,12 @@
 server: the exact stream reads the same samples from them as from disk; processes of a node
 download each shard once between them; a shard that is not the packed one is named, not
 downloaded again per sample; a cache disk that fills up (a real tmpfs) falls back to ranged
-reads."""
+reads; a download waits out an outage (the server stopped and restarted), and one past the
+patience raises instead of falling back."""
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import subprocess
 import uuid
@@ -17,10 +19,12 @@ import torch
 from artclf import storage
 from artclf.data import read_info, train_index
 from artclf.errors import ArtclfError
+from artclf.storage import outage
 from artclf.train.order import Order
 from artclf.train.shardcache import ShardCache
 from artclf.train.stream import train_loader
 from artclf.transforms import Preprocess
+from tests.support.s3server import s3_outage  # noqa: F401  (fixture: a server to stop and restart)
 
 PRE = Preprocess(image_size=24, resize=24)
 
@@ -126,3 +130,36 @@ def test_a_full_cache_disk_falls_back_to_ranged_reads(s3_shards, tmp_path):
         assert not list(cache.dir.glob("*.tmp-*"))  # the partial copy was removed
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.fixture
+def outage_shards(s3_outage, shards, monkeypatch) -> str:  # noqa: F811  (the fixture imported above)
+    """The ``shards`` set on a server of the test's own; boto3 pointed at it, botocore quick to
+    give up, a short backoff; the patience restored afterwards."""
+    for name, value in s3_outage.server.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(storage, "S3_MAX_ATTEMPTS", 2)
+    monkeypatch.setattr(outage, "BACKOFF_CAP_S", 0.5)
+    monkeypatch.setattr(outage, "_patience", outage.DEFAULT_PATIENCE_S)
+    storage.set_endpoint(None)
+    url = f"s3://{s3_outage.server.bucket}/shards"
+    for path in sorted(p for p in shards.iterdir() if p.is_file()):
+        storage.upload_file(path, f"{url}/{path.name}")
+    yield url
+    storage.set_endpoint(None)
+
+
+def test_a_download_waits_out_an_outage_and_past_the_patience_raises(s3_outage, outage_shards, tmp_path):  # noqa: F811
+    info = read_info(outage_shards)
+    index = train_index(info, outage_shards)
+    cache = ShardCache(tmp_path / "cache", index.digest(), info["shards"])
+    first, second = index.urls[:2]
+    with s3_outage.down_for(2.0):
+        local = cache.path(first)  # the download starts while the store is down
+    want = info["shards"][first.rsplit("/", 1)[1]]["sha256"]
+    assert local != first and hashlib.sha256(Path(local).read_bytes()).hexdigest() == want
+    storage.set_patience(1.0)
+    s3_outage.stop()
+    with pytest.raises(storage.StorageUnavailable, match=f"^{second}: cannot reach the S3 endpoint"):
+        cache.path(second)  # not the ranged GETs of a full disk: they would wait on the same store
+    assert not list(cache.dir.glob("*.tmp-*"))

@@ -4,6 +4,13 @@ Writes are atomic: locally a temp file is renamed (:mod:`artclf.atomic`); an S3 
 multipart, is visible only once complete. S3 goes through boto3, with credentials from its own
 chain (environment, ``~/.aws``, instance role), never taken as arguments nor printed. The endpoint
 is ``AWS_ENDPOINT_URL`` (boto3 reads it) or :func:`set_endpoint` (the CLI's ``--endpoint-url``).
+
+A permanent answer (access denied, no such bucket or key, no credentials) raises
+:class:`PermanentStorageError` at once. A transient failure (refused or reset connection,
+timeout, DNS, 5xx, throttling, a body broken mid-read) that outlasts botocore's own retries is
+waited out, each request up to the patience (:func:`set_patience`, ``--storage-patience``), then
+raises :class:`StorageUnavailable`; :mod:`artclf.storage.outage` keeps the account
+(:func:`waited_s`, one line when an outage starts and one when it ends).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -22,24 +30,24 @@ import boto3
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, IncompleteReadError
-from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import BotoCoreError, ClientError
 from urllib3.exceptions import HTTPError as URLLib3Error
 
 from artclf.atomic import atomic_open
 from artclf.errors import ArtclfError
+from artclf.storage.outage import DEFAULT_PATIENCE_S as DEFAULT_PATIENCE_S
+from artclf.storage.outage import StorageUnavailable as StorageUnavailable
+from artclf.storage.outage import Wait, cause, is_transient, s3_answer
+from artclf.storage.outage import set_patience as set_patience
+from artclf.storage.outage import waited_s as waited_s
 
 MiB = 1 << 20
 S3_MAX_ATTEMPTS = 5  # per request, botocore "standard" mode: throttling, 5xx, connection errors
 CONNECT_TIMEOUT_S = 10
 READ_TIMEOUT_S = 60  # per socket read, not per object
-READ_RETRIES = 5  # reopenings of one stream that breaks mid-read (HTTP Range from the offset)
-RETRY_BACKOFF_S = 0.5  # wait before the first reopening; doubles each time, capped at 30 s
 # 16 MiB parts: few requests per shard, and S3's 10,000-part limit still allows 160 GB objects.
 TRANSFER = TransferConfig(multipart_threshold=16 * MiB, multipart_chunksize=16 * MiB, max_concurrency=4)
 
-# Worth reopening a stream for; a ClientError (403, 404, 412) is an answer, not a glitch.
-_TRANSIENT = (BotoConnectionError, HTTPClientError, IncompleteReadError, URLLib3Error, OSError)
 _SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 # Environment that changes which client boto3 builds: endpoint, identity, region.
 _CLIENT_ENV = _SECRET_ENV + ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_REGION")
@@ -108,33 +116,23 @@ class PermanentStorageError(ArtclfError):
     """An answer that retrying will not change: access denied, no such bucket, key or file, no
     credentials. Readers stop at once on it; any other storage error may be a passing glitch."""
 
+    status, code = 0, ""  # the answer's HTTP status (403, 404) and S3 error code; 0 and "" for none
+
 
 # Codes S3 (and MinIO, Ceph, SeaweedFS) answer for bad or expired credentials, whatever the status.
 _DENIED = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken")
 
 
-def _status(e: BaseException) -> tuple[int, str]:
-    # The HTTP status classifies best: a HEAD answer carries no error code beyond it.
-    if not isinstance(e, ClientError):
-        return 0, ""
-    meta, err = e.response.get("ResponseMetadata", {}), e.response.get("Error", {})
-    return meta.get("HTTPStatusCode", 0), str(err.get("Code", "?"))
-
-
-def _no_credentials(e: BaseException) -> bool:
-    # NoCredentialsError, PartialCredentialsError, CredentialRetrievalError, …
-    return isinstance(e, BotoCoreError) and "Credential" in type(e).__name__
-
-
 def _error(url: str, e: BaseException) -> ArtclfError:
     """A boto3/botocore exception as one line that names the URL, the cause and the fix;
     a :class:`PermanentStorageError` when asking again cannot help."""
-    if isinstance(e, S3UploadFailedError) and isinstance(e.__context__, ClientError):
-        e = e.__context__  # boto3 raises it inside `except ClientError` without `from`
-    status, code = _status(e)
-    denied, no_credentials = status in (401, 403) or code in _DENIED, _no_credentials(e)
+    status, code = s3_answer(e)
+    denied = status in (401, 403) or code in _DENIED
+    # NoCredentialsError, PartialCredentialsError, CredentialRetrievalError, …
+    no_credentials = isinstance(e, BotoCoreError) and "Credential" in type(e).__name__
     if denied:
-        msg = f"access denied ({code}): check AWS credentials / AWS_PROFILE and the bucket policy"
+        answer = f"{status} {code}" if status and code != str(status) else code
+        msg = f"access denied ({answer}): check AWS credentials / AWS_PROFILE and the bucket policy"
     elif code == "NoSuchBucket":
         msg = "bucket does not exist (NoSuchBucket)"
     elif status == 404:
@@ -146,23 +144,43 @@ def _error(url: str, e: BaseException) -> ArtclfError:
     elif no_credentials:
         msg = f"no usable AWS credentials ({type(e).__name__}): set AWS_ACCESS_KEY_ID and "
         msg += "AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or run where an instance role is attached"
-    elif isinstance(e, BotoConnectionError):
-        msg = f"cannot reach the S3 endpoint ({e}): check AWS_ENDPOINT_URL / --endpoint-url and the network"
     else:
         msg = f"S3 request failed ({type(e).__name__}: {e})"
-    permanent = denied or no_credentials or code == "NoSuchBucket" or status == 404
-    return (PermanentStorageError if permanent else ArtclfError)(f"{url}: {_redact(msg)}")
+    if not (denied or no_credentials or code == "NoSuchBucket" or status == 404):
+        return ArtclfError(f"{url}: {_redact(msg)}")
+    err = PermanentStorageError(f"{url}: {_redact(msg)}")
+    err.status, err.code = status, code
+    return err
+
+
+def _patiently(url: str, request: Callable[[], Any], missing_ok: bool = False, reading: bool = False) -> Any:
+    """``request()`` (S3 calls, botocore retrying each), transient failures waited out up to the
+    patience, others made readable; None for a 404 if ``missing_ok``. ``reading``: a body read."""
+    wait, errors = Wait(url), (ClientError, BotoCoreError, S3UploadFailedError)
+    errors += (URLLib3Error, OSError) if reading else ()
+    try:
+        while True:
+            started = time.monotonic()
+            try:
+                return request()
+            except errors as e:
+                if missing_ok and s3_answer(e)[0] == 404:
+                    return None
+                if not is_transient(e, reading):
+                    raise _error(url, e) from None
+                wait.failed(_redact(cause(e)), started)
+    finally:
+        wait.done()
+
+
+def _request(url: str, method: str, **kwargs: Any) -> Any:
+    bucket, key = _split(url)
+    return getattr(_client(), method)(Bucket=bucket, Key=key, **kwargs)
 
 
 def _call(url: str, method: str, missing_ok: bool = False, **kwargs: Any) -> Any:
-    """One S3 call on ``url``'s object (botocore retries the glitches), errors made readable."""
-    bucket, key = _split(url)
-    try:
-        return getattr(_client(), method)(Bucket=bucket, Key=key, **kwargs)
-    except (ClientError, BotoCoreError, S3UploadFailedError) as e:
-        if missing_ok and _status(e)[0] == 404:
-            return None
-        raise _error(url, e) from None
+    """One S3 call on ``url``'s object, transient failures waited out, errors made readable."""
+    return _patiently(url, lambda: _request(url, method, **kwargs), missing_ok)
 
 
 def exists(url: str | os.PathLike) -> bool:
@@ -187,11 +205,14 @@ def list_names(url: str | os.PathLike, suffix: str = "") -> list[str]:
         return sorted(n for n in files if n.endswith(suffix))
     bucket, prefix = _split(url)
     prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
-    pages = _client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
-    try:
-        keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-    except (ClientError, BotoCoreError) as e:
-        raise _error(url, e) from None
+
+    def listing() -> list[str]:
+        pages = (
+            _client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
+        )
+        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+    keys = _patiently(url, listing)
     return sorted(k[len(prefix) :] for k in keys if len(k) > len(prefix) and k.endswith(suffix))
 
 
@@ -232,41 +253,25 @@ def remove(url: str | os.PathLike) -> None:
         Path(url).unlink(missing_ok=True)
 
 
-def read_range(url: str | os.PathLike, offset: int, size: int, retries: int = READ_RETRIES) -> bytes:
+def read_range(url: str | os.PathLike, offset: int, size: int) -> bytes:
     """``size`` bytes of a file or object from ``offset``: one ``pread`` on disk, one ranged GET
-    on S3 (botocore retries the request; a body that breaks mid-read is asked for again up to
-    ``retries`` times). Fewer bytes than asked for (the object is shorter) raise
-    :class:`ArtclfError`; a missing file or object, or a refusal, :class:`PermanentStorageError`."""
+    on S3 (a body broken mid-read is asked for again). Fewer bytes than asked for (the object is
+    shorter) raise :class:`ArtclfError`; a missing file or object, or a refusal,
+    :class:`PermanentStorageError`."""
     url = str(url)
     if size <= 0:
         return b""
     if not is_s3(url):
-        try:
-            fd = os.open(url, os.O_RDONLY)
-        except FileNotFoundError:
-            raise PermanentStorageError(f"{url}: not found") from None
-        except (PermissionError, IsADirectoryError) as e:
-            raise PermanentStorageError(f"{url}: {e.strerror.lower()}") from None
-        try:
-            data = os.pread(fd, size, offset)
-        finally:
-            os.close(fd)
+        with _open_local(url) as f:
+            data = os.pread(f.fileno(), size, offset)
     else:
-        for attempt in range(retries + 1):
-            body = _call(url, "get_object", Range=f"bytes={offset}-{offset + size - 1}")["Body"]
-            try:
-                data = body.read()
-                break
-            except _TRANSIENT as e:
-                if attempt == retries:
-                    cause = _redact(f"{type(e).__name__}: {e}")
-                    raise ArtclfError(
-                        f"{url}: read of bytes {offset}+{size} failed after {retries} retries ({cause})"
-                    ) from None
-                time.sleep(min(RETRY_BACKOFF_S * 2**attempt, 30.0))
-            finally:
-                with contextlib.suppress(Exception):
-                    body.close()
+
+        def get() -> bytes:
+            body = _request(url, "get_object", Range=f"bytes={offset}-{offset + size - 1}")["Body"]
+            with contextlib.closing(body):
+                return body.read()
+
+        data = _patiently(url, get, reading=True)
     if len(data) != size:
         raise ArtclfError(
             f"{url}: {len(data)} bytes at offset {offset}, expected {size} (the file is shorter)"
@@ -274,62 +279,65 @@ def read_range(url: str | os.PathLike, offset: int, size: int, retries: int = RE
     return data
 
 
-def open_read(url: str | os.PathLike, retries: int = READ_RETRIES) -> BinaryIO:
+def open_read(url: str | os.PathLike) -> BinaryIO:
     """A buffered, forward-only stream of a file or object; on S3 streamed, never held whole.
 
-    A connection that breaks mid-read is reopened at the offset (HTTP ``Range``) up to ``retries``
-    times; ``If-Match`` on the ETag makes an object replaced meanwhile an error, not a splice.
+    A connection that breaks mid-read is reopened at the offset (HTTP ``Range``), an outage
+    waited out as any request's; ``If-Match`` on the ETag makes an object replaced meanwhile
+    an error, not a splice.
     """
     url = str(url)
     if not is_s3(url):
-        try:
-            return open(url, "rb")
-        except FileNotFoundError:
-            raise PermanentStorageError(f"{url}: not found") from None
-        except (PermissionError, IsADirectoryError) as e:
-            raise PermanentStorageError(f"{url}: {e.strerror.lower()}") from None
-    return io.BufferedReader(_S3Reader(url, retries), buffer_size=MiB)  # type: ignore[return-value]
+        return _open_local(url)
+    return io.BufferedReader(_S3Reader(url), buffer_size=MiB)  # type: ignore[return-value]
+
+
+def _open_local(path: str) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise PermanentStorageError(f"{path}: not found") from None
+    except (PermissionError, IsADirectoryError) as e:
+        raise PermanentStorageError(f"{path}: {e.strerror.lower()}") from None
 
 
 class _S3Reader(io.RawIOBase):
     """One object, read once from start to end, reopened at its offset when the stream breaks."""
 
-    def __init__(self, url: str, retries: int) -> None:
+    def __init__(self, url: str) -> None:
         super().__init__()
-        self.url, self.retries, self._pos, self._failures = url, retries, 0, 0
-        # Retried by botocore alone: a missing object or bad credentials fail here, at open time.
-        head = _call(url, "get_object")
+        self.url, self._pos, self._reopened = url, 0, 0
+        head = _call(url, "get_object")  # a missing object or bad credentials fail here, at once
         self._size, self._etag, self._body = int(head["ContentLength"]), head["ETag"], head["Body"]
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buf: Any) -> int:
-        while self._pos < self._size:
-            try:
-                if self._body is None:
-                    reopened = _call(self.url, "get_object", Range=f"bytes={self._pos}-", IfMatch=self._etag)
-                    self._body = reopened["Body"]
-                data = self._body.read(min(len(buf), self._size - self._pos))
-                if not data:
-                    raise OSError("stream ended early")
-            except _TRANSIENT as e:
-                self._retry_after(e)
-                continue
-            buf[: len(data)] = data
-            self._pos += len(data)
-            return len(data)
-        return 0
+        if self._pos >= self._size:
+            return 0
+        data = _patiently(self.url, lambda: self._next(len(buf)), reading=True)
+        buf[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
 
-    def _retry_after(self, e: BaseException) -> None:
-        self._drop_body()
-        self._failures += 1
-        where, cause = f"byte {self._pos} of {self._size}", _redact(f"{type(e).__name__}: {e}")
-        if self._failures > self.retries:
-            raise ArtclfError(f"{self.url}: read failed at {where} after {self.retries} retries ({cause})")
-        msg = f"{self.url}: read broke at {where} ({cause}); reopening, retry {self._failures}"
-        warnings.warn(msg, stacklevel=3)
-        time.sleep(min(RETRY_BACKOFF_S * 2 ** (self._failures - 1), 30.0))
+    def _next(self, n: int) -> bytes:
+        try:
+            if self._body is None:
+                reopened = _request(self.url, "get_object", Range=f"bytes={self._pos}-", IfMatch=self._etag)
+                self._body = reopened["Body"]
+            data = self._body.read(min(n, self._size - self._pos))
+            if not data:
+                raise OSError("stream ended early")
+            return data
+        except Exception as e:
+            if self._body is not None and is_transient(e, reading=True):
+                self._reopened += 1
+                where, cause = f"byte {self._pos} of {self._size}", _redact(f"{type(e).__name__}: {e}")
+                msg = f"{self.url}: read broke at {where} ({cause}); reopening, retry {self._reopened}"
+                warnings.warn(msg, stacklevel=5)
+            self._drop_body()
+            raise
 
     def _drop_body(self) -> None:
         if self._body is not None:
