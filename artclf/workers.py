@@ -18,8 +18,11 @@ def ignore_stop_signals(_worker_id: int) -> None:
     """A DataLoader ``worker_init_fn``. A stop signal sent to the whole process group
     (torchrun's and Kubernetes' SIGTERM, SLURM's scancel) must not kill the workers: PyTorch's
     worker handler dies of a TERM from anyone but the trainer, whose next batch then fails
-    instead of saving. The trainer ends its workers (:func:`kill_workers`)."""
+    instead of saving; a Ctrl-C reaches the whole foreground process group, and a worker that
+    dies of it fails the trainer's next batch the same way. The trainer ends its workers
+    (:func:`kill_workers`)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def kill_workers() -> None:

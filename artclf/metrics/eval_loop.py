@@ -25,10 +25,11 @@ def evaluate(
     classes: list[str],
     expected: int,
     stop_requested: Callable[[], bool] = lambda: False,
+    channels_last: bool = False,
 ) -> tuple[dict | None, dict | None]:
     """Metrics over every sample of the split exactly once, whatever the number of ranks, and
     the predictions behind them (``keys``, ``labels``, ``logits``, ``probs``; gathered on every
-    rank).
+    rank); ``channels_last``: inputs in that memory format, as the model's weights are.
     ``(None, None)`` on every rank when a stop was requested on any rank meanwhile.
 
     Each rank keeps (key, label, probabilities) of what it read; one ``gather_object`` at the
@@ -48,8 +49,11 @@ def evaluate(
             break
         if not batch.keys:
             continue
+        x = batch.images.to(acc.device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with acc.autocast():
-            out = model(batch.images.to(acc.device))
+            out = model(x)
         logits.append(out.float().cpu().numpy())
         labels.append(batch.labels.numpy())
         keys += batch.keys

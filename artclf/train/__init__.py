@@ -7,7 +7,9 @@
 - ``engine``: one epoch of training and the learning-rate schedule
 - ``losses``: CE + soft-F1 over the global batch; ``recipe``: optimizer, flips, SyncBatchNorm choice
 - ``checkpoint``: saved states, newest first, last K kept; ``runlock``: one writer per run folder
-- ``preemption``: stop signals become a saved state and exit 75; watchdogs for what cannot end well
+- ``preemption``: stop signals become a saved state and exit 75 (Ctrl-C: 130); watchdogs for
+  what cannot end well; ``hangs``: the stall watchdog and each rank's stacks in ``RUN/debug/``;
+  ``debugreport``: ``artclf debug RUN``, which reads them
 - ``runlog``: console line, TensorBoard, ``history.jsonl`` and the plots drawn from it
 
 Shared with evaluate: the input pipeline's nouns (``artclf.data``) and exact evaluation

@@ -61,21 +61,52 @@ def latest(state_dir: Path) -> Path | None:
 
 
 def save(acc: Accelerator, state_dir: Path, step: int, keep: int) -> Path:
-    """Save model, optimizer, scaler, RNG and registered objects; atomic; keep the last ``keep``."""
+    """Save model, optimizer, scaler, RNG and registered objects; atomic; keep the last ``keep``.
+
+    A save that fails on any rank (a full disk, a quota, a read-only or vanished folder) raises
+    :class:`ArtclfError` on every rank, naming the folder and the error, after removing its
+    partial files: the newest checkpoint is still the one before, and a rerun resumes there.
+    """
     final = state_dir / f"step-{step:08d}"
     tmp = state_dir / f".tmp-step-{step:08d}"
+    error = None
     if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while saving
     acc.wait_for_everyone()
-    acc.save_state(str(tmp))
-    acc.wait_for_everyone()  # every file written (some are written under a temp name, then renamed)
-    _fsync_files(tmp)  # every rank: on a shared file system only the writer's fsync counts
-    acc.wait_for_everyone()
+    try:
+        acc.save_state(str(tmp))
+    except Exception as e:  # OSError, or a serializer's own error wrapping one
+        error = f"{type(e).__name__}: {e}"
+    errors = gather_object([error])  # every file written, or the failures (also the barrier)
+    if not any(errors):
+        try:
+            _fsync_files(tmp)  # every rank: on a shared file system only the writer's fsync counts
+        except OSError as e:
+            error = f"{type(e).__name__}: {e}"
+        errors = gather_object([error])
+    if not any(errors) and acc.is_main_process:
+        try:
+            if final.exists():  # same step saved before a crash: the new copy wins
+                shutil.rmtree(final)
+            tmp.rename(final)
+            _fsync(state_dir)  # the rename itself
+        except OSError as e:
+            error = f"{type(e).__name__}: {e}"
+        errors = [error]
+    errors = broadcast_object_list([[e for e in errors if e]])[0]
+    if errors:
+        free = _free(state_dir)  # before the partial files are removed
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        acc.wait_for_everyone()
+        before = latest(state_dir)
+        raise ArtclfError(
+            f"{state_dir}: saving step {step} failed ({errors[0]}{free}); its partial files are "
+            "removed and the "
+            f"newest checkpoint is still {before.name if before else 'none (a rerun starts over)'}: "
+            "free space or fix the folder, then rerun the same command to resume from it"
+        )
     if acc.is_main_process:
-        if final.exists():  # same step saved before a crash: the new copy wins
-            shutil.rmtree(final)
-        tmp.rename(final)
-        _fsync(state_dir)  # the rename itself
         for old in checkpoints(state_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
@@ -111,6 +142,15 @@ def resume(acc: Accelerator, state_dir: Path, state: TrainState) -> Path | None:
             f"{state_dir}: none of {names[0]} loads; move the folder away to start over, or fix it"
         )
     return None
+
+
+def _free(folder: Path) -> str:
+    """How much room the folder's file system has left: torch.save reports a full disk as
+    ``unexpected pos …``, without the errno."""
+    try:
+        return f"; {shutil.disk_usage(folder).free / 1e6:.0f} MB free there"
+    except OSError:
+        return ""
 
 
 def _fsync_files(folder: Path) -> None:

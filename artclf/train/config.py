@@ -9,6 +9,9 @@ from pathlib import Path
 from artclf.config import arg
 from artclf.train.recipe import SYNC_BN_BELOW
 
+# What a read may take beyond the storage patience: its last attempt (botocore's own retries of
+# one request, each up to a 10 s connect or 60 s read timeout), then decoding the batch.
+PATIENCE_MARGIN_S = 60
 BASE_BATCH = 64  # --lr is for this global batch; it scales linearly with the global batch
 
 
@@ -82,13 +85,36 @@ class TrainConfig:
         metadata=arg(f"SyncBatchNorm across GPUs: on, off, or auto (on below {SYNC_BN_BELOW} images/device)"),
     )
     ddp_timeout: int = field(
-        default=1800, metadata=arg("seconds a rank may wait in a collective before the job fails")
+        default=1800,
+        metadata=arg(
+            "seconds a rank may wait in a collective before the job fails; must exceed "
+            "--storage-patience (a rank waiting out an outage holds the others in the next collective)"
+        ),
+    )
+    storage_patience: float = field(
+        default=900.0,
+        metadata=arg(
+            "seconds each read or write waits out a storage outage (unreachable endpoint, 5xx, throttling) "
+            "before the job fails; a corrupt or missing shard is skipped at once, a refusal fails at once"
+        ),
+    )
+    stall_timeout: float = field(
+        default=0.0,
+        metadata=arg(
+            "seconds without progress (a batch trained or evaluated, a save) after which every rank writes "
+            "its stacks to RUN/debug/ and the job fails (0: 90 %% of --ddp-timeout, so that they are written "
+            "before NCCL's watchdog ends the process)"
+        ),
     )
     max_failed_shards: int = field(
         default=10, metadata=arg("failed train shards in a row that are skipped (0: the first fails the job)")
     )
     data_timeout: float = field(
-        default=600.0, metadata=arg("seconds to wait for one batch from a DataLoader worker (0: forever)")
+        default=1200.0,
+        metadata=arg(
+            "seconds to wait for one batch from a DataLoader worker (0: forever); must exceed "
+            "--storage-patience"
+        ),
     )
     log_every: int = field(default=10, metadata=arg("optimizer steps between log lines / TensorBoard points"))
     check_every: int = field(
@@ -147,5 +173,24 @@ class TrainConfig:
             raise ValueError(f"--sync-bn must be auto, on or off, got {self.sync_bn!r}")
         if self.ddp_timeout < 10 or self.data_timeout < 0 or self.max_failed_shards < 0:
             raise ValueError("--ddp-timeout >= 10 s, --data-timeout >= 0, --max-failed-shards >= 0")
+        if self.storage_patience < 0 or self.stall_timeout < 0:
+            raise ValueError("--storage-patience and --stall-timeout must be >= 0 seconds")
+        # A rank waiting out an outage holds its batch; its peers wait for it in the next
+        # collective, and the DataLoader waits for the worker that reads: both must wait longer.
+        for flag, value in (("--ddp-timeout", self.ddp_timeout), ("--data-timeout", self.data_timeout),
+                            ("--stall-timeout", self.stall)):  # fmt: skip
+            if value and self.storage_patience and value <= self.storage_patience + PATIENCE_MARGIN_S:
+                raise ValueError(
+                    f"{flag} {value:g} s must exceed --storage-patience {self.storage_patience:g} s by more "
+                    f"than {PATIENCE_MARGIN_S} s: a rank waiting out a storage outage holds the others "
+                    f"in the next collective, and would be killed before its storage came back"
+                )
+
+    @property
+    def stall(self) -> float:
+        """Seconds without progress before the stall watchdog fires: ``--stall-timeout``, or a
+        little under ``--ddp-timeout`` (at the collective timeout NCCL's watchdog ends the
+        process from C++, and Python would write nothing)."""
+        return self.stall_timeout or 0.9 * self.ddp_timeout
         if not 0 <= self.reject_rate < 1:
             raise ValueError(f"--reject-rate must be in [0, 1), got {self.reject_rate}")

@@ -17,6 +17,7 @@ from accelerate import Accelerator
 from tqdm import tqdm
 
 from artclf.errors import ArtclfError
+from artclf.storage.outage import StorageUnavailable
 from artclf.train.losses import combined_loss
 
 
@@ -87,19 +88,24 @@ def train_one_epoch(
     meter: Meter | None = None,
     channels_last: bool = False,
     on_step: Callable[[list], None] | None = None,
+    watch=None,
 ) -> dict:
     """Optimizer steps over ``batches`` (``grad_accum`` micro-batches each) until the epoch's
     ``total_steps``. Returns the epoch's means over all ranks, and ``preempted=True`` when a
     stop was requested on any rank (state saved by the caller).
 
     No step waits for the device: losses are summed as device tensors and read every
-    ``log_every`` steps. A stop request and a non-finite loss (any micro-batch, any rank) are
-    folded into one two-element all-reduce before the optimizer step every ``check_every``
-    steps, before every save and at the epoch's last step. ``on_step`` (every rank, after each
-    optimizer step): the step's micro-batches (``--record-batches``). A stop therefore ends every rank
-    within ``check_every`` steps; a non-finite loss raises on every rank within
-    ``check_every`` steps, before any state is saved (with ``check_every`` 1, before the
-    weights change).
+    ``log_every`` steps. Every ``check_every`` steps, at every step a save follows and at the
+    epoch's last step, one four-element all-reduce after the optimizer step carries: a
+    non-finite loss (any micro-batch since the epoch began, any rank), a non-finite gradient
+    (any step since the last check: each step's per-parameter gradient norms are checked on
+    the device, with the first bad step and parameter kept there; under fp16 loss scaling the
+    scaler skips such steps itself), non-finite weights or buffers (the state a save would
+    write), and a stop request. A stop ends every rank within ``check_every`` steps; anything
+    non-finite raises on every rank within ``check_every`` steps, naming the step and the
+    parameter, before any state from it is saved. ``on_step`` (every rank, after each
+    optimizer step): the step's micro-batches (``--record-batches``). ``watch``
+    (:class:`artclf.train.hangs.Watch`): told each phase and each micro-batch done.
     """
     model.train()
     meter = meter or Meter(acc.num_processes)
@@ -123,8 +129,24 @@ def train_one_epoch(
         return (acc.reduce(mine, "sum") + before).tolist()
 
     taken: list = []  # this step's micro-batches, for on_step
+    watch = watch or _NoWatch()
+    grads = _GradCheck(acc, model, state.step)
+
+    def unavailable() -> None:
+        """Storage is still down past --storage-patience. One process at a step boundary saves
+        (a rerun loses nothing); several cannot agree on a save while a peer may be waiting
+        in a collective, and resume from the newest checkpoint."""
+        if acc.num_processes == 1 and micro % grad_accum == 0:
+            _check(acc, model, sums[0, 0], grads, False, state, check_every)  # nothing non-finite is saved
+            state.epoch_sums = epoch_sums()
+            on_save()
+            acc.print(
+                f"storage unavailable: state saved at step {state.step}; rerun the same command to resume"
+            )
+
     t_end = time.perf_counter()
-    for batch in batches:
+    watch.phase("train: waiting for data")
+    for batch in _on_unavailable(batches, unavailable):
         t_data = time.perf_counter()
         lost += batch.lost
         if on_step is not None:
@@ -134,38 +156,39 @@ def train_one_epoch(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         # between optimizer steps, skip DDP's gradient all-reduce (it runs on the last micro-batch)
-        with acc.no_sync(model) if (micro + 1) % grad_accum else nullcontext():
+        syncs = not (micro + 1) % grad_accum
+        with acc.no_sync(model) if not syncs else nullcontext():
+            watch.phase(f"train: forward + soft-F1 all-reduce, micro-batch {micro % grad_accum + 1}")
             with acc.autocast():
                 logits = model(x)
             loss, parts = combined_loss(logits, y, num_classes, ce_weight=ce_weight, f1_weight=f1_weight)
+            watch.phase("train: backward" + (" (DDP gradient all-reduce)" if syncs else " (no sync)"))
             acc.backward(loss / grad_accum)
         sums += torch.stack([loss.detach().float(), parts["ce"].float(), parts["soft_f1"].float()]) * len(y)
         micro += 1
         images += len(y)
         window_images += len(y)
+        watch.progress("train: waiting for data")
         if micro % grad_accum:
             t_now = time.perf_counter()
             meter.add(len(y), t_data - t_end, t_now - t_data)
             t_end = t_now
             continue
-        stop = False
-        if _check_due(state, check_every, save_every, total_steps):
-            bad, stop = _all_ranks(acc, sums[0, 0], stop_requested())
-            if bad:
-                since = f" or up to {check_every - 1} steps before (--check-every)" if check_every > 1 else ""
-                raise ArtclfError(
-                    f"non-finite loss at step {state.step + 1} (epoch {state.epoch + 1}){since}; no "
-                    "checkpoint holds it: lower --lr, check --clip-grad, or try --mixed_precision bf16 "
-                    "instead of fp16"
-                )
+        check = _check_due(state, check_every, save_every, total_steps)
         for g in optimizer.param_groups:
             g["lr"] = lr_of_step(state.step)
+        grads.record()
         if clip_grad > 0:
             acc.clip_grad_norm_(model.parameters(), clip_grad)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
         state.step_in_epoch += 1
+        stop = False
+        if check:
+            watch.phase("train: step check all-reduce")
+            stop = _check(acc, model, sums[0, 0], grads, stop_requested(), state, check_every)
+            watch.phase("train: waiting for data")
         bar.update(1)
         if on_step is not None:
             on_step(taken)
@@ -221,11 +244,100 @@ def _check_due(state, check_every: int, save_every: int, total_steps: int) -> bo
     )
 
 
-def _all_ranks(acc: Accelerator, epoch_loss: torch.Tensor, stop: bool) -> tuple[bool, bool]:
-    """(any rank's loss this epoch non-finite, any rank asked to stop): one all-reduce, one wait."""
-    flags = torch.zeros(2, device=acc.device)
-    flags[0] = ~torch.isfinite(epoch_loss)
-    if stop:
-        flags[1] = 1.0
-    bad, stopped = acc.reduce(flags, "sum").tolist()
-    return bad > 0, stopped > 0
+def _on_unavailable(batches: Iterable, then: Callable[[], None]):
+    """``batches``, calling ``then`` before a :class:`StorageUnavailable` goes on up."""
+    it = iter(batches)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except StorageUnavailable:
+            then()
+            raise
+        yield batch
+
+
+class _NoWatch:
+    def phase(self, where: str) -> None:
+        pass
+
+    def progress(self, where: str | None = None) -> None:
+        pass
+
+
+class _GradCheck:
+    """Non-finite gradients, found on the device without a host wait: each step's per-parameter
+    norms (one fused kernel), the first bad step and parameter index kept in a device tensor
+    until the next check reads it. Off under fp16 loss scaling: there an inf gradient is
+    routine, and the scaler skips that step and lowers the scale."""
+
+    def __init__(self, acc: Accelerator, model, step: int) -> None:
+        self.on = acc.scaler is None
+        self.named = [(n, p) for n, p in acc.unwrap_model(model).named_parameters() if p.requires_grad]
+        self.zero = torch.zeros((), device=acc.device)  # the norm of a parameter without a gradient
+        self.step = torch.tensor(step, device=acc.device)  # counted on the device: no copy per step
+        self.first = torch.full((2,), -1, dtype=torch.int64, device=acc.device)  # step, parameter
+
+    def record(self) -> None:
+        """After the backward of a step, before clipping (a NaN norm spreads to every gradient)."""
+        if not self.on:
+            return
+        self.step += 1
+        grads = [p.grad if p.grad is not None else self.zero for _, p in self.named]
+        bad = ~torch.isfinite(torch.stack(torch._foreach_norm(grads)))
+        found = torch.stack([self.step, bad.int().argmax()])
+        self.first.copy_(torch.where(bad.any() & (self.first[0] < 0), found, self.first))
+
+    def bad(self) -> torch.Tensor:
+        return (self.first[0] >= 0).float()
+
+    def describe(self, first: bool = False) -> str:
+        step, i = self.first.tolist()
+        if first:
+            return f"the gradient was first non-finite at step {step}, in parameter '{self.named[i][0]}'"
+        return f"non-finite gradient at step {step}, first in parameter '{self.named[i][0]}'"
+
+
+def _check(acc: Accelerator, model, epoch_loss: torch.Tensor, grads: _GradCheck, stop: bool, state,
+           check_every: int) -> bool:  # fmt: skip
+    """The check after step ``state.step`` (one all-reduce of four flags, one wait): raise on
+    every rank if any rank saw a non-finite loss, gradient or weight; else whether any rank
+    asked to stop."""
+    tensors = [t for t in acc.unwrap_model(model).state_dict().values() if t.is_floating_point()]
+    flags = torch.stack(
+        [
+            (~torch.isfinite(epoch_loss)).float(),
+            grads.bad(),
+            (~torch.isfinite(torch.stack(torch._foreach_norm(tensors)))).any().float(),
+            torch.tensor(float(stop), device=acc.device),
+        ]
+    )
+    loss_bad, grad_bad, weights_bad, stopped = (v > 0 for v in acc.reduce(flags, "sum").tolist())
+    if not (loss_bad or grad_bad or weights_bad):
+        return stopped
+    since = f" (or up to {check_every - 1} steps before: --check-every)" if check_every > 1 else ""
+    local = grad_bad and bool(grads.bad().item())
+    if loss_bad:
+        found = f"non-finite loss at step {state.step} (epoch {state.epoch + 1}){since}"
+        # a NaN gradient makes NaN weights, and those a NaN loss: name where it began
+        found += f" ({grads.describe(first=True)})" if local else ""
+    elif local:
+        found = f"{grads.describe()} (epoch {state.epoch + 1}), with a finite loss"
+    elif grad_bad:
+        found = f"non-finite gradient on another rank by step {state.step} (epoch {state.epoch + 1})"
+    else:
+        found = (
+            f"non-finite weights after step {state.step} (epoch {state.epoch + 1}){_first_bad(model, acc)}"
+        )
+    raise ArtclfError(
+        f"{found}; no checkpoint holds it (the newest in RUN/state is from before it): lower --lr, check "
+        "--clip-grad, or try --mixed_precision bf16 instead of fp16"
+    )
+
+
+def _first_bad(model, acc: Accelerator) -> str:
+    for name, t in acc.unwrap_model(model).state_dict().items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            return f", first in '{name}'"
+    return " (on another rank)"

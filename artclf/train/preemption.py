@@ -4,7 +4,9 @@ when it can no longer end well by itself.
 SLURM (``slurm/train.sbatch`` forwards ``--signal=B:USR1@300`` to the trainers; a preempting
 scheduler sends TERM) and Kubernetes (TERM, then SIGKILL after the grace period) both give
 the trainer time to save. The handler only sets a flag; the training loop turns it into a
-stop at the same step on every rank, a saved state, and exit :data:`EXIT_PREEMPTED`.
+stop at the same step on every rank, a saved state, and exit :data:`EXIT_PREEMPTED`. Ctrl-C
+(SIGINT; torchrun passes it on to its workers) is the same stop, exit
+:data:`EXIT_INTERRUPTED`; a second one ends the process at once, without a traceback.
 
 A Python handler runs only between bytecodes of the main thread, so a rank blocked in a
 collective (a peer is dead or stopped) never sees its flag. The signal still reaches a
@@ -30,18 +32,20 @@ from artclf.workers import kill_workers
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: state saved, run the same command again to resume
 EXIT_HUNG = 70  # EX_SOFTWARE: stopped without saving (hung on a stop signal, or orphaned)
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C: state saved
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class Preemption:
-    """SIGTERM/SIGUSR1 set ``requested``; installed once per trainer process (main thread).
+    """SIGTERM/SIGUSR1/SIGINT set ``requested`` (SIGINT also ``interrupted``); installed once per
+    trainer process (main thread).
 
     ``acknowledge()`` says the loop has seen the flag and is saving; without it within
     ``deadline`` seconds of the signal the process dumps its stacks and exits EXIT_HUNG.
     """
 
     def __init__(self, deadline: float = 120.0) -> None:
-        self.requested = False
+        self.requested = self.interrupted = False
         self.deadline = deadline
         self._acknowledged = threading.Event()
         self._pid = os.getpid()
@@ -60,19 +64,26 @@ class Preemption:
     def _handler(self, signum, _frame) -> None:
         if os.getpid() != self._pid:  # a forked DataLoader worker: the trainer stops it
             return
+        if signum == signal.SIGINT and self.interrupted:
+            _exit_now()  # normally the watcher thread has done it already
+        if signum == signal.SIGINT:
+            self.interrupted = True
+        if not self.requested:
+            what = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
+            again = "; Ctrl-C again to exit at once without saving" if signum == signal.SIGINT else ""
+            print(f"received {what}: saving at the next step{again}", file=sys.stderr, flush=True)
         self.requested = True
-        print(f"received {signal.Signals(signum).name}: saving at the next step", file=sys.stderr, flush=True)
 
     def _watch(self, read_fd: int) -> None:
-        due = None
+        due, interrupts = None, 0
         while True:
             ready, _, _ = select.select([read_fd], [], [], 1.0)
-            if ready and due is None:
-                got = {b for b in os.read(read_fd, 64)}
-                if got & {int(s) for s in _STOP_SIGNALS}:
-                    due = time.monotonic() + self.deadline
-            elif ready:
-                os.read(read_fd, 64)
+            got = os.read(read_fd, 64) if ready else b""
+            interrupts += got.count(int(signal.SIGINT))
+            if interrupts >= 2:  # the main thread may be blocked in C: do not wait for its handler
+                _exit_now()
+            if due is None and {b for b in got} & {int(s) for s in _STOP_SIGNALS}:
+                due = time.monotonic() + self.deadline
             if due is not None and not self._acknowledged.is_set() and time.monotonic() > due:
                 die(
                     f"a stop signal came {self.deadline:.0f} s ago and the main thread has not reached "
@@ -106,6 +117,13 @@ def die(reason: str, code: int = EXIT_HUNG) -> None:
     sys.stderr.flush()
     kill_workers()  # they would linger otherwise
     os._exit(code)
+
+
+def _exit_now() -> None:
+    print("second Ctrl-C: exiting without saving (the newest checkpoint in RUN/state is kept)",
+          file=sys.stderr, flush=True)  # fmt: skip
+    kill_workers()
+    os._exit(EXIT_INTERRUPTED)
 
 
 def _no_wakeup_fd() -> None:

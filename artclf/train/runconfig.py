@@ -42,6 +42,8 @@ FREE = frozenset(
         "ddp_timeout",
         "max_failed_shards",
         "data_timeout",
+        "storage_patience",
+        "stall_timeout",
         "record_batches",
         "cache_dir",
         "resume_with_changes",

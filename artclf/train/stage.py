@@ -7,15 +7,18 @@ file), not from here. Every epoch is an exact pass in a seeded order (``train/or
 Restarting the same command resumes from the newest ``RUN/state`` to the weights an
 uninterrupted run would have had (flags that change the result are refused on a resume,
 ``train/runconfig.py``). SIGTERM or SIGUSR1 on any rank: every rank stops at the next step,
-saves, and exits 75.
-One job per run folder (a lock on ``RUN/.lock``); a collective that waits longer than
-``--ddp-timeout`` ends every rank with a stack dump, so the scheduler can restart the job.
+saves, and exits 75; SIGINT (Ctrl-C) does the same and exits 130, a second one exits at once.
+One job per run folder (a lock on ``RUN/.lock``). A storage outage is waited out for up to
+``--storage-patience`` seconds per read (``artclf.storage``); a collective that waits longer
+than ``--ddp-timeout``, or a rank without progress for ``--stall-timeout``, ends every rank
+with its stacks in ``RUN/debug/`` (``train/hangs.py``), so the scheduler can restart the job.
 """
 
 from __future__ import annotations
 
 import faulthandler
 import json
+import os
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -35,11 +38,12 @@ from artclf.errors import ArtclfError
 from artclf.metrics.calibration import calibrate
 from artclf.metrics.eval_loop import evaluate
 from artclf.model import build_model, save_model
-from artclf.train import checkpoint, runconfig, runlog
+from artclf.storage.outage import set_patience, waited_s
+from artclf.train import checkpoint, hangs, runconfig, runlog
 from artclf.train.config import BASE_BATCH, TrainConfig
 from artclf.train.engine import Meter, lr_at, train_one_epoch
 from artclf.train.order import Order
-from artclf.train.preemption import EXIT_PREEMPTED, Preemption, die, watch_launcher
+from artclf.train.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Preemption, die, watch_launcher
 from artclf.train.recipe import flip_set, make_optimizer, sync_bn_choice
 from artclf.train.runlock import RunLock
 from artclf.train.shardcache import ShardCache, default_root
@@ -53,45 +57,68 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(cfg: TrainConfig) -> int:
-    """Set up the process, train; a broken collective ends this rank with its stacks dumped."""
+    """Set up the process, train; a broken collective ends this rank with its stacks written."""
     stop = Preemption(deadline=min(120.0, cfg.ddp_timeout))
     watch_launcher()
     acc = Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.ddp_timeout))])
-    lock = None
+    _check_alone(acc)
+    set_patience(cfg.storage_patience)
+    lock, watch = None, None
     try:
-        lock = _lock_run(acc, cfg.run)
-        code = train(cfg, acc, stop)
+        lock, folder = _lock_run(acc, cfg.run)
+        if acc.device.type == "cuda":  # NCCL's Flight Recorder dumps here (its writer makes no folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            os.environ.setdefault("TORCH_FR_DUMP_TEMP_FILE", str(folder / "nccl-rank-"))
+        watch = hangs.Watch(folder, acc.process_index, acc.num_processes, cfg.stall)
+        code = train(cfg, acc, stop, watch)
     except ArtclfError:
         acc.end_training()  # raised on every rank (config, data) or only here: the agent ends the rest
         raise
     except Exception as e:
         if acc.num_processes > 1:  # a timed-out or broken collective: no clean way out
-            die(f"{type(e).__name__}: {e}")
+            path = watch.dump(f"collective failed: {type(e).__name__}: {e}", e) if watch else None
+            die(f"{type(e).__name__}: {e}" + (f"; stacks in {path}" if path else ""))
         raise
     finally:
+        if watch is not None:
+            watch.stop()
         if lock is not None:
             lock.release()
     acc.end_training()  # an exit without destroying the process group can abort in gloo/NCCL
     return code
 
 
-def _lock_run(acc: Accelerator, run: Path) -> RunLock | None:
-    """The main process locks RUN; every rank learns the outcome (one broadcast, always)."""
+def _check_alone(acc: Accelerator) -> None:
+    """A launcher that started N processes, each alone in its group: refuse with the cause
+    (the run lock would otherwise blame "another job")."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and acc.num_processes == 1:
+        raise ArtclfError(
+            f"the launcher started {world} processes (WORLD_SIZE={world}), but this one runs alone "
+            f"(accelerate chose {acc.distributed_type.value}, device {acc.device}): a --multi_gpu launch "
+            f"without a usable CUDA device (torch.cuda.is_available() is {torch.cuda.is_available()}). "
+            "Use GPUs, or set ACCELERATE_USE_CPU=1 for DDP on the CPU (gloo)"
+        )
+
+
+def _lock_run(acc: Accelerator, run: Path) -> tuple[RunLock | None, Path]:
+    """The main process locks RUN; every rank learns the outcome and this attempt's debug
+    folder, ``RUN/debug/<stamp>`` (one broadcast, always)."""
     from accelerate.utils import broadcast_object_list
 
-    lock, error = None, [None]
+    lock, shared = None, [None, hangs.stamp()]
     if acc.is_main_process:
         try:
             lock = RunLock(run)
         except ArtclfError as e:
-            error = [str(e)]
-    broadcast_object_list(error)
-    if error[0]:
-        raise ArtclfError(error[0])
-    return lock
+            shared[0] = str(e)
+    broadcast_object_list(shared)
+    if shared[0]:
+        raise ArtclfError(shared[0])
+    return lock, run / hangs.DEBUG / shared[1]
 
 
-def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
+def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption, watch: hangs.Watch) -> int:
     set_seed(cfg.seed)
     storage.set_endpoint(cfg.endpoint_url)
     info = read_info(cfg.shards)
@@ -127,6 +154,7 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
     model, optimizer = acc.prepare(model, optimizer)
     state = checkpoint.TrainState()
     acc.register_for_checkpointing(state)
+    watch.state = state
     data_digest = index.digest()
     change = _check_resume(acc, cfg, data_digest)  # before anything is loaded or written
     resume = checkpoint.resume(acc, cfg.run / "state", state)
@@ -154,11 +182,16 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
     history = plots.read_history(cfg.run / "history.jsonl")[: state.epoch]
 
     def save_state() -> None:
+        watch.phase("save")
         checkpoint.save(acc, cfg.run / "state", state.step, cfg.keep_last)
+        watch.progress("train: waiting for data")
 
     def preempted(epoch: int) -> int:
         stop.acknowledge()
         save_state()
+        if stop.interrupted:
+            acc.print(f"interrupted at step {state.step}: state saved; rerun the same command to resume")
+            return EXIT_INTERRUPTED
         acc.print(f"preempted at step {state.step} (epoch {epoch + 1}): state saved, exit {EXIT_PREEMPTED}")
         return EXIT_PREEMPTED
 
@@ -171,8 +204,20 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
     stream = _input_stream(cfg, acc, index, order, pre, flips, state, cache)
     record = runlog.BatchRecord(acc, cfg.run / "batches.jsonl", state.step) if cfg.record_batches else None
     meter = Meter(world)
+    # built once: its workers are forked once, not at each evaluation from a process full of
+    # threads (docs/design.md, "No fork after threads")
+    rank, timeout = acc.process_index, cfg.data_timeout
+    val_batches = eval_loader(
+        info, "val", pre, per_device, cfg.workers, rank, world, timeout, cuda, persistent=True
+    )
+
+    def evaluating() -> bool:  # asked before each val batch: progress, and whether to stop
+        watch.progress("evaluate (its batches, then one gather)")
+        return stop.requested
+
+    watch.start()
     for epoch in range(state.epoch, cfg.epochs):
-        t0 = time.perf_counter()
+        t0, waited = time.perf_counter(), waited_s()
         # none left when a step checkpoint landed on the epoch's last step: go on to evaluation
         remaining = steps - state.step_in_epoch
         out = train_one_epoch(
@@ -197,20 +242,18 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
             meter=meter,
             channels_last=channels_last,
             on_step=None if record is None else lambda batches: record(state, batches),
+            watch=watch,
         )
         if out["preempted"]:
             return preempted(epoch)
         val = preds = None
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            val_batches = eval_loader(
-                info, "val", pre, per_device, cfg.workers, acc.process_index, world, cfg.data_timeout, cuda
-            )
-            val, preds = evaluate(
-                acc, model, val_batches, classes, info["splits"]["val"]["num_samples"], lambda: stop.requested
-            )
+            expected = info["splits"]["val"]["num_samples"]
+            val, preds = evaluate(acc, model, val_batches, classes, expected, evaluating, channels_last)
             if val is None:  # stopped during evaluation: the saved step is the epoch's last one
                 return preempted(epoch)
         state.epoch, state.step_in_epoch, state.epoch_sums = epoch + 1, 0, [0.0] * 5
+        out["storage_wait_s"] = round(_max_over_ranks(acc, waited_s() - waited), 1)
         if acc.is_main_process:
             row = runlog.epoch_row(epoch + 1, state.step, out, val, time.perf_counter() - t0)
             _record_epoch(
@@ -218,6 +261,7 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption) -> int:
             )
         state.best_f1 = _broadcast(acc, state.best_f1)
         save_state()
+    watch.stop()
     if acc.is_main_process:
         runlog.hparams_summary(writer, cfg, history)
         writer.close()
@@ -288,6 +332,7 @@ def _record_epoch(cfg, acc, writer, history, row, val, preds, state, model, info
     epoch = row["epoch"]
     history.append(row)
     write_jsonl(cfg.run / "history.jsonl", history)
+    runlog.log_scalars(writer, "train", {"storage_wait_s": row["storage_wait_s"]}, state.step)
     if val is not None:
         val_row = {k[4:]: v for k, v in row.items() if k.startswith("val_")}
         runlog.log_scalars(writer, "val", val_row, state.step)
@@ -319,3 +364,11 @@ def _broadcast(acc: Accelerator, value: float) -> float:
     from accelerate.utils import broadcast
 
     return float(broadcast(torch.tensor([value], device=acc.device)).item())
+
+
+def _max_over_ranks(acc: Accelerator, value: float) -> float:
+    """The largest of each rank's ``value`` (its peers waited for the slowest in a collective)."""
+    t = torch.tensor([value], dtype=torch.float64, device=acc.device)
+    if acc.num_processes > 1:
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return float(t.item())

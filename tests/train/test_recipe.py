@@ -270,26 +270,31 @@ def first_check(after: int, check_every: int, save_every: int, steps: int) -> in
     )
 
 
-CHECK_CASES = [  # name, check_every, save_every, stop (rank, after steps), NaN (rank, in step)
+CHECK_CASES = [  # name, check_every, save_every, stop (rank, after steps), NaN (rank, in step, where)
     ("plain", 4, 3, None, None),
     ("stop-rank1", 4, 0, (1, 5), None),
     ("stop-rank0-every-step", 1, 0, (0, 5), None),
-    ("nan-rank0", 4, 0, None, (0, 6)),
-    ("nan-rank1-before-save", 4, 3, None, (1, 5)),
+    ("nan-rank0", 4, 0, None, (0, 6, "input")),
+    ("nan-rank1-before-save", 4, 3, None, (1, 5, "input")),
+    # the loss stays finite: a NaN enters the gradient (an overflow in the backward pass)
+    ("nan-grad-rank1-before-save", 4, 3, None, (1, 5, "grad")),
+    ("nan-grad-rank0-every-step", 1, 1, None, (0, 7, "grad")),
 ]
 
 
 @pytest.mark.slow
 def test_stop_and_non_finite_checks_end_every_rank_within_check_every_steps(tmp_path):
     """2 ranks, 12 steps of ``train_one_epoch``: a stop asked on one rank ends both at the same
-    step, at most ``check_every`` steps later; a NaN on one rank raises on both, before the next
-    save (a checkpoint never holds it)."""
+    step, at most ``check_every`` steps later; a NaN on one rank, in its input (a NaN loss) or in
+    its gradient with a finite loss, raises on both, naming the step (and the parameter), before
+    the next save (a checkpoint never holds it)."""
     steps = 12
     cases = [
         {
             "name": name, "check_every": every, "save_every": save, "steps": steps,
             "stop_rank": stop[0] if stop else None, "stop_at": stop[1] if stop else None,
             "nan_rank": nan[0] if nan else None, "nan_at": nan[1] if nan else None,
+            "nan_in": nan[2] if nan else None,
         }
         for name, every, save, stop, nan in CHECK_CASES
     ]  # fmt: skip
@@ -303,15 +308,26 @@ def test_stop_and_non_finite_checks_end_every_rank_within_check_every_steps(tmp_
         ranks = [json.loads((tmp_path / f"{name}-rank{r}.json").read_text()) for r in (0, 1)]
         assert ranks[0] | {"rank": 1} == ranks[1], (name, ranks)  # the same outcome on both ranks
         got = ranks[0]
-        if case["stop_at"] is not None:  # asked once stop_at steps were taken: seen at the next check
-            k = first_check(case["stop_at"], every, save, steps)
+        if case["stop_at"] is not None:  # asked once stop_at steps were taken: seen at the check after
+            k = first_check(case["stop_at"] - 1, every, save, steps)  # a step (maybe that same step)
             assert k - case["stop_at"] <= every
             assert (got["preempted"], got["step"], got["error"]) == (True, k, None), (name, got)
-        elif case["nan_at"] is not None:  # seen at the first check from the NaN's step on, before it
+        elif case["nan_at"] is not None:  # seen at the first check from the NaN's step on, before a save
             k = first_check(case["nan_at"] - 1, every, save, steps)
-            assert got["preempted"] is None and got["step"] == k - 1, (name, got)
-            assert got["error"].startswith(f"non-finite loss at step {k} (epoch 1)"), (name, got)
+            assert got["preempted"] is None and got["step"] == k, (name, got)
+            if case["nan_in"] == "input":
+                assert got["error"].startswith(f"non-finite loss at step {k} (epoch 1)"), (name, got)
+            else:
+                at = case["nan_at"]
+                grad = f"non-finite gradient at step {at}, first in parameter 'weight' (epoch 1), with a finite loss"
+                # checked later than the NaN step, the NaN weights made the loss NaN too
+                loss = f"non-finite loss at step {k} (epoch 1)"
+                cause = f"the gradient was first non-finite at step {at}, in parameter 'weight'"
+                want = grad if k == at else loss
+                assert got["error"].startswith(want) and (k == at or cause in got["error"]), (name, got)
             assert all(s < case["nan_at"] for s in got["saves"]), (name, got)
+            assert got["saves"] == (list(range(save, k, save)) if save else []), (name, got)
+            continue
         else:
             assert (got["preempted"], got["step"], got["error"]) == (False, steps, None), (name, got)
         assert got["saves"] == (list(range(save, got["step"] + 1, save)) if save else []), (name, got)
@@ -386,9 +402,9 @@ def test_bf16_autocast_with_grad_accum_trains_two_processes(shards, tmp_path):
     assert floats and set(floats.values()) == {torch.float32}, floats
 
 
-def test_a_non_finite_loss_in_any_micro_batch_stops_before_the_weights_change():
-    """grad_accum 2, one process: micro-batch 0 of step 2 has a NaN input. The step must not
-    be taken (the weights stay as after step 1) and the error names step 2."""
+def test_a_non_finite_loss_in_any_micro_batch_stops_at_its_step_before_any_save():
+    """grad_accum 2, one process, a save every step: micro-batch 0 of step 2 has a NaN input.
+    The error names step 2, raised before step 2's save (step 1's is the newest)."""
     from accelerate import Accelerator
 
     from artclf.data import Batch
@@ -401,20 +417,17 @@ def test_a_non_finite_loss_in_any_micro_batch_stops_before_the_weights_change():
     model, optimizer = acc.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
     x, y = torch.randn(4, 5, 4), torch.randint(0, 3, (4, 5))
     x[2, 0, 0] = float("nan")  # micro-batch 2 = the first of the second step
-    after_step_1 = {}
+    saves: list[int] = []
 
     def batches():
         for m in range(4):
-            if m == 2:
-                after_step_1.update({k: v.clone() for k, v in model.state_dict().items()})
             yield Batch(images=x[m], labels=y[m], keys=[f"m{m}i{i}" for i in range(5)])
 
     state = TrainState()
-    with pytest.raises(ArtclfError, match=r"non-finite loss at step 2 \(epoch 1\)"):
+    with pytest.raises(ArtclfError, match=r"non-finite loss at step 2 \(epoch 1\).*; no checkpoint holds it"):
         train_one_epoch(acc, model, optimizer, batches(), num_classes=3, ce_weight=0.3, f1_weight=0.7,
                         grad_accum=2, clip_grad=1.0, lr_of_step=lambda s: 0.1, state=state,
-                        stop_requested=lambda: False, on_log=lambda r: None, on_save=lambda: None,
-                        save_every=0, log_every=1, total_steps=2)  # fmt: skip
-    assert state.step == 1
-    for k, v in model.state_dict().items():
-        assert torch.isfinite(v).all() and torch.equal(v, after_step_1[k]), k
+                        stop_requested=lambda: False, on_log=lambda r: None,
+                        on_save=lambda: saves.append(state.step), save_every=1, log_every=1,
+                        total_steps=2, check_every=1)  # fmt: skip
+    assert state.step == 2 and saves == [1]

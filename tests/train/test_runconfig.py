@@ -39,7 +39,15 @@ def test_every_flag_is_either_free_or_compared():
 
 def test_the_same_flags_and_free_ones_resume(record):
     assert check(record, now(), "d" * 64, allow=False, step=5) is None
-    free = now(workers=2, save_every=7, log_every=1, data_timeout=5.0, shards="/copy/elsewhere", compile=True)
+    free = now(
+        workers=2,
+        save_every=7,
+        log_every=1,
+        data_timeout=5.0,
+        storage_patience=0.0,
+        shards="/copy/elsewhere",
+        compile=True,
+    )
     assert check(record, free, "d" * 64, allow=False, step=5) is None
 
 

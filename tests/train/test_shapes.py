@@ -250,7 +250,8 @@ def test_a_second_job_on_a_busy_run_is_refused_and_the_first_goes_on(shard_sets,
 @pytest.mark.slow
 def test_a_stopped_rank_ends_every_rank_within_the_timeout(shard_sets, tmp_path):
     run, timeout, grace = tmp_path / "run", 10, 30
-    flags = ("--epochs", "50", "--ddp-timeout", str(timeout), "--save-every", "2")
+    # --storage-patience 0: a ddp timeout this short must not be refused for the 900 s default
+    flags = ("--epochs", "50", "--ddp-timeout", str(timeout), "--save-every", "2", "--storage-patience", "0")
     args = train_args(shard_sets[2], run, *flags, workers="1")
     proc = start(accelerate_cmd(2, *args))
     try:
@@ -271,6 +272,14 @@ def test_a_stopped_rank_ends_every_rank_within_the_timeout(shard_sets, tmp_path)
     assert rc != 0 and took < timeout + grace + 60, (rc, took)
     assert "[rank 0," in out and "stacks:" in out and "Current thread" in out, out[-4000:]
     assert not left
+    # the evidence in the run folder: rank 0's header and stacks, none from the stopped rank
+    (attempt,) = sorted((run / "debug").iterdir())
+    assert sorted(p.name for p in attempt.iterdir() if p.name.startswith("rank-")) == ["rank-0.txt"]
+    text = (attempt / "rank-0.txt").read_text()
+    header = dict(line.split(": ", 1) for line in text.split("\n\n", 1)[0].splitlines())
+    assert header["rank"] == "0 of 2" and int(header["step"]) >= 2, header
+    assert any(c in header["phase"] for c in ("all-reduce", "gather", "barrier")), header  # which collective
+    assert "Most recent call first" in text or "most recent call first" in text, text[-2000:]
 
 
 @pytest.mark.slow

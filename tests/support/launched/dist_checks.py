@@ -5,9 +5,10 @@ ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 \
     tests/support/launched/dist_checks.py CASES.json OUT_DIR
 
 CASES.json: a list of cases, each ``{"name", "check_every", "save_every", "steps", "stop_rank",
-"stop_at", "nan_rank", "nan_at"}``: rank ``stop_rank`` asks to stop once it has taken ``stop_at``
-optimizer steps; rank ``nan_rank`` feeds a NaN into the micro-batch of optimizer step ``nan_at``
-(1-based; null: none). For each case, rank r writes what happened to OUT_DIR/<name>-rank{r}.json:
+"stop_at", "nan_rank", "nan_at", "nan_in"}``: rank ``stop_rank`` asks to stop once it has taken
+``stop_at`` optimizer steps; rank ``nan_rank`` puts a NaN into optimizer step ``nan_at`` (1-based;
+null: none): into its micro-batch (``nan_in`` "input": the loss is NaN) or into its weight's
+gradient during backward ("grad": the loss stays finite, as with an overflow in the backward). For each case, rank r writes what happened to OUT_DIR/<name>-rank{r}.json:
 the steps taken, ``preempted``, the error text, the steps at which ``on_save`` ran.
 """
 
@@ -32,11 +33,15 @@ def run_case(acc: Accelerator, case: dict) -> dict:
     model = torch.nn.Linear(4, 3)
     model, optimizer = acc.prepare(model, torch.optim.SGD(model.parameters(), lr=0.01))
     state, saves = TrainState(), []
+    if case["nan_in"] == "grad" and rank == case["nan_rank"]:
+        # a tensor hook runs before DDP's all-reduce: every rank's gradient becomes NaN
+        poison = lambda g: g * float("nan") if state.step + 1 == case["nan_at"] else g  # noqa: E731
+        acc.unwrap_model(model).weight.register_hook(poison)
 
     def batches():
         for step in range(1, case["steps"] + 1):
             x = torch.randn(5, 4)
-            if rank == case["nan_rank"] and step == case["nan_at"]:
+            if rank == case["nan_rank"] and step == case["nan_at"] and case["nan_in"] == "input":
                 x[0, 0] = float("nan")
             yield Batch(images=x, labels=torch.randint(0, 3, (5,)), keys=[f"s{step}i{i}" for i in range(5)])
 
