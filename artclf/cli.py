@@ -17,6 +17,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "split": ("artclf.split", "grouped, stratified train/val/test split"),
     "shard": ("artclf.shard", "pack the split into WebDataset shards (disk or s3://)"),
     "train": ("artclf.train", "train (run under accelerate launch for DDP)"),
+    "debug": ("artclf.train.debugreport", "what each rank was doing when a training job hung"),
     "evaluate": ("artclf.evaluate", "metrics and plots of a model on a split"),
     "predict": ("artclf.predict", "top-k artists for new images"),
     "export": ("artclf.export", "ONNX or TorchScript with a parity check"),

@@ -284,6 +284,19 @@ def test_training_pods_have_time_to_save(kdir):
         assert SAVE_GRACE_S - 60 <= shutdown < grace, f"{kdir}: TORCH_ELASTIC_SHUTDOWN_TIMEOUT {shutdown}"
 
 
+@pytest.mark.parametrize("kdir", ["k8s/base/pytorchjob", "k8s/base/indexed-job", *OVERLAYS])
+def test_training_pods_run_the_flight_recorder(kdir):
+    """NCCL's Flight Recorder keeps 2000 collectives and dumps them on a timeout, as
+    slurm/train.sbatch sets it; the dump's file is the trainer's to name (RUN/debug/<attempt>/),
+    so no pod sets TORCH_FR_DUMP_TEMP_FILE (the trainer leaves a user's value alone)."""
+    pods = training_pods(render(kdir))
+    assert pods, f"{kdir} has no training job"
+    for pod, _ in pods:
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert env["TORCH_NCCL_TRACE_BUFFER_SIZE"] == "2000" and env["TORCH_NCCL_DUMP_ON_TIMEOUT"] == "1"
+        assert not {"TORCH_FR_DUMP_TEMP_FILE", "TORCH_NCCL_DEBUG_INFO_TEMP_FILE"} & set(env), kdir
+
+
 @pytest.mark.parametrize("kdir", ["k8s/base/pytorchjob", "k8s/overlays/dev", "k8s/overlays/prod"])
 def test_pytorchjob_restarts_on_failure(kdir):
     job = first(render(kdir), "PyTorchJob")

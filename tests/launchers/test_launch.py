@@ -128,3 +128,23 @@ def test_cpu_2proc_without_the_variable_trains_alone_twice(tmp_path):
     assert len(rows) == 2
     assert [r["world"] for r in rows] == [1, 1], rows
     assert {r["type"] for r in rows} == {"DistributedType.NO"}  # prepare() wraps nothing: no gradient sync
+
+
+FLIGHT_RECORDER = {"TORCH_NCCL_TRACE_BUFFER_SIZE": "2000", "TORCH_NCCL_DUMP_ON_TIMEOUT": "1"}
+TRAINING_MANIFESTS = ["k8s/base/pytorchjob/pytorchjob.yaml", "k8s/base/indexed-job/indexed-job.yaml"]
+
+
+def test_the_launchers_agree_on_the_flight_recorder():
+    """launch/README.md's export line (for a bare `accelerate launch`), slurm/train.sbatch and the
+    k8s training manifests turn NCCL's Flight Recorder on with the same values (docs/debugging.md)."""
+    readme = (LAUNCH / "README.md").read_text()
+    assert "export " + " ".join(f"{k}={v}" for k, v in FLIGHT_RECORDER.items()) in readme
+    sbatch = (REPO / "slurm" / "train.sbatch").read_text()
+    for k, v in FLIGHT_RECORDER.items():
+        assert f"export {k}=${{{k}:-{v}}}" in sbatch, k  # a site's own value wins
+    for manifest in TRAINING_MANIFESTS:
+        (job,) = yaml.safe_load_all((REPO / manifest).read_text())
+        specs = job["spec"]["pytorchReplicaSpecs"].values() if job["kind"] == "PyTorchJob" else [job["spec"]]
+        for spec in specs:
+            env = {e["name"]: e.get("value") for e in spec["template"]["spec"]["containers"][0]["env"]}
+            assert {k: env.get(k) for k in FLIGHT_RECORDER} == FLIGHT_RECORDER, manifest

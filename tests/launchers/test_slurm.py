@@ -326,6 +326,16 @@ def test_max_restarts_is_a_site_setting(tmp_path):
     assert args[args.index("--max_restarts") + 1] == "0"
 
 
+def test_flight_recorder_is_on_and_run_debug_exists(tmp_path):
+    """Every node's launcher gets NCCL's Flight Recorder as the k8s pods do; RUN/debug is made."""
+    res = run_with_stubs(tmp_path, {})
+    assert res.returncode == 0, res.stdout + res.stderr
+    for rank in (0, 1):
+        env = (tmp_path / f"node-{rank}.env").read_text().splitlines()
+        assert {"TORCH_NCCL_TRACE_BUFFER_SIZE=2000", "TORCH_NCCL_DUMP_ON_TIMEOUT=1"} <= set(env)
+    assert (tmp_path / "my run" / "debug").is_dir()
+
+
 def test_a_long_node_list_does_not_kill_the_script(tmp_path):
     """`scontrol show hostnames | head -n 1` under pipefail died of SIGPIPE (exit 141, no
     message) when scontrol was still writing after head had exited: 100000 names make sure."""
