@@ -37,13 +37,12 @@ from PIL import Image
 
 from artclf import storage
 from artclf.data import eval_loader, index_shards
-from artclf.storage import outage
 from artclf.train.order import Order
 from artclf.train.stream import train_loader
 from artclf.transforms import Preprocess
 from tests.conftest import history, train_cmd
 from tests.support import procs
-from tests.support.s3server import s3_outage  # noqa: F401  (fixture: a server to stop and restart)
+from tests.support.s3server import s3_outage, weed  # noqa: F401  (fixtures: a server to stop and restart)
 
 PRE = Preprocess(image_size=16, resize=16)
 DEADLINE_S = 30.0  # far above what a fatal error takes (a few seconds here)
@@ -247,25 +246,18 @@ LAG_S = 4.0  # what waiting may add beyond the outage (the attempt under way, ou
 
 
 @pytest.fixture
-def outage_urls(s3_outage, local, monkeypatch):  # noqa: F811  (the fixture imported above)
-    """The two good shards on a server of the test's own; boto3 (and forked children) pointed at
-    it, botocore quick to give up, a short backoff; the patience restored afterwards."""
-    for name, value in s3_outage.server.env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(storage, "S3_MAX_ATTEMPTS", 2)
-    monkeypatch.setattr(outage, "BACKOFF_CAP_S", 0.5)
-    monkeypatch.setattr(outage, "_patience", outage.DEFAULT_PATIENCE_S)  # restored afterwards
-    storage.set_endpoint(None)
-    urls = [f"s3://{s3_outage.server.bucket}/outage/{local[k].name}" for k in ("good0", "good1")]
+def outage_urls(weed, local):  # noqa: F811  (the fixture imported above)
+    """The two good shards on a server of the test's own (``weed``: boto3 and forked children
+    pointed at it, quick to give up)."""
+    urls = [f"s3://{weed.server.bucket}/outage/{local[k].name}" for k in ("good0", "good1")]
     for k, url in zip(("good0", "good1"), urls, strict=True):
         storage.upload_file(local[k], url)
     storage.register_webdataset_s3()
-    yield urls
-    storage.set_endpoint(None)
+    return urls
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_an_outage_costs_time_not_samples(s3_outage, outage_urls, local, capfd, workers):  # noqa: F811
+def test_an_outage_costs_time_not_samples(weed, outage_urls, local, capfd, workers):  # noqa: F811
     """The store goes down as a pass starts and is back OUTAGE_S later: the train stream and the
     eval reader wait, read every sample, and the wait is counted once however many workers
     waited at the same time (two shards, two workers); one line says so, not one per worker."""
@@ -275,7 +267,7 @@ def test_an_outage_costs_time_not_samples(s3_outage, outage_urls, local, capfd, 
     }
     for name, make in loaders.items():
         before = storage.waited_s()  # shared with forked children: they add to it
-        with s3_outage.down_for(OUTAGE_S) as outage:
+        with weed.down_for(OUTAGE_S) as outage:
             out = drain(make)
         assert out.error is None and out.failed == [], (name, out)
         assert out.batches == 2 * SAMPLES // 4, (name, out)

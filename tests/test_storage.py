@@ -23,7 +23,7 @@ from webdataset.gopen import gopen
 from artclf import storage
 from artclf.errors import ArtclfError
 from artclf.storage import outage
-from tests.support.s3server import s3_outage  # noqa: F401  (fixture: a server to stop and restart)
+from tests.support.s3server import s3_outage, weed  # noqa: F401  (fixtures: a server to stop and restart)
 
 MiB = 1 << 20
 
@@ -468,25 +468,12 @@ OUTAGE_S = 2.0  # and about 2 s more to restart: botocore gives up on a request 
 LAG_S = 4.0
 
 
-@pytest.fixture
-def weed(s3_outage, monkeypatch):  # noqa: F811  (the fixture imported above)
-    """The test's own server, boto3 pointed at it, a short backoff; the patience restored after."""
-    for name, value in s3_outage.server.env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(storage, "S3_MAX_ATTEMPTS", 2)
-    monkeypatch.setattr(outage, "BACKOFF_CAP_S", 0.5)
-    monkeypatch.setattr(outage, "_patience", outage.DEFAULT_PATIENCE_S)  # restored afterwards
-    storage.set_endpoint(None)
-    yield s3_outage
-    storage.set_endpoint(None)
-
-
 def assert_waited(waited: float, outage: float) -> None:
     """The wait counted is the outage seen by a request that started as it began."""
     assert outage - 1.0 <= waited <= outage + LAG_S, (waited, outage)
 
 
-def test_a_ranged_read_during_an_outage_completes_after_it(weed, capfd):
+def test_a_ranged_read_during_an_outage_completes_after_it(weed, capfd):  # noqa: F811
     url = f"s3://{weed.server.bucket}/outage/train-000000.tar"
     data = os.urandom(MiB)
     storage.write_bytes(url, data)
@@ -504,7 +491,7 @@ def test_a_ranged_read_during_an_outage_completes_after_it(weed, capfd):
     assert len(back) == 1 and back[0].endswith(" s"), err
 
 
-def test_a_streaming_read_during_an_outage_completes_after_it(weed, monkeypatch, capfd):
+def test_a_streaming_read_during_an_outage_completes_after_it(weed, monkeypatch, capfd):  # noqa: F811
     """Opened while the store is down, and cut by an outage mid-read: both wait, nothing is lost."""
     monkeypatch.setenv("RANK", "1")  # not rank 0: the job's rank 0 says it, not every rank
     url = f"s3://{weed.server.bucket}/outage/train-000001.tar"
@@ -523,7 +510,7 @@ def test_a_streaming_read_during_an_outage_completes_after_it(weed, monkeypatch,
     assert "artclf: waiting" not in capfd.readouterr().err
 
 
-def test_an_outage_past_the_patience_is_storage_unavailable(weed):
+def test_an_outage_past_the_patience_is_storage_unavailable(weed):  # noqa: F811
     url = f"s3://{weed.server.bucket}/outage/train-000002.tar"
     storage.write_bytes(url, b"x" * 1000)
     storage.set_patience(2.0)
@@ -538,7 +525,7 @@ def test_an_outage_past_the_patience_is_storage_unavailable(weed):
         assert not isinstance(info.value, storage.PermanentStorageError)  # it may come back later
 
 
-def test_a_restart_with_other_keys_is_a_permanent_403_at_once(weed):
+def test_a_restart_with_other_keys_is_a_permanent_403_at_once(weed):  # noqa: F811
     url = f"s3://{weed.server.bucket}/outage/train-000003.tar"
     storage.write_bytes(url, b"x" * 1000)
     old = weed.server

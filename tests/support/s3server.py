@@ -327,3 +327,20 @@ def s3_outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Weed]:
         yield weed
     finally:
         weed.close()
+
+
+@pytest.fixture
+def weed(s3_outage: Weed, monkeypatch: pytest.MonkeyPatch) -> Iterator[Weed]:
+    """``s3_outage`` with boto3 (and forked children) pointed at it, botocore quick to give up
+    (2 attempts) and a short backoff (0.5 s cap); the storage patience restored afterwards."""
+    from artclf import storage
+    from artclf.storage import outage
+
+    for name, value in s3_outage.server.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(storage, "S3_MAX_ATTEMPTS", 2)
+    monkeypatch.setattr(outage, "BACKOFF_CAP_S", 0.5)
+    monkeypatch.setattr(outage, "_patience", outage.DEFAULT_PATIENCE_S)  # restored afterwards
+    storage.set_endpoint(None)
+    yield s3_outage
+    storage.set_endpoint(None)

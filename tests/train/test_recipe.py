@@ -319,7 +319,8 @@ def test_stop_and_non_finite_checks_end_every_rank_within_check_every_steps(tmp_
                 assert got["error"].startswith(f"non-finite loss at step {k} (epoch 1)"), (name, got)
             else:
                 at = case["nan_at"]
-                grad = f"non-finite gradient at step {at}, first in parameter 'weight' (epoch 1), with a finite loss"
+                grad = f"non-finite gradient at step {at}, first in parameter 'weight' (epoch 1)"
+                grad += ", with a finite loss"
                 # checked later than the NaN step, the NaN weights made the loss NaN too
                 loss = f"non-finite loss at step {k} (epoch 1)"
                 cause = f"the gradient was first non-finite at step {at}, in parameter 'weight'"

@@ -8,8 +8,9 @@ CASES.json: a list of cases, each ``{"name", "check_every", "save_every", "steps
 "stop_at", "nan_rank", "nan_at", "nan_in"}``: rank ``stop_rank`` asks to stop once it has taken
 ``stop_at`` optimizer steps; rank ``nan_rank`` puts a NaN into optimizer step ``nan_at`` (1-based;
 null: none): into its micro-batch (``nan_in`` "input": the loss is NaN) or into its weight's
-gradient during backward ("grad": the loss stays finite, as with an overflow in the backward). For each case, rank r writes what happened to OUT_DIR/<name>-rank{r}.json:
-the steps taken, ``preempted``, the error text, the steps at which ``on_save`` ran.
+gradient during backward ("grad": the loss stays finite, as with an overflow in the backward).
+For each case, rank r writes what happened to OUT_DIR/<name>-rank{r}.json: the steps taken,
+``preempted``, the error text, the steps at which ``on_save`` ran.
 """
 
 from __future__ import annotations
