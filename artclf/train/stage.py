@@ -118,7 +118,12 @@ def _lock_run(acc: Accelerator, run: Path) -> tuple[RunLock | None, Path]:
     return lock, run / hangs.DEBUG / shared[1]
 
 
-def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption, watch: hangs.Watch) -> int:
+def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption, watch: hangs.Watch | None = None) -> int:
+    """The run in this process group; ``watch``: the stall watchdog, with the debug folder all
+    ranks agreed on (:func:`run`); without one, each rank names its own."""
+    if watch is None:
+        folder = cfg.run / hangs.DEBUG / hangs.stamp()
+        watch = hangs.Watch(folder, acc.process_index, acc.num_processes, cfg.stall)
     set_seed(cfg.seed)
     storage.set_endpoint(cfg.endpoint_url)
     info = read_info(cfg.shards)

@@ -157,8 +157,10 @@ def test_losing_a_node_mid_epoch_fails_the_step_and_a_requeue_resumes(slurm2, sh
     started = time.time()
     run, out = tmp_path / "run", tmp_path / "train.out"
     epochs = 4  # ~7 s an epoch: the kill comes at the first saved step, far from the end
+    # --storage-patience 0: a ddp timeout this short is refused beside the 900 s default
     job = submit_train(slurm2, shards, run, out, "--epochs", str(epochs), "--save-every", "1",
-                       "--ddp-timeout", "60", "--record-batches", MAX_RESTARTS="0")  # fmt: skip
+                       "--ddp-timeout", "60", "--storage-patience", "0", "--record-batches",
+                       MAX_RESTARTS="0")  # fmt: skip
     deadline = time.time() + 300
     while not list((run / "state").glob("step-*")):
         assert slurm2.job(job)[0]["JobState"] in {"PENDING", "RUNNING"}, slurm2.job(job)
