@@ -47,7 +47,7 @@ def steps(run: Path) -> list[dict]:
 
 
 def trainer(on_s3: str, run: Path, server_env: dict, *extra: str):
-    cmd = [sys.executable, *train_cmd(on_s3, run, "--epochs", "2", "--batch-size", "4", *extra)]
+    cmd = [sys.executable, *train_cmd(on_s3, run, "--epochs", "2", "--batch-size", "16", *extra)]
     cmd += ["--cache-dir", "none", "--record-batches", "--storage-patience", str(PATIENCE_S)]
     # one thread per process: the trainer and its loader worker share 2 cores here
     return procs.running(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", **server_env})
