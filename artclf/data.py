@@ -324,7 +324,10 @@ def loader(
 ) -> wds.WebLoader:
     """A DataLoader over ``dataset``'s own batches; its workers ignore stop signals
     (:func:`artclf.workers.ignore_stop_signals`). ``timeout``: seconds per batch (0: none);
-    ``persistent``: workers kept between iterations."""
+    ``persistent``: workers kept between iterations. Each iteration draws its workers' base
+    seed from the loader's own generator, not torch's global one: the trainer's RNG stream
+    (dropout, restored from a checkpoint on resume) is the same however often, and in which
+    process, its loaders were started (the samples' augmentation has seeds of its own)."""
     if timeout < 0:
         raise ValueError(f"timeout must be >= 0 seconds, got {timeout}")
     # PyTorch's DataLoader refuses a timeout without workers; in-process reads just block.
@@ -336,6 +339,7 @@ def loader(
         worker_init_fn=ignore_stop_signals if workers else None,
         pin_memory=pin_memory,
         persistent_workers=persistent and workers > 0,
+        generator=torch.Generator(),
     )
 
 

@@ -133,3 +133,20 @@ def test_device_decode_path_equals_the_workers_path_on_cpu():
     assert failed == [3]
     assert got.shape == (4, 3, 48, 48) and got.dtype == torch.uint8
     assert torch.equal(got, torch.stack(want))
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_starting_a_loader_leaves_the_global_rng_alone(shards, workers):
+    """A DataLoader draws its workers' base seed at each iteration; from torch's global RNG that
+    draw shifts the trainer's dropout stream by how often loaders were started in the process,
+    which differs between a run and its resume (an uninterrupted run starts its persistent val
+    loader once, a resumed one again)."""
+    from artclf.data import eval_loader
+    from artclf.transforms import Preprocess
+
+    info = read_info(str(shards))
+    loader = eval_loader(info, "val", Preprocess(image_size=32, resize=32), 8, workers, 0, 1)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    assert next(iter(loader)).keys
+    assert torch.equal(torch.get_rng_state(), before)
