@@ -91,11 +91,7 @@ class EvaluateConfig:
             raise ValueError("--batch-size must be >= 1, --workers and --errors >= 0")
         if self.storage_patience < 0 or self.data_timeout < 0:
             raise ValueError("--storage-patience and --data-timeout must be >= 0 seconds")
-        if self.data_timeout and self.storage_patience and self.data_timeout <= self.storage_patience:
-            raise ValueError(
-                f"--data-timeout {self.data_timeout:g} s must exceed --storage-patience "
-                f"{self.storage_patience:g} s: a worker waiting out an outage would be timed out first"
-            )
+        storage.check_outlasts(self.storage_patience, data_timeout=self.data_timeout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

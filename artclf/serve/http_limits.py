@@ -26,7 +26,7 @@ class BodyLimit:
                 return await _json(send, 400, f"bad Content-Length {length.decode(errors='replace')!r}")
             if int(length) > self.max_bytes:
                 return await _json(send, 413, self._detail(int(length)))
-        seen, started = 0, False
+        seen, sent = 0, _Tracked(send)
 
         async def counted_receive():
             nonlocal seen
@@ -37,15 +37,10 @@ class BodyLimit:
                     raise BodyTooLarge(self._detail(seen))
             return message
 
-        async def tracked_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
-            await self.app(scope, counted_receive, tracked_send)
+            await self.app(scope, counted_receive, sent)
         except BodyTooLarge as e:  # raised outside a route that turns it into a 413 itself
-            if not started:
+            if not sent.started:
                 await _json(send, 413, str(e))
 
     def _detail(self, n: int) -> str:
@@ -63,24 +58,30 @@ class InternalErrors:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        started = False
-
-        async def tracked_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        sent = _Tracked(send)
         try:
-            await self.app(scope, receive, tracked_send)
+            await self.app(scope, receive, sent)
         except BodyTooLarge:  # BodyLimit's, outside FastAPI: a 413
             raise
         except Exception as e:
             what = " ".join(f"{type(e).__name__}: {e}".split())[:500]  # one line
-            after = " after the response started: connection closed" if started else ""
+            after = " after the response started: connection closed" if sent.started else ""
             print(f"artclf serve: {scope['method']} {scope['path']}: 500 internal error{after}: {what}",
                   file=sys.stderr, flush=True)  # fmt: skip
-            if not started:
+            if not sent.started:
                 await _json(send, 500, f"internal error: {what}")
+
+
+class _Tracked:
+    """An ASGI ``send`` that remembers whether the response has started (then no error
+    response can be sent any more, only the connection closed)."""
+
+    def __init__(self, send) -> None:
+        self.send, self.started = send, False
+
+    async def __call__(self, message) -> None:
+        self.started = self.started or message["type"] == "http.response.start"
+        await self.send(message)
 
 
 CLOSE = {"connection": "close"}  # after a refused body: do not read the rest of it

@@ -38,6 +38,7 @@ from artclf.errors import ArtclfError
 from artclf.storage.outage import DEFAULT_PATIENCE_S as DEFAULT_PATIENCE_S
 from artclf.storage.outage import StorageUnavailable as StorageUnavailable
 from artclf.storage.outage import Wait, cause, is_transient, s3_answer
+from artclf.storage.outage import check_outlasts as check_outlasts
 from artclf.storage.outage import set_patience as set_patience
 from artclf.storage.outage import waited_s as waited_s
 

@@ -88,6 +88,20 @@ def set_patience(seconds: float) -> None:
     _patience = float(seconds)
 
 
+def check_outlasts(patience: float, margin: float = 0.0, **timeouts: float) -> None:
+    """Raise ValueError unless each of ``timeouts`` (flag name with ``_`` for ``-``: seconds, 0
+    for none) exceeds ``patience`` (0: no waiting) by more than ``margin`` seconds: whatever
+    waits on a read that waits out an outage must wait longer than it."""
+    for name, value in timeouts.items():
+        if value and patience and value <= patience + margin:
+            by = f" by more than {margin:g} s" if margin else ""
+            raise ValueError(
+                f"--{name.replace('_', '-')} {value:g} s must exceed --storage-patience {patience:g} s{by}: "
+                "what waits on a read that waits out a storage outage would be killed before its "
+                "storage came back"
+            )
+
+
 def waited_s() -> float:
     """Wall-clock seconds during which at least one request of this process or of its forked
     DataLoader workers was waiting out a transient failure."""

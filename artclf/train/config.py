@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from artclf.config import arg
+from artclf.storage.outage import check_outlasts
 from artclf.train.recipe import SYNC_BN_BELOW
 
 # What a read may take beyond the storage patience: its last attempt (botocore's own retries of
@@ -177,14 +178,8 @@ class TrainConfig:
             raise ValueError("--storage-patience and --stall-timeout must be >= 0 seconds")
         # A rank waiting out an outage holds its batch; its peers wait for it in the next
         # collective, and the DataLoader waits for the worker that reads: both must wait longer.
-        for flag, value in (("--ddp-timeout", self.ddp_timeout), ("--data-timeout", self.data_timeout),
-                            ("--stall-timeout", self.stall)):  # fmt: skip
-            if value and self.storage_patience and value <= self.storage_patience + PATIENCE_MARGIN_S:
-                raise ValueError(
-                    f"{flag} {value:g} s must exceed --storage-patience {self.storage_patience:g} s by more "
-                    f"than {PATIENCE_MARGIN_S} s: a rank waiting out a storage outage holds the others "
-                    f"in the next collective, and would be killed before its storage came back"
-                )
+        check_outlasts(self.storage_patience, PATIENCE_MARGIN_S, ddp_timeout=self.ddp_timeout,
+                       data_timeout=self.data_timeout, stall_timeout=self.stall)  # fmt: skip
 
     @property
     def stall(self) -> float:
