@@ -6,11 +6,9 @@ manifests prove each check can fail; k8s/entrypoint.sh maps the cluster layout t
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -21,7 +19,6 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.support import procs
 
 K8S = REPO / "k8s"
 K8S_VERSION = "1.31.0"  # oldest cluster we claim (Indexed Job hostnames, backoffLimitPerIndex beta)
@@ -343,144 +340,6 @@ def test_stage_parts_and_merge(stage):
     assert margs[0] == stage and "--merge" in margs and "--part" not in margs
 
 
-# ---- k8s/entrypoint.sh: cluster layout -> accelerate launch flags ----------------------------
-
-
-def entrypoint(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    base = {"PATH": os.environ["PATH"], "ACCELERATE": "echo"}  # print the command instead of launching
-    return subprocess.run(
-        ["sh", str(K8S / "entrypoint.sh"), *args], env={**base, **env}, capture_output=True, text=True
-    )
-
-
-def launch_flags(res: subprocess.CompletedProcess) -> dict[str, str]:
-    assert res.returncode == 0, res.stderr
-    words = res.stdout.split()
-    assert words[0] == "launch" and words[words.index("-m") + 1] == "artclf.train"
-    flags = words[1 : words.index("-m")]
-    return dict(zip(flags[::2], flags[1::2], strict=True))
-
-
-@pytest.mark.parametrize("nnodes", [1, 2, 3, 4])
-def test_indexed_job_ranks(nnodes):
-    """Env as the rendered Indexed Job sets it (JOB_NAME from the job-name label) for every index."""
-    job = first(render("k8s/base/indexed-job"), "Job", "artclf-train")
-    c = job["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
-    env |= {"NNODES": str(nnodes), "NPROC_PER_NODE": "8", "JOB_NAME": job["metadata"]["name"]}
-    seen = []
-    for index in range(nnodes):
-        flags = launch_flags(entrypoint({**env, "JOB_COMPLETION_INDEX": str(index)}, "--run", "/runs/x"))
-        assert flags["--config_file"] == "launch/multi_node.yaml"
-        assert flags["--num_machines"] == str(nnodes) and flags["--num_processes"] == str(8 * nnodes)
-        assert flags["--main_process_ip"] == "artclf-train-0.artclf-train"  # pod 0 behind the service
-        assert flags["--main_process_port"] == env["MASTER_PORT"]
-        assert flags["--rdzv_conf"] == f"is_host={int(index == 0)},join_timeout=900"  # pod 0 hosts c10d
-        seen.append(int(flags["--machine_rank"]))
-    assert seen == list(range(nnodes))
-
-
-@pytest.mark.parametrize("nnodes", [1, 2, 3, 4])
-def test_pytorchjob_ranks(nnodes):
-    """The variables training-operator v1 sets (Master: node rank 0, Worker i: i + 1)."""
-    seen = []
-    for rank in range(nnodes):
-        env = {"PET_NNODES": str(nnodes), "PET_NODE_RANK": str(rank), "PET_NPROC_PER_NODE": "8"}
-        env |= {"MASTER_ADDR": "artclf-train-master-0", "MASTER_PORT": "23456"}
-        res = entrypoint(env, "--shards", "s3://b/p", "--run", "/runs/x")
-        flags = launch_flags(res)
-        assert res.stdout.split()[-4:] == ["--shards", "s3://b/p", "--run", "/runs/x"]  # args pass through
-        assert flags["--num_machines"] == str(nnodes) and flags["--num_processes"] == str(8 * nnodes)
-        assert (flags["--main_process_ip"], flags["--main_process_port"]) == (
-            "artclf-train-master-0",
-            "23456",
-        )
-        seen.append(int(flags["--machine_rank"]))
-    assert seen == list(range(nnodes))
-
-
-OPERATOR_PORT = 23456  # training-operator v1's default for the port "pytorchjob-port"
-
-
-def operator_env(job: dict, kind: str, index: int) -> dict[str, str]:
-    """What training-operator v1 (>= 1.7) adds to the environment of replica `kind` `index` of a
-    PyTorchJob: pkg/controller.v1/pytorch/envvar.go (setPodEnv), master.go and elastic.go."""
-    name, specs = job["metadata"]["name"], job["spec"]["pytorchReplicaSpecs"]
-    replicas = sum(s["replicas"] for s in specs.values())
-    nproc = job["spec"].get("nprocPerNode", "auto")
-    rank = index + (kind == "Worker")
-    env = {
-        "PYTHONUNBUFFERED": "0",
-        "MASTER_PORT": str(OPERATOR_PORT),
-        "MASTER_ADDR": f"{name}-master-0",
-        "WORLD_SIZE": str(replicas * (int(nproc) if nproc.isdigit() else 1)),
-        "RANK": str(rank),
-        "PET_NPROC_PER_NODE": nproc,
-        "PET_NODE_RANK": str(rank),
-    }
-    elastic = job["spec"].get("elasticPolicy")
-    if elastic is None:
-        return env | {"PET_NNODES": str(replicas)}
-    env["PET_RDZV_ENDPOINT"] = (
-        f"{elastic.get('rdzvHost', f'{name}-worker-0')}:{elastic.get('rdzvPort', OPERATOR_PORT)}"
-    )
-    env["PET_RDZV_BACKEND"] = elastic.get("rdzvBackend", "c10d")
-    if "minReplicas" in elastic or "maxReplicas" in elastic:
-        env["PET_NNODES"] = f"{elastic['minReplicas']}:{elastic['maxReplicas']}"
-    else:
-        env["PET_NNODES"] = str(specs["Worker"]["replicas"])
-    if "maxRestarts" in elastic:
-        env["PET_MAX_RESTARTS"] = str(elastic["maxRestarts"])
-    return env
-
-
-def test_elastic_overlay_restarts_a_fixed_world():
-    """prod-elastic: c10d, minReplicas = maxReplicas = every replica, and the entrypoint turns the
-    operator's PET_NNODES=MIN:MAX and PET_MAX_RESTARTS into a fixed node count and the restarts."""
-    job = first(render("k8s/overlays/prod-elastic"), "PyTorchJob", "artclf-train")
-    replicas = sum(s["replicas"] for s in job["spec"]["pytorchReplicaSpecs"].values())
-    policy = job["spec"]["elasticPolicy"]
-    assert policy["rdzvBackend"] == "c10d" and policy["minReplicas"] == policy["maxReplicas"] == replicas
-    assert policy["maxRestarts"] >= 1
-    for kind, index in (("Master", 0), ("Worker", replicas - 2)):
-        env = operator_env(job, kind, index)
-        assert env["PET_NNODES"] == f"{replicas}:{replicas}"
-        flags = launch_flags(entrypoint(env, "--run", "/runs/x"))
-        assert flags["--num_machines"] == str(replicas)
-        assert flags["--num_processes"] == str(replicas * int(job["spec"]["nprocPerNode"]))
-        assert flags["--max_restarts"] == str(policy["maxRestarts"])
-        assert flags["--machine_rank"] == env["RANK"] and flags["--main_process_ip"] == env["MASTER_ADDR"]
-
-
-def test_entrypoint_refuses_a_node_range():
-    env = {"PET_NNODES": "2:4", "PET_NODE_RANK": "0", "PET_NPROC_PER_NODE": "8", "MASTER_ADDR": "m-0"}
-    res = entrypoint(env)
-    assert res.returncode == 2 and "minReplicas = maxReplicas" in res.stderr
-
-
-def test_entrypoint_restarts_and_rendezvous(tmp_path):
-    """--max_restarts (MAX_RESTARTS, default 3) on a c10d rendezvous that the node of rank 0
-    hosts, and the variables torchrun reads (launch/README.md: why each is needed)."""
-    stub = tmp_path / "accelerate"
-    stub.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\nenv | grep -E "^(PET_RDZV|TORCH)_" | sort\n')
-    stub.chmod(0o755)
-    layout = {"PET_NNODES": "2", "PET_NPROC_PER_NODE": "8", "MASTER_ADDR": "m-0", "MASTER_PORT": "23456"}
-    for rank, env in [(0, {}), (1, {"MAX_RESTARTS": "0"})]:
-        res = entrypoint({**layout, "PET_NODE_RANK": str(rank), "ACCELERATE": str(stub), **env})
-        assert res.returncode == 0, res.stderr
-        lines = res.stdout.splitlines()
-        flags = dict(zip(lines[1 : lines.index("-m") : 2], lines[2 : lines.index("-m") : 2], strict=True))
-        assert flags["--rdzv_backend"] == "c10d"  # a flag: accelerate ignores the yaml's rdzv_backend
-        assert flags["--rdzv_conf"] == f"is_host={1 - rank},join_timeout=900"
-        assert flags["--max_restarts"] == ("3" if rank == 0 else "0")
-        assert lines[-2:] == ["PET_RDZV_ENDPOINT=m-0:23456", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"]
-
-
-def test_entrypoint_refuses_an_unknown_layout():
-    res = entrypoint({})
-    assert res.returncode == 2 and "JOB_COMPLETION_INDEX" in res.stderr
-
-
 def test_image_has_what_the_manifests_run():
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "COPY launch ./launch" in dockerfile and "COPY k8s/entrypoint.sh ./k8s/entrypoint.sh" in dockerfile
@@ -489,112 +348,6 @@ def test_image_has_what_the_manifests_run():
     ignored = (REPO / ".dockerignore").read_text().split()
     assert {".git", ".venv", "kaggle.json", ".env", "runs", "shards"} <= set(ignored)
     assert (REPO / "launch" / "multi_node.yaml").exists()
-
-
-# A stand-in for artclf.train, shadowing the package (the current folder comes first on sys.path
-# of `python -m`): one all-reduce, then the first rank 1 to get here dies once (exit 3), then a
-# second all-reduce over the whole world and a row per rank. A hung collective gives up after 60 s.
-DIES_ONCE = """
-import datetime, json, os, sys
-import torch, torch.distributed as dist
-out = sys.argv[sys.argv.index("--run") + 1]
-dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
-t = torch.ones(1)
-dist.all_reduce(t)
-if dist.get_rank() == 1 and not os.path.exists(os.path.join(out, "died")):
-    open(os.path.join(out, "died"), "w").close()
-    os._exit(3)
-t = torch.ones(1)
-dist.all_reduce(t)
-row = dict(rank=dist.get_rank(), world=dist.get_world_size(), sum=t.item(),
-           attempt=int(os.environ["TORCHELASTIC_RESTART_COUNT"]))
-with open(os.path.join(out, f"{dist.get_rank()}.json"), "w") as f:
-    json.dump(row, f)
-dist.barrier()  # no rank tears down while another still talks to it
-dist.destroy_process_group()  # else gloo may abort at exit (SIGABRT: a failure, one more round)
-"""
-
-
-def stand_in_trainer(tmp_path, source: str):
-    """A folder to run entrypoint.sh from, in which `-m artclf.train` runs SOURCE."""
-    (tmp_path / "cwd" / "artclf").mkdir(parents=True)
-    (tmp_path / "cwd" / "artclf" / "__init__.py").write_text("")
-    (tmp_path / "cwd" / "artclf" / "train.py").write_text(source)
-    (tmp_path / "out").mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE", "PET_", "TORCH"))}
-    env |= {
-        "ACCELERATE_USE_CPU": "1",
-        "OMP_NUM_THREADS": "1",
-        "PATH": f"{os.path.dirname(sys.executable)}:{env['PATH']}",
-    }
-    env |= {"ACCELERATE_CONFIG": str(REPO / "launch" / "multi_node.yaml")}
-    return tmp_path / "cwd", tmp_path / "out", env
-
-
-@pytest.mark.slow
-def test_entrypoint_restarts_the_gang_after_a_worker_dies(tmp_path):
-    """Two "nodes" on this host run entrypoint.sh for real: a worker of node 1 dies, its agent
-    restarts it, node 0's agent sees the new rendezvous round and restarts its worker too, and the
-    world of 2 forms again. (With the static rendezvous, or c10d sharing the agent's store, the
-    restarted workers often read the previous attempt's addresses and fail or hang: launch/README.md.)"""
-    cwd, out, env = stand_in_trainer(tmp_path, DIES_ONCE)
-    logs = [tmp_path / "node-0.log", tmp_path / "node-1.log"]
-
-    def two_nodes(port: int) -> list[tuple[int | None, str]]:
-        for f in [*out.iterdir(), *logs]:  # a retry on another port starts from nothing
-            f.unlink(missing_ok=True)
-        cmd = ["sh", str(K8S / "entrypoint.sh"), "--run", str(out)]
-        nodes = []
-        for rank in (0, 1):
-            layout = {"PET_NNODES": "2", "PET_NODE_RANK": str(rank), "PET_NPROC_PER_NODE": "1"}
-            layout |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "LOGLEVEL": "INFO"}
-            nodes.append({"cmd": cmd, "cwd": cwd, "env": {**env, **layout}, "log": logs[rank]})
-        return procs.run_together(nodes, timeout=300)
-
-    results = procs.on_free_port(two_nodes)
-    assert [rc for rc, _ in results] == [0, 0], "\n".join(
-        f"--- {f.name}\n{f.read_text()[-6000:]}" for f in logs
-    )
-    rows = sorted((json.loads(p.read_text()) for p in out.glob("*.json")), key=lambda r: r["rank"])
-    assert (out / "died").exists()
-    assert [(r["rank"], r["world"], r["sum"]) for r in rows] == [(0, 2, 2.0), (1, 2, 2.0)]
-    assert max(r["attempt"] for r in rows) >= 1  # the node whose worker died used a restart
-
-
-# Stand-in trainer for SIGTERM: saving takes 4 s, then exit 75 (artclf/train/preemption.py); it stops
-# by itself when its launcher is gone.
-SAVES_ON_TERM = """
-import os, signal, sys, time
-out = sys.argv[sys.argv.index("--run") + 1]
-parent = os.getppid()
-def save(signum, frame):
-    time.sleep(4)
-    open(os.path.join(out, f"saved-{os.getpid()}"), "w").close()
-    os._exit(75)
-signal.signal(signal.SIGTERM, save)
-open(os.path.join(out, f"ready-{os.getpid()}"), "w").close()
-while os.getppid() == parent:
-    time.sleep(0.1)
-"""
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("shutdown_timeout, saved", [("1", 0), ("30", 2)])
-def test_sigterm_leaves_the_trainers_the_shutdown_timeout(tmp_path, shutdown_timeout, saved):
-    """The kubelet's TERM goes to PID 1, the launcher entrypoint.sh exec'ed; torchrun forwards it
-    and SIGKILLs the trainers TORCH_ELASTIC_SHUTDOWN_TIMEOUT s later (the manifests set 570 s).
-    Pins torch's variable: a 4 s save survives a 30 s timeout and is cut by a 1 s one."""
-    cwd, out, env = stand_in_trainer(tmp_path, SAVES_ON_TERM)
-    layout = {"PET_NNODES": "1", "PET_NODE_RANK": "0", "PET_NPROC_PER_NODE": "2"}
-    layout |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(procs.free_port())}
-    layout |= {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": shutdown_timeout}
-    cmd = ["sh", str(K8S / "entrypoint.sh"), "--run", str(out)]
-    with procs.running(cmd, cwd=cwd, env={**env, **layout}) as p:
-        procs.wait_for(lambda: len(list(out.glob("ready-*"))) == 2, 120, "2 trainers ready", p)
-        p.send_signal(signal.SIGTERM)  # to the launcher alone, as the kubelet sends it to PID 1
-        code = p.wait(timeout=120)
-    assert code != 0  # torchrun re-raises the signal after the shutdown
-    assert len(list(out.glob("saved-*"))) == saved, procs.output(p)[-3000:]
 
 
 def test_image_installs_what_the_tests_ran():

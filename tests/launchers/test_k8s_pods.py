@@ -24,7 +24,8 @@ import torch
 
 from artclf.metrics.classification import classification_metrics
 from tests.conftest import REPO, history, plain_predictions
-from tests.launchers.test_k8s import first, operator_env, render
+from tests.launchers.test_k8s import first, render
+from tests.launchers.test_k8s_entrypoint import operator_env
 from tests.support import etchosts, procs
 from tests.support.slurmcluster import evidence
 
