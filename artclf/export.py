@@ -1,18 +1,24 @@
-"""``artclf export --model RUN/model.pt --format onnx|torchscript --out FILE``: a model for serving.
+"""``artclf export --model RUN/model.pt --format onnx|exported|torchscript --out FILE``: a model for serving.
 
 The exported graph is the whole :class:`artclf.model.Classifier`: uint8 N×3×S×S images in
 (normalisation inside, as in training), logits out, batch axis dynamic. The class list and the
-Preprocess travel inside the file (ONNX ``metadata_props`` / TorchScript extra file
-``artclf.json``), with the artists' names, the open-set threshold and the model card (what it
-was trained on, its test scores when ``eval-test/metrics.json`` lies beside ``model.pt``), so a
-server needs nothing else. The graph is the calibrated model: its logits are divided by the
-temperature stored in ``model.pt``.
+Preprocess travel inside the file (ONNX ``metadata_props``; the extra file ``artclf.json`` of a
+``.pt2`` archive or a TorchScript file), with the artists' names, the open-set threshold and the
+model card (what it was trained on, its test scores when ``eval-test/metrics.json`` lies beside
+``model.pt``), so a server needs nothing else. The graph is the calibrated model: its logits
+are divided by the temperature stored in ``model.pt``.
 
 ONNX uses torch's TorchScript-based exporter (``dynamo=False``, opset 17): the dynamo exporter
 needs ``onnxscript``, which artclf does not install. Before the file appears under its name it
 passes a parity check: softmax probabilities of the exported model against PyTorch on sample
 images (``--images``, else seeded random pictures), at two batch sizes; the max absolute
 difference is printed and above ``--tolerance`` the export fails (exit 1, no file).
+
+``exported`` is ``torch.export.export`` saved by ``torch.export.save``: a ``.pt2`` file that
+plain ``torch.export.load`` reads (it unpickles, per its docs, unlike ``model.pt``: load only
+files you trust). ``torchscript`` stays while torch ships it, but PyTorch deprecates
+``torch.jit`` (torch 2.14: "`torch.jit.load` is deprecated. Please switch to `torch.export`.");
+``exported`` is its replacement.
 """
 
 from __future__ import annotations
@@ -35,15 +41,21 @@ from artclf.inference import find_images, load_image
 from artclf.model import load_model, model_card
 from artclf.transforms import Preprocess
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "exported", "torchscript")
 OPSET = 17
 
 
 @dataclass(frozen=True)
 class ExportConfig:
     model: Path = field(metadata=arg("model.pt written by artclf train"))
-    out: Path = field(metadata=arg("file to write (e.g. model.onnx, model.ts)"))
-    format: str = field(default="onnx", metadata=arg("onnx or torchscript"))
+    out: Path = field(metadata=arg("file to write (e.g. model.onnx, model.pt2, model.ts)"))
+    format: str = field(
+        default="onnx",
+        metadata=arg(
+            "onnx, exported (torch.export, a .pt2 file) or torchscript "
+            "(deprecated: torch.jit is deprecated by PyTorch; use exported)"
+        ),
+    )
     images: Path | None = field(
         default=None, metadata=arg("image or folder for the parity check (default: random pictures)")
     )
@@ -53,6 +65,9 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.format == "exported" and self.out.suffix != ".pt2":
+            # torch.export.load warns on other names today and means to refuse them
+            raise ValueError(f"--format exported writes a .pt2 file; --out {self.out} should end in .pt2")
         if self.samples < 2:
             raise ValueError("--samples must be >= 2 (the check runs two batch sizes)")
 
@@ -82,7 +97,13 @@ def run(cfg: ExportConfig) -> int:
         if cfg.format == "onnx":
             export_onnx(model, x, tmp, meta)
             runner = onnx_runner(tmp)
+        elif cfg.format == "exported":
+            export_program(model, x, tmp, meta)
+            runner = program_runner(tmp)
         else:
+            # a note, not warnings.warn: the format still works, and tests export it often
+            note = "torchscript is deprecated (torch.jit is deprecated by PyTorch); use --format exported"
+            print(f"artclf export: note: {note}", file=sys.stderr)
             export_torchscript(model, x, tmp, meta)
             runner = torchscript_runner(tmp)
         diff = parity(model, runner, x)
@@ -145,6 +166,23 @@ def onnx_runner(path: Path):
         raise ArtclfError("onnxruntime is not installed: pip install 'artclf[export]'") from None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+
+
+def export_program(model: torch.nn.Module, x: torch.Tensor, path: Path, meta: str) -> None:
+    """``torch.export`` with a dynamic batch axis, saved as a ``.pt2`` archive."""
+    # Example batch 2, as the other formats: at batch 1 export specialises the "dynamic" axis
+    # to 1 and fails (torch 2.14: "your code specialized it to be a constant (1)"). The program
+    # still runs batch 1 (eval-mode BatchNorm has no batch-size guard); parity checks it.
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(model, (x[:2],), dynamic_shapes=({0: batch},))
+    with open(path, "wb") as f:  # a file object: torch.export logs a warning for a path not ending .pt2
+        torch.export.save(program, f, extra_files={"artclf.json": meta})
+
+
+def program_runner(path: Path):
+    with open(path, "rb") as f:
+        program = torch.export.load(f)
+    return program.module()
 
 
 def export_torchscript(model: torch.nn.Module, x: torch.Tensor, path: Path, meta: str) -> None:

@@ -1,5 +1,6 @@
-"""export: ONNX (run by onnxruntime) and TorchScript agree with PyTorch on sample images, keep a
-dynamic batch axis and uint8 input, carry the class list; a failed parity check writes nothing."""
+"""export: ONNX (run by onnxruntime), torch.export (.pt2) and TorchScript agree with PyTorch on
+sample images, keep a dynamic batch axis and uint8 input, carry the class list; a failed parity
+check writes nothing; TorchScript is marked deprecated."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import re
 
 import numpy as np
+import pytest
 import torch
 
 from artclf import export
@@ -41,12 +43,58 @@ def test_onnx_parity_dynamic_batch_and_metadata(model_pt, images, tmp_path):
     assert np.abs(torch.softmax(torch.from_numpy(got), 1).numpy() - ref).max() < 1e-4
 
 
+def test_exported_program_parity_dynamic_batch_and_plain_reload(model_pt, images, tmp_path, capsys):
+    out = tmp_path / "model.pt2"
+    argv = ["--model", str(model_pt), "--format", "exported", "--out", str(out), "--images", str(images)]
+    assert export.main(argv) == 0
+    diff = parity_figure(capsys.readouterr().out)
+    print(f"exported: export's own parity figure {diff:.3g}")
+    assert diff <= 1e-3
+    extra = {"artclf.json": ""}
+    program = torch.export.load(out, extra_files=extra)  # plain torch, none of artclf's loading code
+    meta = json.loads(extra["artclf.json"])
+    assert meta["classes"] == CLASSES and meta["preprocess"]["image_size"] == PRE.image_size
+    (image,) = program.graph_signature.user_inputs
+    node = next(n for n in program.graph.nodes if n.name == image)
+    batch = node.meta["val"].shape[0]
+    assert isinstance(batch, torch.SymInt) and node.meta["val"].dtype == torch.uint8  # dynamic N
+    net = program.module()
+    model, _ = load_model(model_pt)  # the eager reference, run here on the same inputs
+    names = ("upright.jpg", "cmyk.jpg", "exif_rotated.jpg", "sub/gray.jpg", "sub/alpha.png")
+    x = torch.stack([load_image(images / n, PRE) for n in names])
+    with torch.inference_mode():
+        for n in (5, 3, 1):  # the example was batch 2: none of these sizes was traced
+            got, ref = torch.softmax(net(x[:n]), 1), torch.softmax(model(x[:n]), 1)
+            print(f"exported: batch {n}: max |Δ probability| = {(got - ref).abs().max():.3g}")
+            torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+
+
+def test_exported_needs_a_pt2_name(model_pt, tmp_path, capsys):
+    with pytest.raises(SystemExit):  # argparse's usage error, before any work
+        export.main(["--model", str(model_pt), "--format", "exported", "--out", str(tmp_path / "m.ep")])
+    assert "should end in .pt2" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_marks_torchscript_deprecated(capsys):
+    with pytest.raises(SystemExit) as e:
+        export.main(["--help"])
+    assert e.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "torchscript (deprecated: torch.jit is deprecated by PyTorch; use exported)" in help_text
+
+
 def test_torchscript_parity_and_extra_file(model_pt, tmp_path, capsys):
     out = tmp_path / "model.ts"
     assert export.main(["--model", str(model_pt), "--format", "torchscript", "--out", str(out)]) == 0
-    assert parity_figure(capsys.readouterr().out) <= 1e-3
+    captured = capsys.readouterr()
+    assert parity_figure(captured.out) <= 1e-3
+    assert "torchscript is deprecated" in captured.err and "use --format exported" in captured.err
     extra = {"artclf.json": ""}
-    loaded = torch.jit.load(str(out), _extra_files=extra)
+    with pytest.warns(
+        FutureWarning, match=r"`torch\.jit\.load` is deprecated\. Please switch to `torch\.export`"
+    ):
+        loaded = torch.jit.load(str(out), _extra_files=extra)  # quoted in export.py and README
     assert json.loads(extra["artclf.json"])["preprocess"]["image_size"] == PRE.image_size
     x = torch.randint(0, 256, (5, 3, 48, 48), dtype=torch.uint8)
     model, _ = load_model(model_pt)
