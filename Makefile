@@ -69,6 +69,8 @@ demo: $(DEMO)/data/artists.csv $(DEMO)/mobilenet_v2.pt
 	    $(DEMO)/data/images/images/Raphael/Raphael_1.jpg $(DEMO)/data/unseen/Mary_Cassatt/Mary_Cassatt_1.jpg
 	$(BIN)/artclf export --model $(DEMO)/runs/demo/model.pt --format onnx --out $(DEMO)/runs/demo/model.onnx \
 	    --images $(DEMO)/data/images/images/Claude_Monet
+	$(BIN)/artclf export --model $(DEMO)/runs/demo/model.pt --format exported --out $(DEMO)/runs/demo/model.pt2 \
+	    --images $(DEMO)/data/images/images/Claude_Monet
 	@# the prediction service on a free loopback port: health, one painting, then stop it
 	@port=$$($(BIN)/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
 	url=http://127.0.0.1:$$port; img=$$(ls $(DEMO)/data/images/images/Claude_Monet/*.jpg | head -n 1); \
@@ -93,6 +95,7 @@ demo: $(DEMO)/data/artists.csv $(DEMO)/mobilenet_v2.pt
 	@echo "  calibration, open set     $(DEMO)/runs/demo/eval-test/{reliability.png,report.md} (unseen artists: $(DEMO)/data/unseen)"
 	@echo "  explained predictions     $(DEMO)/runs/demo/explain/*.gradcam.png"
 	@echo "  ONNX model                $(DEMO)/runs/demo/model.onnx"
+	@echo "  torch.export program      $(DEMO)/runs/demo/model.pt2 (torch.export.load)"
 	@echo "  prediction service        $(BIN)/artclf serve --model $(DEMO)/runs/demo/model.onnx   (http://127.0.0.1:8000/)"
 	@echo "                            (--model $(DEMO)/runs/demo/model.pt for heat maps on the page)"
 	@echo "  TensorBoard               $(BIN)/tensorboard --logdir $(DEMO)/runs"
