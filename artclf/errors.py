@@ -6,4 +6,12 @@ CLI prints it on one line and exits 1. Anything else is a bug and keeps its trac
 
 
 class ArtclfError(Exception):
-    """Bad input, missing file, unusable configuration: the user can fix it."""
+    """Bad input, missing file, unusable configuration: the user can fix it.
+
+    ``permanent``: running the same command again cannot succeed until somebody changes
+    something (a flag, the data, the credentials). A launcher fails such a job at once instead
+    of retrying it (``artclf/train/outcome.py``); the few errors that time may cure (a store
+    still down after the patience, a run folder another job still holds) say ``False``.
+    """
+
+    permanent = True

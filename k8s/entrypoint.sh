@@ -1,23 +1,43 @@
 #!/bin/sh
-# Turn the Kubernetes layout into `accelerate launch` flags; the container's args go to artclf.train.
-#   PyTorchJob (training-operator v1): PET_NNODES, PET_NODE_RANK, PET_NPROC_PER_NODE, MASTER_ADDR,
-#     MASTER_PORT come from the operator.
+# The training container's command: turn the Kubernetes layout into `accelerate launch` flags,
+# run the launcher as a child, and exit with a code the job's failure policy can act on. The
+# container's args go to artclf.train.
+#   TrainJob (Kubeflow Trainer v2, Torch plugin: pkg/runtime/framework/plugins/torch/torch.go):
+#     PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK (the Job completion index), PET_MASTER_ADDR
+#     (<trainjob>-node-0-0.<trainjob>) and PET_MASTER_PORT (29400).
+#   PyTorchJob (training-operator v1, legacy): PET_NNODES, PET_NODE_RANK, PET_NPROC_PER_NODE,
+#     MASTER_ADDR, MASTER_PORT come from the operator.
 #   Indexed Job: JOB_COMPLETION_INDEX (from the Job controller) is the machine rank; NNODES,
 #     NPROC_PER_NODE, JOB_NAME and SERVICE_NAME come from the manifest; rank 0's stable hostname
 #     <job>-0.<headless service> hosts the rendezvous.
 # MAX_RESTARTS (default: the operator's PET_MAX_RESTARTS of an elasticPolicy, else 3): how often
-# torchrun's agent restarts the gang after a worker fails,
-# before the container exits and `restartPolicy: OnFailure` takes over (launch/README.md).
-# ACCELERATE names the launcher (tests set it to `echo`).
+# torchrun's agent restarts the gang after a worker fails, before the container exits and the
+# job's policy takes over (launch/README.md). ACCELERATE names the launcher (tests set it to `echo`).
 #
-# SIGTERM (eviction, preemption, `kubectl delete`) reaches the launcher: it is exec'ed, so it is
-# PID 1. torchrun forwards TERM to the trainers, which save and exit 75, and SIGKILLs them after
-# TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds (default 30; set in the manifest next to
-# terminationGracePeriodSeconds). That variable is torch's own knob (torch/distributed/launcher/
-# api.py), so no signal forwarding of our own is needed here.
+# Exit codes (k8s/README.md, "Exit codes"): the launcher reports any failed trainer as its own
+# exit 1, so the trainers record why they ended in RUN/exits/<ARTCLF_LAUNCH_ID>/ (artclf/train/
+# outcome.py) and this script exits
+#   75  the trainers saved after a stop request (TERM: eviction, preemption): retry, uncounted;
+#   78  a permanent error (a bad flag, missing data, denied credentials, a non-finite stop):
+#       fail the job, never retry (the trainer also stopped its launcher's own restarts);
+#   the launcher's own code otherwise (a crash, an OOM kill, a hang): retry within the budget.
+# RETRY_EXIT_CODE, where set, replaces every retryable code (75 and the launcher's): the legacy
+# PyTorchJob's restartPolicy ExitCode retries only 130, 137, 143 and 138 (manifest: 138).
+#
+# SIGTERM (eviction, preemption, `kubectl delete`) reaches this script, PID 1: it forwards it to
+# the launcher, which forwards it to the trainers; they save and exit 75. torchrun SIGKILLs them
+# after TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds (default 30; set in the manifest next to
+# terminationGracePeriodSeconds; torch's own knob, torch/distributed/launcher/api.py).
 set -eu
 
-if [ -n "${PET_NNODES:-}" ]; then
+port=${MASTER_PORT:-29500}
+if [ -n "${PET_MASTER_ADDR:-}" ]; then # TrainJob: the only layout that sets PET_MASTER_ADDR
+    nnodes=$PET_NNODES
+    rank=$PET_NODE_RANK
+    nproc=$PET_NPROC_PER_NODE
+    host=$PET_MASTER_ADDR
+    port=${PET_MASTER_PORT:-29400}
+elif [ -n "${PET_NNODES:-}" ]; then
     nnodes=$PET_NNODES
     rank=$PET_NODE_RANK
     nproc=$PET_NPROC_PER_NODE
@@ -29,10 +49,27 @@ elif [ -n "${JOB_COMPLETION_INDEX:-}" ]; then
     nproc=$NPROC_PER_NODE
     host="$JOB_NAME-0.$SERVICE_NAME"
 else
-    echo "entrypoint.sh: neither PET_NNODES (PyTorchJob) nor JOB_COMPLETION_INDEX (Indexed Job) is set" >&2
+    echo "entrypoint.sh: none of PET_MASTER_ADDR (TrainJob), PET_NNODES (PyTorchJob) or" \
+        "JOB_COMPLETION_INDEX (Indexed Job) is set" >&2
     exit 2
 fi
-port=${MASTER_PORT:-29500}
+# The Torch plugin passes numProcPerNode through: "auto" (its default) or "gpu" mean one process
+# per visible GPU, as torchrun reads them; accelerate launch needs the number.
+case $nproc in
+    auto | gpu)
+        asked=$nproc
+        nproc=$(python -c 'import torch; print(torch.cuda.device_count())')
+        if [ "$nproc" = 0 ]; then
+            echo "entrypoint.sh: numProcPerNode=$asked but this pod sees no GPU; set" \
+                "the TrainJob's trainer.numProcPerNode" >&2
+            exit 2
+        fi
+        ;;
+    *[!0-9]* | '')
+        echo "entrypoint.sh: processes per node '$nproc' is not a number" >&2
+        exit 2
+        ;;
+esac
 # An elasticPolicy makes the operator set PET_NNODES to MIN:MAX (and PET_MAX_RESTARTS). accelerate
 # launch takes one node count, and the global batch is fixed over the world size, so only
 # MIN = MAX is run: elasticity here means restarts on a c10d rendezvous, not a changing world.
@@ -57,8 +94,47 @@ export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
 is_host=0
 [ "$rank" != 0 ] || is_host=1
 
-exec ${ACCELERATE:-accelerate} launch --config_file "${ACCELERATE_CONFIG:-launch/multi_node.yaml}" \
+# This launch's id: the trainers file their outcome under it (a restarted container gets a new
+# one, so no record of an earlier start is read as this one's).
+ARTCLF_LAUNCH_ID="k8s-$(cat /proc/sys/kernel/hostname)-$(date +%s)-$$" # the pod name, in a pod
+export ARTCLF_LAUNCH_ID
+run= # the run folder (--run DIR or --run=DIR), where the outcomes are
+prev=
+for arg in "$@"; do
+    [ "$prev" != --run ] || run=$arg
+    case $arg in --run=*) run=${arg#--run=} ;; esac
+    prev=$arg
+done
+
+${ACCELERATE:-accelerate} launch --config_file "${ACCELERATE_CONFIG:-launch/multi_node.yaml}" \
     --num_machines "$nnodes" --num_processes "$((nnodes * nproc))" --machine_rank "$rank" \
     --main_process_ip "$host" --main_process_port "$port" \
     --rdzv_backend c10d --rdzv_conf "is_host=$is_host,join_timeout=900" \
-    --max_restarts "${MAX_RESTARTS:-${PET_MAX_RESTARTS:-3}}" -m artclf.train "$@"
+    --max_restarts "${MAX_RESTARTS:-${PET_MAX_RESTARTS:-3}}" -m artclf.train "$@" &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null || :' TERM
+trap 'kill -INT "$child" 2>/dev/null || :' INT
+while :; do # a trapped signal interrupts `wait` while the launcher still runs: wait again
+    rc=0
+    wait "$child" || rc=$?
+    kill -0 "$child" 2>/dev/null || break
+done
+trap - TERM INT
+
+recorded() { # recorded CODE: the first record of exit CODE by a trainer of this launch
+    for f in "$run/exits/$ARTCLF_LAUNCH_ID"/rank-*-"$1".json; do
+        [ -e "$f" ] && echo "$f" && return 0
+    done
+    return 1
+}
+code=$rc
+if [ "$rc" = 0 ]; then
+    exit 0
+elif [ -n "$run" ] && f=$(recorded 78); then
+    echo "entrypoint.sh: the launcher exited $rc after a permanent error ($f): exit 78, do not retry" >&2
+    exit 78
+elif [ -n "$run" ] && f=$(recorded 75 || recorded 130); then
+    echo "entrypoint.sh: the launcher exited $rc; the trainers saved after a stop request ($f): exit 75"
+    code=75
+fi
+exit "${RETRY_EXIT_CODE:-$code}"

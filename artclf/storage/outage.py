@@ -46,7 +46,10 @@ _outage_url = multiprocessing.Array("c", 1024, lock=False)
 
 class StorageUnavailable(ArtclfError):
     """Still failing transiently (unreachable, 5xx, throttling) after the patience: the store
-    is down, the data not known to be broken. Readers stop on it; it is not a bad shard."""
+    is down, the data not known to be broken. Readers stop on it; it is not a bad shard. A
+    later attempt may find the store back: not permanent."""
+
+    permanent = False
 
 
 def s3_answer(e: BaseException) -> tuple[int, str]:

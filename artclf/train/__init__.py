@@ -9,7 +9,8 @@
 - ``checkpoint``: saved states, newest first, last K kept; ``runlock``: one writer per run folder
 - ``preemption``: stop signals become a saved state and exit 75 (Ctrl-C: 130); watchdogs for
   what cannot end well; ``hangs``: the stall watchdog and each rank's stacks in ``RUN/debug/``;
-  ``debugreport``: ``artclf debug RUN``, which reads them
+  ``debugreport``: ``artclf debug RUN``, which reads them; ``outcome``: why a trainer ended
+  (saved, permanent error), recorded for the launch script's exit code
 - ``runlog``: console line, TensorBoard, ``history.jsonl`` and the plots drawn from it
 
 Shared with evaluate: the input pipeline's nouns (``artclf.data``) and exact evaluation

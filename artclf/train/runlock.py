@@ -25,6 +25,13 @@ LOCK_NAME = ".lock"
 _JOB_ENV = ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID")  # name the holder's job, where there is one
 
 
+class RunBusy(ArtclfError):
+    """Another job holds the run folder. Not permanent: on Kubernetes the pod that replaces an
+    evicted one may start while the old one still saves (and holds the lock)."""
+
+    permanent = False
+
+
 class RunLock:
     """Held while the object lives (and the process with it); ``release()`` to give it back."""
 
@@ -37,7 +44,7 @@ class RunLock:
         except BlockingIOError:
             holder = _describe(os.pread(fd, 4096, 0))
             os.close(fd)
-            raise ArtclfError(
+            raise RunBusy(
                 f"{run}: another job is training into this run folder ({holder}); wait for it to end, "
                 "stop it, or pass another --run"
             ) from None

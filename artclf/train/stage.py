@@ -39,7 +39,7 @@ from artclf.metrics.calibration import calibrate
 from artclf.metrics.eval_loop import evaluate
 from artclf.model import build_model, save_model
 from artclf.storage.outage import set_patience, waited_s
-from artclf.train import checkpoint, hangs, runconfig, runlog
+from artclf.train import checkpoint, hangs, outcome, runconfig, runlog
 from artclf.train.config import BASE_BATCH, TrainConfig
 from artclf.train.engine import Meter, lr_at, train_one_epoch
 from artclf.train.order import Order
@@ -53,10 +53,26 @@ from artclf.transforms import Preprocess
 
 def main(argv: list[str] | None = None) -> int:
     faulthandler.enable(all_threads=True)  # NCCL's watchdog aborts a hung rank: say where it was
-    return stage_main(TrainConfig, run, "artclf train", __doc__, argv)
+    try:
+        return stage_main(TrainConfig, run, "artclf train", __doc__, argv)
+    except SystemExit as e:
+        if e.code == 2:  # argparse: a bad flag, permanent (train/outcome.py)
+            outcome.bad_usage(argv)
+        raise
 
 
 def run(cfg: TrainConfig) -> int:
+    """Set up the process, train; a permanent error is recorded for the launch script and ends
+    the launcher's restarts (``train/outcome.py``)."""
+    try:
+        return _run(cfg)
+    except ArtclfError as e:
+        if e.permanent:
+            outcome.permanent(cfg.run, int(os.environ.get("RANK", "0")), str(e))
+        raise
+
+
+def _run(cfg: TrainConfig) -> int:
     """Set up the process, train; a broken collective ends this rank with its stacks written."""
     stop = Preemption(deadline=min(120.0, cfg.ddp_timeout))
     watch_launcher()
@@ -111,10 +127,12 @@ def _lock_run(acc: Accelerator, run: Path) -> tuple[RunLock | None, Path]:
         try:
             lock = RunLock(run)
         except ArtclfError as e:
-            shared[0] = str(e)
+            shared[0] = (str(e), e.permanent)
     broadcast_object_list(shared)
     if shared[0]:
-        raise ArtclfError(shared[0])
+        error = ArtclfError(shared[0][0])
+        error.permanent = shared[0][1]
+        raise error
     return lock, run / hangs.DEBUG / shared[1]
 
 
@@ -194,11 +212,13 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption, watch: hangs.Wat
     def preempted(epoch: int) -> int:
         stop.acknowledge()
         save_state()
+        code = EXIT_INTERRUPTED if stop.interrupted else EXIT_PREEMPTED
+        outcome.record(cfg.run, acc.process_index, code, f"stop requested: state saved at step {state.step}")
         if stop.interrupted:
             acc.print(f"interrupted at step {state.step}: state saved; rerun the same command to resume")
-            return EXIT_INTERRUPTED
-        acc.print(f"preempted at step {state.step} (epoch {epoch + 1}): state saved, exit {EXIT_PREEMPTED}")
-        return EXIT_PREEMPTED
+            return code
+        acc.print(f"preempted at step {state.step} (epoch {epoch + 1}): state saved, exit {code}")
+        return code
 
     cache = _cache(cfg, data_digest, info)
     if cache is not None:

@@ -222,6 +222,8 @@ def test_entrypoint_restarts_the_gang_after_a_worker_dies(tmp_path):
     assert (out / "died").exists()
     assert [(r["rank"], r["world"], r["sum"]) for r in rows] == [(0, 2, 2.0), (1, 2, 2.0)]
     assert max(r["attempt"] for r in rows) >= 1  # the node whose worker died used a restart
+    # what the permanent-error test below must not see (LOGLEVEL=INFO in both)
+    assert any("will restart worker group" in out for _, out in results)
 
 
 # Stand-in trainer for SIGTERM: saving takes 4 s, then exit 75 (artclf/train/preemption.py); it stops
@@ -233,6 +235,9 @@ parent = os.getppid()
 def save(signum, frame):
     time.sleep(4)
     open(os.path.join(out, f"saved-{os.getpid()}"), "w").close()
+    exits = os.path.join(out, "exits", os.environ["ARTCLF_LAUNCH_ID"])  # as artclf/train/outcome.py
+    os.makedirs(exits, exist_ok=True)
+    open(os.path.join(exits, f"rank-{os.environ['RANK']}-75.json"), "w").close()
     os._exit(75)
 signal.signal(signal.SIGTERM, save)
 open(os.path.join(out, f"ready-{os.getpid()}"), "w").close()
@@ -244,9 +249,10 @@ while os.getppid() == parent:
 @pytest.mark.slow
 @pytest.mark.parametrize("shutdown_timeout, saved", [("1", 0), ("30", 2)])
 def test_sigterm_leaves_the_trainers_the_shutdown_timeout(tmp_path, shutdown_timeout, saved):
-    """The kubelet's TERM goes to PID 1, the launcher entrypoint.sh exec'ed; torchrun forwards it
-    and SIGKILLs the trainers TORCH_ELASTIC_SHUTDOWN_TIMEOUT s later (the manifests set 570 s).
-    Pins torch's variable: a 4 s save survives a 30 s timeout and is cut by a 1 s one."""
+    """The kubelet's TERM goes to PID 1, entrypoint.sh, which forwards it to the launcher;
+    torchrun forwards it and SIGKILLs the trainers TORCH_ELASTIC_SHUTDOWN_TIMEOUT s later (the
+    manifests set 570 s). Pins torch's variable: a 4 s save survives a 30 s timeout and is cut
+    by a 1 s one; the container exits 75 only for the save."""
     cwd, out, env = stand_in_trainer(tmp_path, SAVES_ON_TERM)
     layout = {"PET_NNODES": "1", "PET_NODE_RANK": "0", "PET_NPROC_PER_NODE": "2"}
     layout |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(procs.free_port())}
@@ -254,7 +260,98 @@ def test_sigterm_leaves_the_trainers_the_shutdown_timeout(tmp_path, shutdown_tim
     cmd = ["sh", str(K8S / "entrypoint.sh"), "--run", str(out)]
     with procs.running(cmd, cwd=cwd, env={**env, **layout}) as p:
         procs.wait_for(lambda: len(list(out.glob("ready-*"))) == 2, 120, "2 trainers ready", p)
-        p.send_signal(signal.SIGTERM)  # to the launcher alone, as the kubelet sends it to PID 1
+        p.send_signal(signal.SIGTERM)  # to the script alone, as the kubelet sends it to PID 1
         code = p.wait(timeout=120)
-    assert code != 0  # torchrun re-raises the signal after the shutdown
     assert len(list(out.glob("saved-*"))) == saved, procs.output(p)[-3000:]
+    # saved: 75 (retry, uncounted); cut: the launcher's own failure (torchrun re-raises the TERM)
+    assert (code == 75) if saved else (code not in (0, 75, 78)), (code, procs.output(p)[-3000:])
+
+
+# ---- exit codes: what the trainers recorded -> what the job's failure policy sees ------------
+
+# A stand-in launcher: files a record for each code in $RECORDS under this launch's id (as
+# artclf/train/outcome.py does), one under another launch's id (an earlier start: never read),
+# and exits $LAUNCHER_RC.
+RECORDING_LAUNCHER = """#!/bin/sh
+mkdir -p "$RUN_DIR/exits/$ARTCLF_LAUNCH_ID" "$RUN_DIR/exits/an-earlier-start"
+echo '{}' > "$RUN_DIR/exits/an-earlier-start/rank-0-78.json"
+rank=0
+for code in $RECORDS; do
+    echo '{}' > "$RUN_DIR/exits/$ARTCLF_LAUNCH_ID/rank-$rank-$code.json"
+    rank=$((rank + 1))
+done
+exit "$LAUNCHER_RC"
+"""
+
+# case: (the launcher's exit code, the trainers' records, RETRY_EXIT_CODE, the container's exit code)
+EXIT_CASES = {
+    "done": (0, "", None, 0),
+    "saved after TERM": (1, "75 75", None, 75),
+    "saved after Ctrl-C": (1, "130", None, 75),
+    "permanent": (1, "78 78", None, 78),
+    "permanent beside a saved rank": (1, "75 78", None, 78),
+    "crash (no record)": (1, "", None, 1),
+    "OOM kill (no record)": (137, "", None, 137),
+    "legacy PyTorchJob: saved": (1, "75", "138", 138),
+    "legacy PyTorchJob: crash": (1, "", "138", 138),
+    "legacy PyTorchJob: permanent": (1, "78", "138", 78),
+}
+
+
+@pytest.mark.parametrize("case", EXIT_CASES)
+def test_exit_code_from_the_records(tmp_path, case):
+    launcher_rc, records, retry, expected = EXIT_CASES[case]
+    stub = tmp_path / "accelerate"
+    stub.write_text(RECORDING_LAUNCHER)
+    stub.chmod(0o755)
+    run = tmp_path / "run"
+    env = {"ACCELERATE": str(stub), "RUN_DIR": str(run), "RECORDS": records, "LAUNCHER_RC": str(launcher_rc)}
+    env |= {"PET_NNODES": "1", "PET_NODE_RANK": "0", "PET_NPROC_PER_NODE": "2", "MASTER_ADDR": "m-0"}
+    env |= {"RETRY_EXIT_CODE": retry} if retry else {}
+    res = entrypoint(env, "--shards", "s3://b/p", f"--run={run}")  # the --run=DIR spelling
+    assert res.returncode == expected, res.stdout + res.stderr
+    if expected == 78:
+        assert "exits/k8s-" in res.stderr and "do not retry" in res.stderr
+
+
+PERMANENT_ERRORS = {  # case: (extra flags, extra environment, what the record's reason says)
+    "batch not divisible by the world": (["--batch-size", "15"], {}, "--batch-size 15"),
+    "S3 credentials refused (403)": ([], {"AWS_SECRET_ACCESS_KEY": "not-the-secret"}, "403"),
+}
+
+
+@pytest.mark.slow
+def test_a_permanent_error_ends_the_container_with_78_once(shards, s3_server, tmp_path):
+    """The real trainer under the real launcher, as a TrainJob's pod (1 node x 2 processes): a
+    batch that the world does not divide, and shards on the real S3 server read with a wrong
+    secret. Each ends the container with 78 at the first attempt: every rank recorded it, the
+    agent restarted nothing (with MAX_RESTARTS 3 it would have, three times), and no rank ran
+    twice. Both launches run at once (they fail within seconds of starting)."""
+    prefix = f"{tmp_path.name}/shards"
+    client = s3_server.client()
+    for path in sorted(p for p in shards.rglob("*") if p.is_file()):
+        client.upload_file(str(path), s3_server.bucket, f"{prefix}/{path.relative_to(shards).as_posix()}")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE", "PET_", "TORCH", "AWS_"))}
+    base |= {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "LOGLEVEL": "INFO"}
+    base |= {"PATH": f"{os.path.dirname(sys.executable)}:{base['PATH']}"}
+    tiny = ["--arch", "resnet18", "--weights", "none", "--image-size", "48", "--workers", "1"]
+    runs, launches = {}, []
+    for i, (case, (flags, env, _)) in enumerate(PERMANENT_ERRORS.items()):
+        runs[case] = tmp_path / f"run-{i}"
+        source = f"s3://{s3_server.bucket}/{prefix}" if env else str(shards)
+        layout = {"PET_NNODES": "1", "PET_NPROC_PER_NODE": "2", "PET_NODE_RANK": "0"}
+        layout |= {"PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(procs.free_port())}
+        args = ["--shards", source, "--run", str(runs[case]), *tiny, "--batch-size", "16", *flags]
+        cmd = ["sh", str(K8S / "entrypoint.sh"), *args]
+        launches.append(
+            {"cmd": cmd, "env": base | s3_server.env() | env | layout, "log": tmp_path / f"{i}.log"}
+        )
+    results = procs.run_together(launches, timeout=240)
+    for (case, (_, _, says)), (code, out) in zip(PERMANENT_ERRORS.items(), results, strict=True):
+        assert code == 78, f"{case}: exit {code}\n{out[-5000:]}"
+        (launch,) = (runs[case] / "exits").iterdir()
+        records = [json.loads(p.read_text()) for p in sorted(launch.glob("rank-*.json"))]
+        assert [(r["rank"], r["code"], r["restart"]) for r in records] == [(0, 78, 0), (1, 78, 0)], case
+        assert all(says in r["reason"] for r in records), (case, records)
+        assert "will restart worker group" not in out, f"{case}: the agent restarted\n{out[-5000:]}"
+        assert out.count("artclf train: error:") == 2, f"{case}: one error per rank, once\n{out[-5000:]}"

@@ -123,6 +123,21 @@ def test_usr1_saves_requeues_and_resumes(request, nodes, shards, tmp_path):
     assert_placed(slurm, run)
 
 
+def test_a_permanent_error_fails_the_job_and_is_not_requeued(slurm, shards, tmp_path):
+    """A batch the 2 ranks cannot split: every rank records exit 78 (artclf/train/outcome.py),
+    torchrun restarts nothing, and the job ends FAILED with 78 and the cause in its output; a
+    requeueable job (--requeue) that a retry cannot fix is not requeued."""
+    run, out = tmp_path / "run", tmp_path / "train.out"
+    job = submit_train(slurm, shards, run, out, "--epochs", "1", "--batch-size", "15")
+    (task,) = slurm.wait(job, {"FAILED"}, timeout=300)
+    text = out.read_text()
+    assert task["ExitCode"] == "78:0" and task["Restarts"] == "0", (task, text[-3000:])
+    assert "not requeueing; exit 78" in text and "--batch-size 15" in text, text[-3000:]
+    records = sorted(p.name for p in (run / "exits" / f"slurm-{job}-0").iterdir())
+    assert records == ["rank-0-78.json", "rank-1-78.json"]
+    assert text.count("artclf train: error:") == 2, text[-3000:]  # once per rank: no restart
+
+
 def assert_placed(slurm: Slurm, run: Path) -> None:
     """2 ranks, spread over every node of the cluster (the node names each rank recorded)."""
     where = json.loads((run / "config.json").read_text())["placement"]
