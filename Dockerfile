@@ -1,8 +1,10 @@
 # artclf image: the PyTorch the tests ran (constraints.txt), a C compiler for torch.compile, artclf,
 # non-root. Build and push:
 #   docker build -t registry.example.com/artclf:0.1.0 . && docker push registry.example.com/artclf:0.1.0
-# torch's PyPI wheel brings its CUDA libraries as pip packages (nvidia-*, pinned in constraints.txt);
-# the GPU driver comes from the host (NVIDIA container toolkit / device plugin).
+# torch's PyPI wheel brings its CUDA libraries as pip packages (nvidia-*, pinned in constraints.txt:
+# nvidia-cuda-runtime 13.0, i.e. CUDA 13); the GPU driver comes from the host (NVIDIA container
+# toolkit / device plugin) and must be R580 or newer: CUDA 13.x needs driver >= 580 on Linux
+# (NVIDIA's CUDA Compatibility guide, "Minor Version Compatibility", table 1).
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -19,11 +21,13 @@ RUN apt-get update \
 WORKDIR /opt/artclf
 COPY constraints.txt pyproject.toml README.md ./
 COPY artclf ./artclf
-# [serve]: the same image answers `artclf serve --host 0.0.0.0 --model …` (port 8000).
+# [serve]: the same image answers `artclf serve --host 0.0.0.0 --model …` (port 8000);
+# [export]: and runs `artclf export --format onnx` (onnx; onnxruntime checks the parity).
 # -c constraints.txt: every version as in the virtualenv the tests ran in (`make constraints`).
-RUN pip install -c constraints.txt '.[serve]' && rm -rf build artclf.egg-info
+RUN pip install -c constraints.txt '.[serve,export]' && rm -rf build artclf.egg-info
 
-# The launchers: accelerate configs and the Kubernetes entry (`launch/...` is relative to WORKDIR).
+# The launchers: accelerate configs and the Kubernetes entry, /opt/artclf/k8s/entrypoint.sh, the
+# training pods' command (`launch/...` is relative to WORKDIR).
 COPY launch ./launch
 COPY k8s/entrypoint.sh ./k8s/entrypoint.sh
 

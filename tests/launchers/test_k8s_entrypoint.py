@@ -4,6 +4,7 @@ code tells a saved stop, a permanent error and a failure apart."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -51,6 +52,73 @@ def test_indexed_job_ranks(nnodes):
         assert flags["--rdzv_conf"] == f"is_host={int(index == 0)},join_timeout=900"  # pod 0 hosts c10d
         seen.append(int(flags["--machine_rank"]))
     assert seen == list(range(nnodes))
+
+
+TRAINER_PORT = 29400  # kubeflow/trainer pkg/constants: ContainerTrainerPort
+ANCESTOR = "trainer.kubeflow.org/trainjob-ancestor-step"
+
+
+def trainjob_pods(docs: list[dict]) -> list[tuple[dict, dict[str, str]]]:
+    """(container, what the cluster adds to its environment) of each node of the TrainJob in DOCS,
+    as Kubeflow Trainer v2 builds the pods (kubeflow/trainer, pkg/runtime/framework/plugins/
+    torch/torch.go, EnforceMLPolicy; the same five variables in the Trainer's docs, "PyTorch
+    distributed environment"): the runtime's replicated job whose ancestor step is `trainer`, its
+    container `node` with the TrainJob's trainer fields over it (image, command, args, env,
+    resourcesPerNode), and the Torch plugin's PET_NNODES (numNodes), PET_NPROC_PER_NODE
+    (numProcPerNode), PET_NODE_RANK (a fieldRef to the Job completion index), PET_MASTER_ADDR
+    (pod 0 of the JobSet's headless service, <trainjob>-node-0-0.<trainjob>) and PET_MASTER_PORT
+    (29400); the Job controller adds JOB_COMPLETION_INDEX, as it does in any Indexed Job."""
+    job = first(docs, "TrainJob", "artclf-train")
+    ref, trainer = job["spec"]["runtimeRef"], job["spec"].get("trainer", {})
+    runtime = first(docs, ref.get("kind", "ClusterTrainingRuntime"), ref["name"])
+    (node,) = [
+        r
+        for r in runtime["spec"]["template"]["spec"]["replicatedJobs"]
+        if r["template"]["metadata"]["labels"].get(ANCESTOR) == "trainer"
+    ]
+    pod = node["template"]["spec"]["template"]["spec"]
+    container = copy.deepcopy(next(c for c in pod["containers"] if c["name"] == "node"))
+    container |= {k: trainer[k] for k in ("image", "command", "args") if k in trainer}
+    env = {e["name"]: e for e in container.get("env", [])} | {e["name"]: e for e in trainer.get("env", [])}
+    container["env"] = list(env.values())
+    if "resourcesPerNode" in trainer:
+        container["resources"] = trainer["resourcesPerNode"]
+    policy = runtime["spec"]["mlPolicy"]
+    nnodes = trainer.get("numNodes", policy.get("numNodes", 1))
+    nproc = str(trainer.get("numProcPerNode", policy["torch"].get("numProcPerNode", "auto")))
+    name = job["metadata"]["name"]
+    plugin = {"PET_NNODES": str(nnodes), "PET_NPROC_PER_NODE": nproc}
+    plugin |= {"PET_MASTER_ADDR": f"{name}-node-0-0.{name}", "PET_MASTER_PORT": str(TRAINER_PORT)}
+    return [
+        (container, plugin | {"PET_NODE_RANK": str(i), "JOB_COMPLETION_INDEX": str(i)}) for i in range(nnodes)
+    ]
+
+
+@pytest.mark.parametrize("nnodes", [1, 2, 4])
+def test_trainjob_ranks(nnodes):
+    """prod's TrainJob (Kubeflow Trainer v2) at NNODES nodes: every pod launches the same world
+    around pod 0 of the JobSet, as its own machine rank, with 8 processes per node."""
+    docs = render("k8s/overlays/prod")
+    first(docs, "TrainJob", "artclf-train")["spec"]["trainer"]["numNodes"] = nnodes
+    seen = []
+    for container, env in trainjob_pods(docs):
+        assert container["command"] == ["sh", "/opt/artclf/k8s/entrypoint.sh"]
+        flags = launch_flags(entrypoint(env, "--run", "/runs/x"))
+        assert flags["--num_machines"] == str(nnodes) and flags["--num_processes"] == str(8 * nnodes)
+        assert flags["--main_process_ip"] == "artclf-train-node-0-0.artclf-train"
+        assert flags["--main_process_port"] == str(TRAINER_PORT)
+        assert flags["--rdzv_conf"] == f"is_host={int(env['PET_NODE_RANK'] == '0')},join_timeout=900"
+        seen.append(int(flags["--machine_rank"]))
+    assert seen == list(range(nnodes))
+
+
+def test_entrypoint_refuses_auto_processes_without_a_gpu():
+    """numProcPerNode "auto" (the Torch plugin's default) means one process per GPU; a pod that
+    sees none is told so, not launched with 0 processes."""
+    env = {"PET_NNODES": "1", "PET_NODE_RANK": "0", "PET_NPROC_PER_NODE": "auto", "PET_MASTER_ADDR": "m"}
+    env |= {"CUDA_VISIBLE_DEVICES": ""}
+    res = entrypoint(env | {"PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"})
+    assert res.returncode == 2 and "numProcPerNode=auto but this pod sees no GPU" in res.stderr
 
 
 @pytest.mark.parametrize("nnodes", [1, 2, 3, 4])
