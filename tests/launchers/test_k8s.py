@@ -278,16 +278,6 @@ PYTORCHJOB_BREAKAGES = {  # breakage of spec: (how, the error it must raise)
 }
 
 
-@pytest.mark.parametrize("breakage", PYTORCHJOB_BREAKAGES)
-def test_pytorchjob_models_catch(breakage):
-    job = first(render("k8s/base/pytorchjob"), "PyTorchJob")
-    validate(job)
-    breaks, message = PYTORCHJOB_BREAKAGES[breakage]
-    breaks(job["spec"])
-    with pytest.raises(AssertionError, match=re.escape(message)):
-        validate(job)
-
-
 def node_job(runtime: dict) -> dict:
     """The replicatedJob `node` of a (Cluster)TrainingRuntime."""
     return next(rj for rj in runtime["spec"]["template"]["spec"]["replicatedJobs"] if rj["name"] == "node")
@@ -314,16 +304,6 @@ TRAINJOB_BREAKAGES = {  # breakage of the TrainJob's spec: (how, the error it mu
 }
 
 
-@pytest.mark.parametrize("breakage", TRAINJOB_BREAKAGES)
-def test_trainjob_models_catch(breakage):
-    job = first(render("k8s/base/trainjob"), "TrainJob")
-    validate(job)
-    breaks, message = TRAINJOB_BREAKAGES[breakage]
-    breaks(job["spec"])
-    with pytest.raises(AssertionError, match=re.escape(message)):
-        validate(job)
-
-
 def node_pod(runtime_spec: dict) -> dict:
     return node_job({"spec": runtime_spec})["template"]["spec"]["template"]["spec"]
 
@@ -346,16 +326,27 @@ RUNTIME_BREAKAGES = {  # breakage of the runtime's spec: (how, the error it must
 }
 
 
-@pytest.mark.parametrize("kind", ["TrainingRuntime", "ClusterTrainingRuntime"])
-@pytest.mark.parametrize("breakage", RUNTIME_BREAKAGES)
-def test_runtime_models_catch(breakage, kind):
-    where = "k8s/base/trainjob/runtime" if kind == "TrainingRuntime" else "k8s/base/trainjob/cluster-runtime"
-    runtime = first(render(where), kind, "artclf-torch")
-    validate(runtime)
-    breaks, message = RUNTIME_BREAKAGES[breakage]
-    breaks(runtime["spec"])
+# (kustomization, kind of the object): its breakages, each applied to the object's spec
+MODEL_BREAKAGES = {
+    ("k8s/base/pytorchjob", "PyTorchJob"): PYTORCHJOB_BREAKAGES,
+    ("k8s/base/trainjob", "TrainJob"): TRAINJOB_BREAKAGES,
+    ("k8s/base/trainjob/runtime", "TrainingRuntime"): RUNTIME_BREAKAGES,
+    ("k8s/base/trainjob/cluster-runtime", "ClusterTrainingRuntime"): RUNTIME_BREAKAGES,
+}
+
+
+@pytest.mark.parametrize(
+    "kdir, kind, breakage",
+    [(kdir, kind, b) for (kdir, kind), table in MODEL_BREAKAGES.items() for b in table],
+)
+def test_api_models_catch(kdir, kind, breakage):
+    """The operator APIs' models (kubeflow-training, kubeflow-trainer-api), walked strictly."""
+    doc = first(render(kdir), kind)
+    validate(doc)
+    breaks, message = MODEL_BREAKAGES[kdir, kind][breakage]
+    breaks(doc["spec"])
     with pytest.raises(AssertionError, match=re.escape(message)):
-        validate(runtime)
+        validate(doc)
 
 
 # ---- what the schemas cannot see: security, resources, cross-references ---------------------
