@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
-from tests.launchers.test_k8s import K8S, first, render
+from tests.launchers.test_k8s import K8S, first, render, trainjob_pod
 from tests.support import procs
 
 # ---- k8s/entrypoint.sh: cluster layout -> accelerate launch flags ----------------------------
@@ -55,34 +55,21 @@ def test_indexed_job_ranks(nnodes):
 
 
 TRAINER_PORT = 29400  # kubeflow/trainer pkg/constants: ContainerTrainerPort
-ANCESTOR = "trainer.kubeflow.org/trainjob-ancestor-step"
 
 
 def trainjob_pods(docs: list[dict]) -> list[tuple[dict, dict[str, str]]]:
     """(container, what the cluster adds to its environment) of each node of the TrainJob in DOCS,
-    as Kubeflow Trainer v2 builds the pods (kubeflow/trainer, pkg/runtime/framework/plugins/
-    torch/torch.go, EnforceMLPolicy; the same five variables in the Trainer's docs, "PyTorch
-    distributed environment"): the runtime's replicated job whose ancestor step is `trainer`, its
-    container `node` with the TrainJob's trainer fields over it (image, command, args, env,
-    resourcesPerNode), and the Torch plugin's PET_NNODES (numNodes), PET_NPROC_PER_NODE
+    as Kubeflow Trainer v2 builds the pods (read in kubeflow/trainer's source,
+    pkg/runtime/framework/plugins/torch/torch.go, EnforceMLPolicy): the runtime's pod with the
+    TrainJob's trainer fields over its container `node` (test_k8s.trainjob_pod), and the Torch plugin's PET_NNODES (numNodes), PET_NPROC_PER_NODE
     (numProcPerNode), PET_NODE_RANK (a fieldRef to the Job completion index), PET_MASTER_ADDR
     (pod 0 of the JobSet's headless service, <trainjob>-node-0-0.<trainjob>) and PET_MASTER_PORT
     (29400); the Job controller adds JOB_COMPLETION_INDEX, as it does in any Indexed Job."""
     job = first(docs, "TrainJob", "artclf-train")
-    ref, trainer = job["spec"]["runtimeRef"], job["spec"].get("trainer", {})
+    ref, trainer = job["spec"]["runtimeRef"], job["spec"]["trainer"]
     runtime = first(docs, ref.get("kind", "ClusterTrainingRuntime"), ref["name"])
-    (node,) = [
-        r
-        for r in runtime["spec"]["template"]["spec"]["replicatedJobs"]
-        if r["template"]["metadata"]["labels"].get(ANCESTOR) == "trainer"
-    ]
-    pod = node["template"]["spec"]["template"]["spec"]
-    container = copy.deepcopy(next(c for c in pod["containers"] if c["name"] == "node"))
-    container |= {k: trainer[k] for k in ("image", "command", "args") if k in trainer}
-    env = {e["name"]: e for e in container.get("env", [])} | {e["name"]: e for e in trainer.get("env", [])}
-    container["env"] = list(env.values())
-    if "resourcesPerNode" in trainer:
-        container["resources"] = trainer["resourcesPerNode"]
+    pod, _ = trainjob_pod(copy.deepcopy(docs))
+    container = next(c for c in pod["containers"] if c["name"] == "node")
     policy = runtime["spec"]["mlPolicy"]
     nnodes = trainer.get("numNodes", policy.get("numNodes", 1))
     nproc = str(trainer.get("numProcPerNode", policy["torch"].get("numProcPerNode", "auto")))
