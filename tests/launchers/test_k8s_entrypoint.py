@@ -61,10 +61,11 @@ def trainjob_pods(docs: list[dict]) -> list[tuple[dict, dict[str, str]]]:
     """(container, what the cluster adds to its environment) of each node of the TrainJob in DOCS,
     as Kubeflow Trainer v2 builds the pods (read in kubeflow/trainer's source,
     pkg/runtime/framework/plugins/torch/torch.go, EnforceMLPolicy): the runtime's pod with the
-    TrainJob's trainer fields over its container `node` (test_k8s.trainjob_pod), and the Torch plugin's PET_NNODES (numNodes), PET_NPROC_PER_NODE
-    (numProcPerNode), PET_NODE_RANK (a fieldRef to the Job completion index), PET_MASTER_ADDR
-    (pod 0 of the JobSet's headless service, <trainjob>-node-0-0.<trainjob>) and PET_MASTER_PORT
-    (29400); the Job controller adds JOB_COMPLETION_INDEX, as it does in any Indexed Job."""
+    TrainJob's trainer fields over its container `node` (test_k8s.trainjob_pod), and the Torch
+    plugin's PET_NNODES (numNodes), PET_NPROC_PER_NODE (numProcPerNode), PET_NODE_RANK (a
+    fieldRef to the Job completion index), PET_MASTER_ADDR (pod 0 of the JobSet's headless
+    service, <trainjob>-node-0-0.<trainjob>) and PET_MASTER_PORT (29400); the Job controller
+    adds JOB_COMPLETION_INDEX, as it does in any Indexed Job."""
     job = first(docs, "TrainJob", "artclf-train")
     ref, trainer = job["spec"]["runtimeRef"], job["spec"]["trainer"]
     runtime = first(docs, ref.get("kind", "ClusterTrainingRuntime"), ref["name"])
