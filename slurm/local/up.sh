@@ -86,8 +86,18 @@ NODE_MEM=$((MEM / NNODES))
 # Every CPU gets an equal share of memory by default, so one job cannot take the whole node.
 DEF_MEM_PER_CPU=$((NODE_MEM / CPUS))
 
-# Node k: its name, its network namespace (>= 2 nodes). ID tells this cluster's from another's.
-ID=$(printf %s "$DIR" | sha1sum | cut -c1-6)
+# Node k: its name, its network namespace (>= 2 nodes). ID tells this cluster's from another's:
+# drawn at random when DIR is new, kept in DIR for reruns and down.sh. Not a hash of the path: a
+# cluster whose folder was deleted without down.sh (a killed test session: pytest numbers its
+# folders from 0 again) leaves its namespaces, bridge and daemons running, and a new cluster in
+# a folder of the same path must not take them over (its nodes never registered: "Insane
+# message length", "Unauthorized credential" in the logs).
+if [[ ! -s $DIR/id ]]; then
+    od -An -N3 -tx1 /dev/urandom | tr -d ' \n' >"$DIR/id.tmp"
+    mv "$DIR/id.tmp" "$DIR/id"
+fi
+ID=$(cat "$DIR/id")
+[[ $ID =~ ^[0-9a-f]{6}$ ]] || die "$DIR/id: '$ID' is not 6 hex digits"
 IFACE=artclf0 # the nodes' interface: the same name in every namespace (GLOO_SOCKET_IFNAME)
 BRIDGE=artclfbr$ID
 HOSTS_MARK="# artclf-local-slurm $DIR" # ends the /etc/hosts lines of this cluster

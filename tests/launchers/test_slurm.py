@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -26,7 +27,8 @@ from artclf.model import load_model
 from artclf.split import SplitConfig, split
 from tests.conftest import REPO, TINY, expected_batches, history, plain_predictions, run_cli
 from tests.support import procs
-from tests.support.slurmcluster import Slurm
+from tests.support.slurmcluster import Slurm, cannot_run
+from tests.support.system import cannot
 
 pytestmark = pytest.mark.slow
 
@@ -297,6 +299,50 @@ def test_array_that_is_not_0_to_n_minus_1_is_refused(slurm, tmp_path):
     logs = " ".join(p.read_text() for p in tmp_path.glob("*.out"))
     assert "array 1-2 is not 0-(n-1)" in logs and "NUM_PARTS" in logs
     assert not (tmp_path / "shards").exists()  # nothing packed with a wrong --num-parts
+
+
+def test_a_cluster_a_killed_session_left_running_is_not_taken_over(tmp_path):
+    """A test session killed mid-run leaves its 2-node cluster running (namespaces, bridge,
+    daemons) while its folder is deleted, and the next session's pytest numbers its folders from
+    0 again: a new cluster starts in a folder of the same path. It comes up on a network of its
+    own and leaves the old one alone. (Before: the cluster ID was a hash of the path, the new
+    cluster took over the old namespaces, and its nodes never registered: "nodes not idle after
+    60 s", once in a clean-clone make test after a killed session.)"""
+    if reason := cannot_run(2):
+        cannot(reason)
+    d, old = tmp_path / "slurm", tmp_path / "old"
+
+    def up() -> tuple[subprocess.CompletedProcess, dict]:
+        ctld, slurmd = procs.free_ports(2)
+        env = {**os.environ, "ARTCLF_SLURM_CTLD_PORT": str(ctld), "ARTCLF_SLURM_SLURMD_PORT": str(slurmd)}
+        res = subprocess.run(["bash", "slurm/local/up.sh", "--nodes", "2", str(d)], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+        return res, env
+
+    def down(folder: Path, env: dict) -> None:
+        if folder.exists():
+            subprocess.run(["bash", "slurm/local/down.sh", str(folder)], cwd=REPO, env=env, timeout=120)
+
+    def cluster_id() -> str:  # what names its namespaces, bridge and nodes
+        return re.search(r"^BRIDGE=artclfbr(\w+)$", (d / "net.env").read_text(), re.M)[1]
+
+    first, env = up()
+    try:
+        assert first.returncode == 0, first.stdout + first.stderr
+        stale = cluster_id()
+        # what down.sh needs to end it at the end (pid files, net.env), sockets left out
+        shutil.copytree(d, old, ignore=lambda top, names: [n for n in names if (Path(top) / n).is_socket()])
+        shutil.rmtree(d)  # the folder goes; the cluster runs on
+        second, env2 = up()
+        try:
+            assert second.returncode == 0, second.stdout + second.stderr  # its nodes are idle
+            assert cluster_id() != stale
+            namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+            assert f"artclf-{stale}-1" in namespaces and f"artclf-{stale}-2" in namespaces  # left alone
+        finally:
+            down(d, env2)
+    finally:
+        down(old if old.exists() else d, env)
 
 
 STUBS = {

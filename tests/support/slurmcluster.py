@@ -145,7 +145,7 @@ class Slurm:
         self.run("scontrol", "update", f"JobId={job}", "StartTime=now")
 
 
-def _cannot(nodes: int) -> str | None:
+def cannot_run(nodes: int) -> str | None:
     if os.geteuid() != 0:
         return "the local SLURM needs root (slurmd starts job steps as their users)"
     if not shutil.which("slurmctld") and not can_apt():
@@ -182,7 +182,7 @@ def slurm2(tmp_path_factory, pytestconfig) -> Iterator[Slurm]:
 
 
 def _cluster(tmp_path_factory, pytestconfig, nodes: int) -> Iterator[Slurm]:
-    reason = _cannot(nodes)
+    reason = cannot_run(nodes)
     if reason:
         cannot(reason)
     say = evidence(pytestconfig, "slurm")
