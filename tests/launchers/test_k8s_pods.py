@@ -134,7 +134,9 @@ def assert_trained_once_by_two(
     assert [r["rank"] for r in ranks] == [0, 1] and len({r["pid"] for r in ranks}) == 2
     say(f"{layout}: 2 pods, ranks " + ", ".join(f"{r['rank']}@{r['node']} (pid {r['pid']})" for r in ranks))
     assert [r["epoch"] for r in history(run)] == list(range(1, epochs + 1))
-    assert "2 process(es) on cpu" in outs[0] and "done: best val macro F1" in outs[0]
+    # the main process (global rank 0) is on whichever pod joined the c10d rendezvous first
+    (main,) = [out for out in outs if "2 process(es) on cpu" in out]
+    assert "done: best val macro F1" in main
     got = json.loads((run / "val_metrics.json").read_text())
     assert config["derived"]["mixed_precision"] == "bf16"  # launch/multi_node.yaml's, as on GPUs
     with torch.autocast("cpu", dtype=torch.bfloat16):  # what Accelerate makes of bf16 on a CPU
@@ -218,7 +220,8 @@ def test_trainjob_pod_evicted_and_replaced(shards, tmp_path, say):
     tails = "\n".join(f"--- pod {i}\n{out[-4000:]}" for i, (_, out) in enumerate(results))
     assert (head, evicted, replaced) == (0, 75, 0), tails
     assert "the trainers saved after a stop request" in out1, tails
-    saved = re.search(r"preempted at step (\d+) ", out0)
-    assert saved and re.search(rf"resuming from \S+: epoch \d+, step {saved[1]}\b", out0), tails
+    both = out0 + out1 + results[2][1]  # the main process may be on either pod, in each start
+    saved = re.search(r"preempted at step (\d+) ", both)
+    assert saved and re.search(rf"resuming from \S+: epoch \d+, step {saved[1]}\b", both), tails
     outs = [out0, results[2][1]]
     assert_trained_once_by_two(run, shards, outs, say, "TrainJob (2 nodes), pod 1 evicted and replaced")
