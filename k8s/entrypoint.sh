@@ -106,14 +106,19 @@ for arg in "$@"; do
     prev=$arg
 done
 
+# A TERM before the launcher exists is kept and passed on once it does (PID 1 ignores what it
+# does not trap: without this the launcher would run on until the kubelet's SIGKILL).
+child=
+pending=
+trap 'if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || :; else pending=TERM; fi' TERM
+trap 'if [ -n "$child" ]; then kill -INT "$child" 2>/dev/null || :; else pending=INT; fi' INT
 ${ACCELERATE:-accelerate} launch --config_file "${ACCELERATE_CONFIG:-launch/multi_node.yaml}" \
     --num_machines "$nnodes" --num_processes "$((nnodes * nproc))" --machine_rank "$rank" \
     --main_process_ip "$host" --main_process_port "$port" \
     --rdzv_backend c10d --rdzv_conf "is_host=$is_host,join_timeout=900" \
     --max_restarts "${MAX_RESTARTS:-${PET_MAX_RESTARTS:-3}}" -m artclf.train "$@" &
 child=$!
-trap 'kill -TERM "$child" 2>/dev/null || :' TERM
-trap 'kill -INT "$child" 2>/dev/null || :' INT
+[ -z "$pending" ] || kill "-$pending" "$child" 2>/dev/null || :
 while :; do # a trapped signal interrupts `wait` while the launcher still runs: wait again
     rc=0
     wait "$child" || rc=$?
