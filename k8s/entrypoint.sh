@@ -29,6 +29,12 @@
 # after TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds (default 30; set in the manifest next to
 # terminationGracePeriodSeconds; torch's own knob, torch/distributed/launcher/api.py).
 set -eu
+# A TERM before the launcher starts: do not start it (no trainer has anything to save). PID 1
+# ignores what it does not trap, so without this the launcher would run until the SIGKILL.
+child=
+pending=
+trap 'if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || :; else pending=TERM; fi' TERM
+trap 'if [ -n "$child" ]; then kill -INT "$child" 2>/dev/null || :; else pending=INT; fi' INT
 
 port=${MASTER_PORT:-29500}
 if [ -n "${PET_MASTER_ADDR:-}" ]; then # TrainJob: the only layout that sets PET_MASTER_ADDR
@@ -106,17 +112,20 @@ for arg in "$@"; do
     prev=$arg
 done
 
-# A TERM before the launcher exists is kept and passed on once it does (PID 1 ignores what it
-# does not trap: without this the launcher would run on until the kubelet's SIGKILL).
-child=
-pending=
-trap 'if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || :; else pending=TERM; fi' TERM
-trap 'if [ -n "$child" ]; then kill -INT "$child" 2>/dev/null || :; else pending=INT; fi' INT
-${ACCELERATE:-accelerate} launch --config_file "${ACCELERATE_CONFIG:-launch/multi_node.yaml}" \
-    --num_machines "$nnodes" --num_processes "$((nnodes * nproc))" --machine_rank "$rank" \
-    --main_process_ip "$host" --main_process_port "$port" \
-    --rdzv_backend c10d --rdzv_conf "is_host=$is_host,join_timeout=900" \
-    --max_restarts "${MAX_RESTARTS:-${PET_MAX_RESTARTS:-3}}" -m artclf.train "$@" &
+if [ -n "$pending" ]; then
+    echo "entrypoint.sh: SIG$pending before the launch: not starting the trainers" >&2
+    exit "${RETRY_EXIT_CODE:-143}"
+fi
+# the child resets the traps: a signal meant for the launcher must not be swallowed by this
+# script's handlers in the moment before the exec
+(
+    trap - TERM INT
+    exec ${ACCELERATE:-accelerate} launch --config_file "${ACCELERATE_CONFIG:-launch/multi_node.yaml}" \
+        --num_machines "$nnodes" --num_processes "$((nnodes * nproc))" --machine_rank "$rank" \
+        --main_process_ip "$host" --main_process_port "$port" \
+        --rdzv_backend c10d --rdzv_conf "is_host=$is_host,join_timeout=900" \
+        --max_restarts "${MAX_RESTARTS:-${PET_MAX_RESTARTS:-3}}" -m artclf.train "$@"
+) &
 child=$!
 [ -z "$pending" ] || kill "-$pending" "$child" 2>/dev/null || :
 while :; do # a trapped signal interrupts `wait` while the launcher still runs: wait again

@@ -411,3 +411,27 @@ def test_a_permanent_error_ends_the_container_with_78_once(shards, s3_server, tm
         assert all(says in r["reason"] for r in records), (case, records)
         assert "will restart worker group" not in out, f"{case}: the agent restarted\n{out[-5000:]}"
         assert out.count("artclf train: error:") == 2, f"{case}: one error per rank, once\n{out[-5000:]}"
+
+
+def test_a_term_before_the_launcher_starts_reaches_it(tmp_path):
+    """The kubelet may send TERM while entrypoint.sh still works out the layout (here: counting
+    GPUs for numProcPerNode "auto", slowed down): the script ends without starting the
+    launcher (no trainer has anything to save), at once, not at the kubelet's SIGKILL."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    counting = '#!/bin/sh\ntouch "$OUT/counting"\nsleep 3\necho 1\n'  # torch.cuda.device_count(), slowly
+    (bin_dir / "python").write_text(counting)
+    (bin_dir / "accelerate").write_text(
+        '#!/bin/sh\ntrap \'echo TERM > "$OUT/launcher"; exit 1\' TERM\necho started > "$OUT/launcher"\n'
+        "sleep 30 & wait\n"
+    )
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(tmp_path), "PET_NNODES": "1"}
+    env |= {"PET_NODE_RANK": "0", "PET_NPROC_PER_NODE": "auto", "PET_MASTER_ADDR": "m"}
+    with procs.running(["sh", str(K8S / "entrypoint.sh"), "--run", str(tmp_path)], env=env) as p:
+        procs.wait_for(lambda: (tmp_path / "counting").exists(), 10, "the GPU count", p)
+        p.send_signal(signal.SIGTERM)
+        code = p.wait(timeout=30)
+    assert code == 143 and not (tmp_path / "launcher").exists(), procs.output(p)
+    assert "SIGTERM before the launch: not starting the trainers" in procs.output(p)
