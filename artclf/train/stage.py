@@ -45,7 +45,7 @@ from artclf.train.engine import Meter, lr_at, train_one_epoch
 from artclf.train.order import Order
 from artclf.train.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Preemption, die, watch_launcher
 from artclf.train.recipe import flip_set, make_optimizer, sync_bn_choice
-from artclf.train.runlock import RunLock
+from artclf.train.runlock import RunBusy, RunLock
 from artclf.train.shardcache import ShardCache, default_root
 from artclf.train.stream import decode_on_device, train_stream
 from artclf.transforms import Preprocess
@@ -129,10 +129,9 @@ def _lock_run(acc: Accelerator, run: Path) -> tuple[RunLock | None, Path]:
         except ArtclfError as e:
             shared[0] = (str(e), e.permanent)
     broadcast_object_list(shared)
-    if shared[0]:
-        error = ArtclfError(shared[0][0])
-        error.permanent = shared[0][1]
-        raise error
+    if shared[0]:  # on every rank the error the lock raised: busy (RunBusy) or unusable
+        message, permanent = shared[0]
+        raise (ArtclfError if permanent else RunBusy)(message)
     return lock, run / hangs.DEBUG / shared[1]
 
 

@@ -413,7 +413,7 @@ def test_a_permanent_error_ends_the_container_with_78_once(shards, s3_server, tm
         assert out.count("artclf train: error:") == 2, f"{case}: one error per rank, once\n{out[-5000:]}"
 
 
-def test_a_term_before_the_launcher_starts_reaches_it(tmp_path):
+def test_a_term_before_the_launch_starts_no_trainer(tmp_path):
     """The kubelet may send TERM while entrypoint.sh still works out the layout (here: counting
     GPUs for numProcPerNode "auto", slowed down): the script ends without starting the
     launcher (no trainer has anything to save), at once, not at the kubelet's SIGKILL."""
