@@ -20,7 +20,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "debug": ("artclf.train.debugreport", "what each rank was doing when a training job hung"),
     "evaluate": ("artclf.evaluate", "metrics and plots of a model on a split"),
     "predict": ("artclf.predict", "top-k artists for new images"),
-    "export": ("artclf.export", "ONNX or TorchScript with a parity check"),
+    "export": ("artclf.export", "ONNX, torch.export or TorchScript, parity-checked against PyTorch"),
     "serve": ("artclf.serve", "prediction service: FastAPI, ONNX Runtime or PyTorch"),
     "weights": ("artclf.weights", "fetch pretrained weights into torch hub's cache (login node)"),
 }

@@ -163,7 +163,9 @@ def onnx_runner(path: Path):
     try:
         import onnxruntime as ort
     except ImportError:
-        raise ArtclfError("onnxruntime is not installed: pip install 'artclf[export]'") from None
+        raise ArtclfError(
+            "onnxruntime is not installed: pip install -e '.[export]' (in the artclf clone)"
+        ) from None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
 

@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -20,11 +21,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from artclf.config import parse
 from artclf.data import read_info
 from artclf.ingest import IngestConfig, ingest
 from artclf.metrics.classification import classification_metrics
 from artclf.model import load_model
 from artclf.split import SplitConfig, split
+from artclf.train.config import TrainConfig
 from tests.conftest import REPO, TINY, expected_batches, history, plain_predictions, run_cli
 from tests.support import procs
 from tests.support.slurmcluster import Slurm, cannot_run
@@ -66,7 +69,12 @@ def cluster(request, nodes: int) -> Slurm:
 def train_job(slurm, shards, tmp_path_factory):
     d = tmp_path_factory.mktemp("slurm-train")
     run, out = d / "runs" / "tiny", d / "train.out"
-    job = submit_train(slurm, shards, run, out, "--epochs", "1")
+    # slurm/README.md, "The environment": the nodes find artclf only through SETUP, which
+    # activates the virtualenv on shared storage (here the repository's own); none on PATH
+    venv = Path(sys.executable).parent
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != venv)
+    setup = f"source {venv / 'activate'}"
+    job = submit_train(slurm, shards, run, out, "--epochs", "1", PATH=path, SETUP=setup)
     (task,) = slurm.wait(job, {"COMPLETED"}, timeout=300)
     return task, run, out.read_text()
 
@@ -387,6 +395,19 @@ def test_max_restarts_is_a_site_setting(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     args = (tmp_path / "node-1.args").read_text().splitlines()
     assert args[args.index("--max_restarts") + 1] == "0"
+
+
+def test_the_global_batch_defaults_to_the_readme_table_and_flags_win(tmp_path):
+    """2 × 8 GPUs (the script's default layout) get --batch-size 256 (README, "Choosing the
+    global batch"); a --batch-size given to sbatch wins, as the trainer's parser reads them."""
+    env = stub_env(tmp_path, {}, SLURM_GPUS_ON_NODE="8")
+    for flags, want in (((), 256), (("--batch-size", "128"), 128)):
+        res = subprocess.run(["bash", "slurm/train.sbatch", *flags], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert res.returncode == 0, res.stdout + res.stderr
+        args = (tmp_path / "node-0.args").read_text().splitlines()
+        trainer = args[args.index("artclf.train") + 1 :]
+        assert parse(TrainConfig, trainer, "artclf train").batch_size == want, trainer
 
 
 def test_flight_recorder_is_on_and_run_debug_exists(tmp_path):
