@@ -52,7 +52,14 @@ from artclf.metrics.classification import ECE_BINS, expected_calibration_error, 
 from artclf.metrics.eval_loop import evaluate
 from artclf.model import load_model, temperature
 from artclf.transforms import Preprocess, decode
-from artclf.workers import kill_workers
+from artclf.workers import (
+    WORKERS_HELP,
+    check_workers,
+    kill_workers,
+    parse_workers,
+    resolve_workers,
+    workers_phrase,
+)
 
 SCALARS = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "top5_accuracy", "confidence", "ece")
 
@@ -64,7 +71,7 @@ class EvaluateConfig:
     split: str = field(default="test", metadata=arg("split to score (the trainer chose its model on val)"))
     out: Path | None = field(default=None, metadata=arg("output folder (default: RUN/eval-<split>/)"))
     batch_size: int = field(default=64, metadata=arg("images per batch, per process"))
-    workers: int = field(default=4, metadata=arg("DataLoader workers per process"))
+    workers: int | str = field(default="auto", metadata=arg(WORKERS_HELP, parse=parse_workers))
     errors: int = field(default=16, metadata=arg("misclassified images in errors.png (0 disables)"))
     unseen: Path | None = field(
         default=None,
@@ -87,8 +94,9 @@ class EvaluateConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.workers < 0 or self.errors < 0:
-            raise ValueError("--batch-size must be >= 1, --workers and --errors >= 0")
+        if self.batch_size < 1 or self.errors < 0:
+            raise ValueError("--batch-size must be >= 1, --errors >= 0")
+        check_workers(self.workers)
         if self.storage_patience < 0 or self.data_timeout < 0:
             raise ValueError("--storage-patience and --data-timeout must be >= 0 seconds")
         storage.check_outlasts(self.storage_patience, data_timeout=self.data_timeout)
@@ -113,12 +121,14 @@ def run(cfg: EvaluateConfig) -> int:
             "score a model on shards packed from the same artists (its run's --shards)"
         )
     out = cfg.out or cfg.model.parent / f"eval-{cfg.split}"
+    workers, why = resolve_workers(cfg.workers)
     acc.print(
         f"artclf evaluate: {cfg.model} on {cfg.shards} split {cfg.split}, "
         f"{acc.num_processes} process(es) on {acc.device}, {pre.image_size} px -> {out}"
     )
+    acc.print(f"input: {workers_phrase(workers, why)}")
     rank, world = acc.process_index, acc.num_processes
-    batches = eval_loader(info, cfg.split, pre, cfg.batch_size, cfg.workers, rank, world, cfg.data_timeout)
+    batches = eval_loader(info, cfg.split, pre, cfg.batch_size, workers, rank, world, cfg.data_timeout)
     expected = info["splits"][cfg.split]["num_samples"]
     try:
         metrics, preds = evaluate(acc, model.to(acc.device), batches, classes, expected)
@@ -312,11 +322,29 @@ def _write_calibration(w, cfg: EvaluateConfig, metrics: dict, blob: dict) -> Non
     w("\n")
 
 
+def _write_effective(w, flags: dict, derived: dict | None) -> None:
+    """What the flags became on the run's processes (config.json's ``derived``): ``--lr`` is for
+    a global batch of 64 and scales with the global batch, ``--workers auto`` is a count."""
+    if not derived:
+        return
+    world, per = derived["world_size"], derived["per_device_batch"]
+    accum = flags.get("grad_accum", 1)
+    w("What the flags became on the run's processes (config.json `derived`), then the flags as given.\n\n")
+    w("| effective value | |\n| --- | --- |\n")
+    w(f"| peak learning rate (effective) | `{derived['peak_lr']:.3g}` |\n")
+    w(f"| global batch | `{flags.get('batch_size')}` = {per} per device × {world} ")
+    w(f"process{'es' if world > 1 else ''} × {accum} accumulation |\n")
+    if "workers" in derived:  # runs before --workers auto did not record it
+        w(f"| DataLoader workers per process | `{derived['workers']}` |\n")
+    w("\n")
+
+
 def _write_report(
     out: Path, cfg: EvaluateConfig, metrics: dict, blob: dict, curve: bool, errors: bool
 ) -> None:
     run_cfg = cfg.model.parent / "config.json"
-    recipe = json.loads(run_cfg.read_text())["config"] if run_cfg.is_file() else blob.get("config", {})
+    record = json.loads(run_cfg.read_text()) if run_cfg.is_file() else {"config": blob.get("config", {})}
+    recipe = record["config"]
     buf = io.StringIO()
     w = buf.write
     w(f"# Evaluation of `{cfg.model}` on the {cfg.split} split\n\n")
@@ -335,7 +363,9 @@ def _write_report(
     if curve:
         w("## Learning curve\n\n![learning curve](learning_curve.png)\n\n")
     w("Per class: [per_class.csv](per_class.csv); every prediction: [predictions.csv](predictions.csv).\n\n")
-    w("## Run config\n\n| setting | value |\n| --- | --- |\n")
+    w("## Run config\n\n")
+    _write_effective(w, recipe, record.get("derived"))
+    w("| flag | value |\n| --- | --- |\n")
     for k, v in recipe.items():
         w(f"| {k} | `{v}` |\n")
     w(f"\nEvaluation settings: `{json.dumps(to_dict(cfg))}`\n")

@@ -7,6 +7,9 @@ with ``torch.load(weights_only=True)``: a file that carries code is refused, not
 from __future__ import annotations
 
 import json
+import pickletools
+import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -68,21 +71,167 @@ def load_model(
     path: Path, map_location: str | torch.device = "cpu", calibrated: bool = True
 ) -> tuple[Classifier, dict]:
     """``model.pt`` -> (model in eval mode, everything else in the file). ``calibrated``: the
-    model divides its logits by the file's fitted temperature (1 for files without one)."""
+    model divides its logits by the file's fitted temperature (1 for files without one).
+    Anything else is refused in one line that says what it is and what to pass instead."""
+    path = Path(path)
+    what = not_a_model_pt(path)
+    if what:
+        raise ArtclfError(f"{path}: {what}")
     try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise ArtclfError(f"{path}: not found; train first (`artclf train … --run RUN`)") from None
+        with warnings.catch_warnings():  # pickle protocol notes: the refusal below says it all
+            warnings.filterwarnings("ignore", "Detected pickle protocol")
+            blob = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickled code is refused by weights_only
-        raise ArtclfError(f"{path}: not a loadable artclf model ({type(e).__name__}: {e})") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise ArtclfError(f"{path}: not an artclf model file (format {FORMAT} expected)")
+        raise ArtclfError(f"{path}: {_refused(path, e)}; {TAKES_MODEL_PT}") from None
+    what = _not_artclf(blob)
+    if what:
+        raise ArtclfError(f"{path}: {what}")
     pre = Preprocess.from_dict(blob["preprocess"])
     model = build_model(blob["arch"], None, len(blob["classes"]), pre)
     model.load_state_dict(plain_state_dict(blob["state_dict"]))  # files saved before the strip too
     if calibrated:
         model.temperature.fill_(temperature(blob))
     return model.eval(), blob
+
+
+def not_a_model_pt(path: Path) -> str | None:
+    """What ``path`` is when its bytes show it is no ``model.pt`` (a folder, an empty, text, ONNX,
+    safetensors, TorchScript or torch.export file), and what to pass instead; ``None``: it may be
+    one (torch.load decides). By content, not by name: users rename files."""
+    if path.is_dir():
+        return _folder(path)
+    if not path.exists():
+        return "not found; train first (`artclf train … --run RUN` writes RUN/model.pt)"
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head:
+        return f"an empty file (an interrupted copy?); {TAKES_MODEL_PT}"
+    if _is_onnx(head):
+        return (
+            "an ONNX model (`artclf export --format onnx`): `artclf serve --model FILE` takes it (a .onnx "
+            "name or --backend onnx); artclf evaluate, predict and export take the model.pt that "
+            "`artclf train` writes (RUN/model.pt)"
+        )
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 30:
+        return f"a safetensors file of bare weights (a training checkpoint's?); {TAKES_MODEL_PT}"
+    if head.startswith(b"PK\x03\x04"):
+        return _archive(path)
+    if b"\0" not in head:
+        try:
+            first = head.decode("utf-8").strip().splitlines()[0][:60]
+        except (UnicodeDecodeError, IndexError):
+            return None
+        return f"a text file (it starts {first!r}), not a model; {TAKES_MODEL_PT}"
+    return None
+
+
+TAKES_MODEL_PT = (
+    "artclf evaluate, predict, export and serve's torch backend take the model.pt that `artclf train` "
+    "writes (RUN/model.pt)"
+)
+
+
+def _folder(path: Path) -> str:
+    """A folder passed as ``--model``: a run folder or one of its checkpoints, or neither."""
+    if (path / "model.pt").is_file():
+        return f"a run folder; pass its model, {path / 'model.pt'}"
+    run = path.parent.parent if path.parent.name == "state" else path
+    if any((path / name).exists() for name in ("model.safetensors", "optimizer.bin", "pytorch_model.bin")):
+        where = f"{run / 'model.pt'}" if (run / "model.pt").is_file() else "RUN/model.pt of its run"
+        return (
+            f"a training checkpoint (accelerate state, to resume training), not a model; pass {where}, "
+            "written by `artclf train` at the best val epoch"
+        )
+    if (path / "state").is_dir() or (path / "config.json").is_file():
+        return "a run folder without model.pt yet (written after the first evaluated epoch); train on"
+    return f"a folder, not a model file; {TAKES_MODEL_PT}"
+
+
+def _is_onnx(head: bytes) -> bool:
+    """An ONNX ModelProto: field 1 (ir_version, a small varint) first, then another of its fields
+    (producer_name, producer_version, domain, model_version, doc_string, graph, opset_import)."""
+    return (
+        len(head) > 3
+        and head[0] == 0x08
+        and 0 < head[1] < 0x80
+        and head[2] in b"\x12\x1a\x22\x28\x32\x3a\x42"
+    )
+
+
+def _archive(path: Path) -> str | None:
+    """A zip: torch.export's ``.pt2`` or a TorchScript archive (both hold code), else ``None``
+    (``torch.save``'s own format: model.pt or a state dict)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None
+    if any(
+        n.endswith(("/archive_format", "/models/model.json")) or "serialized_exported_program" in n
+        for n in names
+    ):
+        return (
+            "a torch.export program (.pt2, `artclf export --format exported`) for your own serving code "
+            f"(torch.export.load); {TAKES_MODEL_PT}"
+        )
+    if any("/code/" in n or n.endswith("/constants.pkl") for n in names):
+        return (
+            "a TorchScript archive (`artclf export --format torchscript`, or torch.jit.save) for your own "
+            f"serving code (torch.jit.load); {TAKES_MODEL_PT}"
+        )
+    return None
+
+
+def _refused(path: Path, error: Exception) -> str:
+    """Why torch.load refused ``path``, without its advice to retry with ``weights_only=False``
+    (that runs whatever the file holds): the code it names, read without running it."""
+    code = _pickled_globals(path)
+    if code:
+        names = ", ".join(code[:3])
+        return f"not a loadable artclf model: it holds pickled code ({names}), which artclf never runs"
+    return f"not a loadable artclf model ({type(error).__name__}, a damaged or foreign file)"
+
+
+def _pickled_globals(path: Path) -> list[str]:
+    """The functions and classes a pickle (plain, or a torch zip's ``data.pkl``) would import,
+    listed with pickletools (which reads, never runs); torch's own are left out."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+        else:
+            data = path.read_bytes()
+        found, strings = [], []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+                strings = [*strings[-1:], arg]
+            elif op.name == "GLOBAL":
+                found.append(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) == 2:
+                found.append(".".join(strings))
+    except Exception:  # noqa: BLE001  (a damaged pickle: nothing to name)
+        return []
+    return sorted({g for g in found if not g.startswith(("torch.", "collections.OrderedDict"))})
+
+
+def _not_artclf(blob: object) -> str | None:
+    """What a plain-data file that is no ``model.pt`` of this format holds."""
+    if isinstance(blob, dict) and blob.get("format") == FORMAT:
+        return None
+    if isinstance(blob, dict) and str(blob.get("format", "")).startswith("artclf-model-"):
+        return (
+            f"an artclf model of format {blob['format']!r}; this artclf reads {FORMAT!r}: use the artclf "
+            "version that wrote it, or train again"
+        )
+    tensors = blob if isinstance(blob, dict) else {}
+    tensors = tensors.get("state_dict", tensors.get("model", tensors)) if isinstance(tensors, dict) else {}
+    if isinstance(tensors, dict) and tensors and all(isinstance(v, torch.Tensor) for v in tensors.values()):
+        return (
+            f"a bare state dict ({len(tensors)} tensors, e.g. {next(iter(tensors))!r}), not a model: artclf "
+            "needs the model.pt that `artclf train` writes, which carries the class list and preprocessing "
+            "besides the weights"
+        )
+    return f"not an artclf model file (a {type(blob).__name__}; format {FORMAT!r} expected); {TAKES_MODEL_PT}"
 
 
 def temperature(blob: dict) -> float:

@@ -95,6 +95,30 @@ def test_report_and_plots(trained_run, evaluated):
     assert "| arch | `resnet18` |" in report  # the run's config, from RUN/config.json
     assert "## Calibration" in report and "## None of these artists" in report
     assert str(out / "report.md") in res.stdout
+    # the effective values beside the flags: the peak lr scaled by the global batch, not --lr
+    run_cfg = json.loads((trained_run / "config.json").read_text())
+    flags, derived = run_cfg["config"], run_cfg["derived"]
+    peak = flags["lr"] * flags["batch_size"] / 64
+    assert peak != flags["lr"] and derived["peak_lr"] == pytest.approx(peak)
+    assert f"| peak learning rate (effective) | `{peak:.3g}` |" in report, report
+    world, per = derived["world_size"], derived["per_device_batch"]
+    assert f"| global batch | `{flags['batch_size']}` = {per} per device × {world} processes" in report
+    assert f"| DataLoader workers per process | `{derived['workers']}` |" in report
+    assert f"| lr | `{flags['lr']}` |" in report  # the flag as given, under its own heading
+
+
+def test_default_workers_fit_this_machine(shards, trained_run, tmp_path):
+    """No --workers: as many as this box's CPUs allow (the train split has more shards than
+    CPUs), so PyTorch never warns that the DataLoader starts more workers than it suggests."""
+    import os
+
+    args = ["evaluate", "--model", trained_run / "model.pt", "--shards", shards, "--split", "train"]
+    res = run_cli(*args, "--out", tmp_path / "out", "--errors", "0", env={"LOCAL_WORLD_SIZE": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "suggested max number of worker" not in res.stderr, res.stderr[-3000:]
+    cpus = len(os.sched_getaffinity(0))
+    n = max(1, min(8, cpus))
+    assert f"input: {n} worker{'s' if n > 1 else ''} per process (auto: {cpus} CPU" in res.stdout, res.stdout
 
 
 def test_default_out_is_next_to_the_model_and_split_is_checked(shards, trained_run, tmp_path, capsys):

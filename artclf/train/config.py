@@ -9,6 +9,7 @@ from pathlib import Path
 from artclf.config import arg
 from artclf.storage.outage import check_outlasts
 from artclf.train.recipe import SYNC_BN_BELOW
+from artclf.workers import WORKERS_HELP, check_workers, parse_workers
 
 # What a read may take beyond the storage patience: its last attempt (botocore's own retries of
 # one request, each up to a 10 s connect or 60 s read timeout), then decoding the batch.
@@ -48,7 +49,7 @@ class TrainConfig:
         default="small",
         metadata=arg("classes flipped at random: small (below the median count), all, none, or names"),
     )
-    workers: int = field(default=8, metadata=arg("DataLoader workers per GPU"))
+    workers: int | str = field(default="auto", metadata=arg(WORKERS_HELP, parse=parse_workers))
     gpu_decode: bool = field(
         default=False,
         metadata=arg(
@@ -170,10 +171,13 @@ class TrainConfig:
             )
         if self.ce_weight < 0 or self.f1_weight < 0 or self.ce_weight + self.f1_weight == 0:
             raise ValueError("--ce-weight and --f1-weight must be >= 0 and not both 0")
+        check_workers(self.workers)  # resolved once at start (artclf.workers.resolve_workers)
         if self.sync_bn not in ("auto", "on", "off"):
             raise ValueError(f"--sync-bn must be auto, on or off, got {self.sync_bn!r}")
         if self.ddp_timeout < 10 or self.data_timeout < 0 or self.max_failed_shards < 0:
             raise ValueError("--ddp-timeout >= 10 s, --data-timeout >= 0, --max-failed-shards >= 0")
+        if not 0 <= self.reject_rate < 1:
+            raise ValueError(f"--reject-rate must be in [0, 1), got {self.reject_rate}")
         if self.storage_patience < 0 or self.stall_timeout < 0:
             raise ValueError("--storage-patience and --stall-timeout must be >= 0 seconds")
         # A rank waiting out an outage holds its batch; its peers wait for it in the next
@@ -187,5 +191,3 @@ class TrainConfig:
         little under ``--ddp-timeout`` (at the collective timeout NCCL's watchdog ends the
         process from C++, and Python would write nothing)."""
         return self.stall_timeout or 0.9 * self.ddp_timeout
-        if not 0 <= self.reject_rate < 1:
-            raise ValueError(f"--reject-rate must be in [0, 1), got {self.reject_rate}")

@@ -18,6 +18,7 @@ from accelerate import Accelerator
 from artclf import plots
 from artclf.atomic import write_jsonl
 from artclf.config import to_dict
+from artclf.workers import workers_phrase
 
 
 def scalars(metrics: dict) -> dict:
@@ -119,7 +120,11 @@ def placement(acc) -> dict:
     return {"nodes": sorted({r["node"] for r in ranks}), "ranks": ranks}
 
 
-def derived(acc, per_device, steps, total, warmup, peak_lr, flips, classes, info, resume, sync_bn) -> dict:
+def derived(
+    acc, per_device, steps, total, warmup, peak_lr, flips, classes, info, resume, sync_bn, workers
+) -> dict:
+    """config.json's ``derived`` block: what the flags became on these processes (the effective
+    values; ``config`` keeps the flags as given, e.g. ``--workers auto``)."""
     return {
         "world_size": acc.num_processes,
         "per_device_batch": per_device,
@@ -133,12 +138,17 @@ def derived(acc, per_device, steps, total, warmup, peak_lr, flips, classes, info
         "train_samples": info["splits"]["train"]["num_samples"],
         "resumed_from": str(resume) if resume else None,
         "sync_bn": sync_bn[0],
+        "workers": workers[0],  # per process, resolved from --workers (auto: the reason beside it)
+        "workers_reason": workers[1],
     }
 
 
-def print_derived(acc, cfg, per_device, steps, peak_lr, flips, resume, state, sync_bn, where) -> None:
+def print_derived(
+    acc, cfg, per_device, steps, peak_lr, flips, resume, state, sync_bn, where, workers
+) -> None:
     acc.print(
-        f"artclf train: {acc.num_processes} process(es) on {acc.device} ({acc.mixed_precision}), "
+        f"artclf train: {acc.num_processes} process(es) on {acc.device}, "
+        f"mixed precision: {acc.mixed_precision}, "
         f"global batch {cfg.batch_size} = {per_device} per device × {acc.num_processes} × {cfg.grad_accum} "
         f"accumulation, {steps} steps/epoch, peak lr {peak_lr:.3g}, {cfg.arch} ({cfg.weights}) at "
         f"{cfg.image_size} px, flips for {len(flips)} classes, data {cfg.shards}"
@@ -150,7 +160,7 @@ def print_derived(acc, cfg, per_device, steps, peak_lr, flips, resume, state, sy
     )
     where_decoded = "on the GPU (--gpu-decode)" if cfg.gpu_decode else "in the workers"
     acc.print(
-        f"input: {cfg.workers} workers per process, JPEGs decoded {where_decoded}; all-rank stop/NaN "
+        f"input: {workers_phrase(*workers)}, JPEGs decoded {where_decoded}; all-rank stop/NaN "
         f"check every {cfg.check_every} steps, val every {cfg.eval_every} epoch(s) and after the last"
     )
     acc.print("ranks on nodes: " + ", ".join(f"{r['rank']}@{r['node']}" for r in where["ranks"]))

@@ -23,7 +23,6 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from itertools import islice
-from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -45,10 +44,11 @@ from artclf.train.engine import Meter, lr_at, train_one_epoch
 from artclf.train.order import Order
 from artclf.train.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Preemption, die, watch_launcher
 from artclf.train.recipe import flip_set, make_optimizer, sync_bn_choice
-from artclf.train.runlock import RunBusy, RunLock
+from artclf.train.runlock import check_alone, lock_run
 from artclf.train.shardcache import ShardCache, default_root
 from artclf.train.stream import decode_on_device, train_stream
 from artclf.transforms import Preprocess
+from artclf.workers import resolve_workers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,11 +77,11 @@ def _run(cfg: TrainConfig) -> int:
     stop = Preemption(deadline=min(120.0, cfg.ddp_timeout))
     watch_launcher()
     acc = Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.ddp_timeout))])
-    _check_alone(acc)
+    check_alone(acc)
     set_patience(cfg.storage_patience)
-    lock, watch = None, None
+    lock, watch, code = None, None, None
     try:
-        lock, folder = _lock_run(acc, cfg.run)
+        lock, folder = lock_run(acc, cfg.run)
         if acc.device.type == "cuda":  # NCCL's Flight Recorder dumps here (its writer makes no folder)
             folder.mkdir(parents=True, exist_ok=True)
             os.environ.setdefault("TORCH_FR_DUMP_TEMP_FILE", str(folder / "nccl-rank-"))
@@ -99,40 +99,11 @@ def _run(cfg: TrainConfig) -> int:
         if watch is not None:
             watch.stop()
         if lock is not None:
+            if code is None and (watch is None or watch.state is None or not watch.state.step):
+                lock.discard_unused()  # failed before its first step: no folder of a path typo
             lock.release()
     acc.end_training()  # an exit without destroying the process group can abort in gloo/NCCL
     return code
-
-
-def _check_alone(acc: Accelerator) -> None:
-    """A launcher that started N processes, each alone in its group: refuse with the cause
-    (the run lock would otherwise blame "another job")."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and acc.num_processes == 1:
-        raise ArtclfError(
-            f"the launcher started {world} processes (WORLD_SIZE={world}), but this one runs alone "
-            f"(accelerate chose {acc.distributed_type.value}, device {acc.device}): a --multi_gpu launch "
-            f"without a usable CUDA device (torch.cuda.is_available() is {torch.cuda.is_available()}). "
-            "Use GPUs, or set ACCELERATE_USE_CPU=1 for DDP on the CPU (gloo)"
-        )
-
-
-def _lock_run(acc: Accelerator, run: Path) -> tuple[RunLock | None, Path]:
-    """The main process locks RUN; every rank learns the outcome and this attempt's debug
-    folder, ``RUN/debug/<stamp>`` (one broadcast, always)."""
-    from accelerate.utils import broadcast_object_list
-
-    lock, shared = None, [None, hangs.stamp()]
-    if acc.is_main_process:
-        try:
-            lock = RunLock(run)
-        except ArtclfError as e:
-            shared[0] = (str(e), e.permanent)
-    broadcast_object_list(shared)
-    if shared[0]:  # on every rank the error the lock raised: busy (RunBusy) or unusable
-        message, permanent = shared[0]
-        raise (ArtclfError if permanent else RunBusy)(message)
-    return lock, run / hangs.DEBUG / shared[1]
 
 
 def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption, watch: hangs.Watch | None = None) -> int:
@@ -159,6 +130,7 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption, watch: hangs.Wat
     pre = Preprocess(image_size=cfg.image_size, resize=cfg.image_size)
     flips = flip_set(cfg.flip_classes, classes, info["splits"]["train"]["class_counts"])
     sync_bn = sync_bn_choice(cfg.sync_bn, per_device, world, acc.device.type)
+    workers = resolve_workers(cfg.workers)  # (count, why): config.json keeps what was asked
 
     cuda = acc.device.type == "cuda"
     if cfg.gpu_decode and not cuda:
@@ -183,7 +155,7 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption, watch: hangs.Wat
     where = runlog.placement(acc)
     if acc.is_main_process:
         derived = runlog.derived(
-            acc, per_device, steps, total, warmup, peak_lr, flips, classes, info, resume, sync_bn
+            acc, per_device, steps, total, warmup, peak_lr, flips, classes, info, resume, sync_bn, workers
         )
         record = {
             "config": to_dict(cfg),
@@ -198,7 +170,9 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption, watch: hangs.Wat
                 [{**change, "step": state.step}] if change else []
             )
         write_json(cfg.run / "config.json", record)
-        runlog.print_derived(acc, cfg, per_device, steps, peak_lr, flips, resume, state, sync_bn, where)
+        runlog.print_derived(
+            acc, cfg, per_device, steps, peak_lr, flips, resume, state, sync_bn, where, workers
+        )
     # a resumed run drops what the run it replaces logged after its last checkpoint
     writer = runlog.writer_for(acc, cfg.run, purge_step=state.step + 1 if resume else None)
     history = plots.read_history(cfg.run / "history.jsonl")[: state.epoch]
@@ -225,14 +199,14 @@ def train(cfg: TrainConfig, acc: Accelerator, stop: Preemption, watch: hangs.Wat
             info.get("shards", {}).get(f, {}).get("bytes", 0) for f in info["splits"]["train"]["filenames"]
         )
         acc.print(f"train shards copied whole to {cache.dir} on each node, once ({train_bytes / 1e9:.2f} GB)")
-    stream = _input_stream(cfg, acc, index, order, pre, flips, state, cache)
+    stream = _input_stream(cfg, acc, index, order, pre, flips, state, cache, workers[0])
     record = runlog.BatchRecord(acc, cfg.run / "batches.jsonl", state.step) if cfg.record_batches else None
     meter = Meter(world)
     # built once: its workers are forked once, not at each evaluation from a process full of
     # threads (docs/design.md, "No fork after threads")
     rank, timeout = acc.process_index, cfg.data_timeout
     val_batches = eval_loader(
-        info, "val", pre, per_device, cfg.workers, rank, world, timeout, cuda, persistent=True
+        info, "val", pre, per_device, workers[0], rank, world, timeout, cuda, persistent=True
     )
 
     def evaluating() -> bool:  # asked before each val batch: progress, and whether to stop
@@ -331,6 +305,7 @@ def _input_stream(
     flips: frozenset[int],
     state: checkpoint.TrainState,
     cache: ShardCache | None,
+    workers: int,
 ) -> Iterator:
     """The run's one train stream, from the micro-batch after the checkpoint it resumes from
     (nothing before it is read); epochs are sliced off it."""
@@ -338,7 +313,7 @@ def _input_stream(
     cuda = acc.device.type == "cuda"
     stream = iter(
         train_stream(
-            index, order, acc.process_index, pre, cfg.workers, flips, start=start,
+            index, order, acc.process_index, pre, workers, flips, start=start,
             max_failed_shards=cfg.max_failed_shards, timeout=cfg.data_timeout, pin_memory=cuda,
             encoded=cfg.gpu_decode, cache=cache,
         )

@@ -286,6 +286,16 @@ def test_sync_bn_on_refuses_cpu_processes():
         sync_bn_choice("on", 8, 2, "cpu")
 
 
+@pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5])
+def test_a_reject_rate_outside_0_1_is_refused(rate):
+    """The check sat after a `return` (in the `stall` property) and never ran."""
+    from artclf.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match=r"--reject-rate must be in \[0, 1\)"):
+        TrainConfig(shards="s", run=Path("r"), reject_rate=rate)
+    assert TrainConfig(shards="s", run=Path("r"), reject_rate=0.0).reject_rate == 0.0
+
+
 def test_model_pt_of_a_compiled_model_loads_into_a_plain_one(tmp_path):
     from artclf.model import build_model, save_model
     from artclf.transforms import Preprocess
@@ -314,3 +324,26 @@ def test_a_stop_during_evaluation_returns_no_metrics(shards):
     stop = lambda: calls.append(1) or len(calls) > 2  # noqa: E731  (stop at the third batch)
     metrics, preds = evaluate(Accelerator(cpu=True), model, batches, info["classes"], 0, stop)
     assert metrics is None and preds is None and len(calls) == 3
+
+
+def test_default_workers_fit_this_machine_and_the_banner_says_why(shards, tmp_path):
+    """No --workers: auto, from this process's CPUs (the box's affinity, 1 process); PyTorch's
+    "suggested max number of worker" warning never fires; config.json keeps "auto" as asked and
+    records the count; the banner names the mixed-precision mode as such."""
+    import os
+
+    run = tmp_path / "run"
+    cmd = train_cmd(shards, run, "--batch-size", "16", "--epochs", "1")[2:]
+    i = cmd.index("--workers")
+    del cmd[i : i + 2]
+    res = run_cli("train", *cmd, env={"LOCAL_WORLD_SIZE": "1"}, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    cpus = len(os.sched_getaffinity(0))
+    n = max(1, min(8, cpus))
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["config"]["workers"] == "auto" and cfg["derived"]["workers"] == n
+    word = "worker" if n == 1 else "workers"
+    cpu = "CPU" if cpus == 1 else "CPUs"
+    assert f"input: {n} {word} per process (auto: {cpus} {cpu} / 1 process on this node, cap 8)" in res.stdout
+    assert "on cpu, mixed precision: no," in res.stdout, res.stdout[:600]
+    assert "suggested max number of worker" not in res.stderr, res.stderr[-3000:]
