@@ -4,7 +4,9 @@ Reads ``artists.csv``, maps every folder of ``images/images`` to one artist (Uni
 plus mojibake repair), drops a byte-identical second folder, and records every file's
 header (size, mode, format), bytes and sha256 without decoding whole images. A file that
 cannot be used is kept in the manifest with the reason as its ``status``; the scan goes on.
-Writes ``WORK/manifest.jsonl`` and ``WORK/ingest_report.json``.
+Writes ``WORK/manifest.jsonl`` and ``WORK/ingest_report.json``. The summary line and the
+report count every file under ``images/images`` once: usable, unusable, in a duplicate folder,
+or not read (outside the artist folders).
 """
 
 from __future__ import annotations
@@ -186,7 +188,14 @@ def resolve_duplicate_folders(rows: list[dict], matched: dict[str, list[str]]) -
             for r in rows:
                 if r["folder"] == other:
                     r["status"] = f"duplicate folder of {IMAGES / primary}"
-            notes.append({"folder": str(IMAGES / other), "copy_of": str(IMAGES / primary), "artist": name})
+            notes.append(
+                {
+                    "folder": str(IMAGES / other),
+                    "copy_of": str(IMAGES / primary),
+                    "artist": name,
+                    "files": sum(r["folder"] == other for r in rows),
+                }
+            )
             print(f"{IMAGES / other}: byte-identical copy of {IMAGES / primary}; its files are not used")
     return notes
 
@@ -210,6 +219,7 @@ def ingest(cfg: IngestConfig) -> dict:
                 if p.is_file():
                     files.append(p)
                     owners.append((name, folder))
+    not_read = files_not_read(data_dir, files)
     scanned = scan_all(files, cfg.max_pixels, cfg.workers)
     rows = [
         {
@@ -222,22 +232,50 @@ def ingest(cfg: IngestConfig) -> dict:
         for p, (name, folder), info in zip(files, owners, scanned, strict=True)
     ]
     dup_folders = resolve_duplicate_folders(rows, matched)
-    report = build_report(cfg, csv_rows, rows, dup_folders, time.perf_counter() - start)
+    report = build_report(cfg, csv_rows, rows, dup_folders, not_read, time.perf_counter() - start)
     for r in rows:
         del r["folder"]
     out = manifest.write_manifest(cfg.work, rows)
     write_json(cfg.work / "ingest_report.json", report)
-    print(
-        f"ingest: {report['files']} files, {report['usable']} usable, {len(report['unusable'])} unusable, "
-        f"{len(labels)} classes in {report['seconds']:.1f}s -> {out}"
-    )
+    print(f"ingest: {summary(report)}; {len(labels)} classes in {report['seconds']:.1f}s -> {out}")
     for u in report["unusable"]:
         print(f"  unusable: {u['path']}: {u['status']}")
     return report
 
 
+def files_not_read(data_dir: Path, files: list[Path]) -> list[str]:
+    """Files under images/images that are not directly in an artist folder (a loose
+    ``.DS_Store``, a subfolder of an artist's folder): not read, but counted, so the summary
+    adds up to what is on disk."""
+    read = {p.relative_to(data_dir).as_posix() for p in files}
+    return sorted(
+        rel
+        for top, _, names in os.walk(data_dir / IMAGES)
+        for rel in (Path(top, n).relative_to(data_dir).as_posix() for n in names)
+        if rel not in read
+    )
+
+
+def summary(report: dict) -> str:
+    """``882 files in images/images = 846 usable + 3 unusable + 33 in <folder> (…)``: one term
+    per kind of file, so that the terms add up to the files on disk."""
+    terms = [f"{report['usable']} usable", f"{len(report['unusable'])} unusable"]
+    for d in report["duplicate_folders"]:
+        folder, primary = (Path(d[k]).name for k in ("folder", "copy_of"))
+        terms.append(f"{d['files']} in {folder} (a byte-identical copy of {primary}, not used)")
+    if report["not_read"]:
+        first = report["not_read"][0]
+        terms.append(f"{len(report['not_read'])} not read (outside the artist folders, e.g. {first})")
+    return f"{report['files']} files in {IMAGES} = " + " + ".join(terms)
+
+
 def build_report(
-    cfg: IngestConfig, csv_rows: list[dict], rows: list[dict], dup_folders: list[dict], seconds: float
+    cfg: IngestConfig,
+    csv_rows: list[dict],
+    rows: list[dict],
+    dup_folders: list[dict],
+    not_read: list[str],
+    seconds: float,
 ) -> dict:
     """Counts per artist against the csv, unusable files with reasons, and odd-but-usable files."""
     usable = manifest.usable(rows)
@@ -260,8 +298,10 @@ def build_report(
     odd = [{"path": r["path"], "note": note} for r in usable for note in _oddities(r)]
     return {
         "data_dir": str(cfg.data_dir),
-        "files": len(rows),
+        # files == usable + len(unusable) + duplicate_files + len(not_read): every file on disk
+        "files": len(rows) + len(not_read),
         "usable": len(usable),
+        "duplicate_files": sum(d["files"] for d in dup_folders),
         "classes": len(csv_rows),
         "seconds": round(seconds, 2),
         "per_artist": artists,
@@ -272,6 +312,7 @@ def build_report(
             if r["status"] != manifest.OK and not r["status"].startswith("duplicate folder")
         ],
         "odd": odd,
+        "not_read": not_read,
     }
 
 

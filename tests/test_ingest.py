@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
+import re
 import shutil
 import unicodedata
 from pathlib import Path
@@ -198,3 +200,53 @@ def test_broken_layouts_exit_1_with_a_clear_message(tmp_path, breakage, message)
     assert res.returncode == 1, res.stderr
     assert message in res.stderr
     assert not (tmp_path / "w" / "manifest.jsonl").exists()  # nothing half-written
+
+
+def summary_counts(text: str) -> tuple[int, dict[str, int]]:
+    """The ``ingest: N files …`` line -> (N, {part: count}) for each count the line gives for a
+    kind of file (usable, unusable, in a duplicate folder, not read); classes and seconds aside."""
+    line = next(x for x in text.splitlines() if x.startswith("ingest: "))
+    total = int(re.match(r"ingest: (\d+) files", line).group(1))
+    body = line.split(" files", 1)[1].split(" classes")[0]
+    terms = re.findall(r"(\d+) (usable|unusable|in [^+;,]*|not read)", body)
+    parts = {what.strip(): int(n) for n, what in terms}
+    return total, parts
+
+
+def files_on_disk(root: Path) -> int:
+    return sum(len(names) for _, _, names in os.walk(root / "images" / "images"))
+
+
+def test_the_summary_line_accounts_for_every_file_on_disk(sample_dir, tmp_path, capsys):
+    """882 files = 846 usable + 3 unusable + the 33 of the duplicate folder: every file under
+    images/images is counted once, by os.walk, and report.json agrees with the line."""
+    truth = json.loads((sample_dir / "sample_truth.json").read_text())
+    assert truth["duplicate_folder"]["files"] > 0  # the set holds such a folder
+    report = ingest(IngestConfig(data_dir=sample_dir, work=tmp_path, workers=1))
+    total, parts = summary_counts(capsys.readouterr().out)
+    on_disk = files_on_disk(sample_dir)
+    assert total == on_disk == report["files"], (total, on_disk, report["files"])
+    assert sum(parts.values()) == total, (parts, total)
+    assert parts["usable"] == report["usable"] and parts["unusable"] == len(report["unusable"])
+    dup = [v for k, v in parts.items() if k.startswith("in ")]
+    assert dup == [truth["duplicate_folder"]["files"]] == [report["duplicate_files"]], parts
+    assert [d["files"] for d in report["duplicate_folders"]] == dup
+    assert (
+        report["usable"] + len(report["unusable"]) + report["duplicate_files"] + len(report["not_read"])
+        == report["files"]
+    )
+
+
+def test_files_outside_the_artist_folders_are_counted_as_not_read(tmp_path, capsys):
+    root = make_kaggle(tmp_path / "d", {"Albrecht Dürer": 2, "Jackson Pollock": 1})
+    images = root / "images/images"
+    shutil.copytree(images / "Albrecht_Dürer", images / DURER_ONCE)
+    (images / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (images / "Jackson_Pollock" / "extra").mkdir()
+    Image.new("RGB", (9, 9)).save(images / "Jackson_Pollock" / "extra" / "x.jpg")
+    report = ingest(IngestConfig(data_dir=root, work=tmp_path / "w", workers=1))
+    total, parts = summary_counts(capsys.readouterr().out)
+    assert total == files_on_disk(root) == 7 and sum(parts.values()) == 7, parts
+    assert parts["usable"] == 3 and parts["not read"] == 2, parts
+    loose, nested = "images/images/.DS_Store", "images/images/Jackson_Pollock/extra/x.jpg"
+    assert report["not_read"] == [loose, nested]

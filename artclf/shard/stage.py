@@ -5,6 +5,12 @@ Each kept image of each split is opened upright in RGB, shrunk once so its short
 to 11 MP. Samples: ``__key__``, ``jpg``, ``cls`` (label as text), ``json`` (artist, source
 path, original size, group). ``URL`` is a folder or ``s3://bucket/prefix``.
 
+``--shard-samples auto`` (the default) sizes each split's shards for the GPUs that will read
+the set (``--readers``, all nodes; ``--reader-workers`` DataLoader workers each): every GPU at
+least one shard of every split, each GPU worker 4 train shards and 1 val/test shard where the
+split is large enough, no shard below 8 samples unless a GPU would otherwise get none. The
+sizes chosen and why are printed; the rule and the Kaggle numbers are in shards/README.md.
+
 Atomic and resumable: a shard appears under its final name only when complete, and its
 record (``_shards/<name>.json``: keys, each sample's byte span, bytes, sha256) follows; a
 rerun skips shards whose record matches the plan and whose bytes still hash to it.
@@ -18,33 +24,37 @@ wrote: shard says so once and packs everything.
 
 from __future__ import annotations
 
-import hashlib
-import io
+import argparse
 import json
 import os
-import re
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import webdataset as wds
-from PIL import Image
 from tqdm import tqdm
 
 from artclf import __version__, manifest, storage
 from artclf.artists import SAMPLE_TRUTH, class_names, fold
 from artclf.config import arg, stage_main
-from artclf.data import INDEX, tar_spans
+from artclf.data import INDEX
 from artclf.errors import ArtclfError
-from artclf.images import open_rgb
-from artclf.manifest import SPLITS
+from artclf.shard.job import Job, existing_record, plan_hash, write_shard
+from artclf.shard.layout import describe, plan, sizings, split_rows
 
 INFO = "_info.json"
 RECORDS = "_shards"
+
+
+def samples_or_auto(text: str) -> int | str:
+    """``--shard-samples``: ``auto`` or a whole number."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number of samples, got {text!r}") from None
 
 
 @dataclass(frozen=True)
@@ -56,8 +66,20 @@ class ShardConfig:
     )
     store_size: int = field(default=576, metadata=arg("px of the shorter side as stored (never upscaled)"))
     quality: int = field(default=90, metadata=arg("JPEG quality of the stored images"))
-    shard_samples: int = field(
-        default=100, metadata=arg("samples per shard (more shards than ranks × workers)")
+    shard_samples: int | str = field(
+        default="auto",
+        metadata=arg(
+            "samples per shard, or auto: per split, enough shards for --readers GPUs × "
+            "--reader-workers workers, none below 8 samples (shards/README.md)",
+            parse=samples_or_auto,
+        ),
+    )
+    readers: int = field(
+        default=16,
+        metadata=arg("GPUs that will read the set, all nodes (for auto; 16: 2 nodes × 8 GPUs)"),
+    )
+    reader_workers: int = field(
+        default=8, metadata=arg("DataLoader workers per GPU that will read it (for auto; train's --workers)")
     )
     seed: int = field(default=0, metadata=arg("order of samples across shards"))
     workers: int = field(default=0, metadata=arg("packing processes (0 = all cores)"))
@@ -76,157 +98,19 @@ class ShardConfig:
     def __post_init__(self) -> None:
         if self.storage_patience < 0:
             raise ValueError(f"--storage-patience must be >= 0 seconds, got {self.storage_patience}")
-        if not 32 <= self.store_size <= 4096 or not 1 <= self.quality <= 100 or self.shard_samples < 1:
-            raise ValueError("--store-size in [32, 4096], --quality in [1, 100], --shard-samples >= 1")
+        if not 32 <= self.store_size <= 4096 or not 1 <= self.quality <= 100:
+            raise ValueError("--store-size in [32, 4096], --quality in [1, 100]")
+        fixed = isinstance(self.shard_samples, int) and self.shard_samples >= 1
+        if self.shard_samples != "auto" and not fixed:
+            raise ValueError(f"--shard-samples must be auto or a number >= 1, got {self.shard_samples!r}")
+        if self.readers < 1 or self.reader_workers < 1:
+            raise ValueError(
+                f"--readers and --reader-workers must be >= 1, got {self.readers} and {self.reader_workers}"
+            )
         if self.part is not None and not 0 <= self.part < self.num_parts:
             raise ValueError(f"--part must be in [0, --num-parts={self.num_parts}), got {self.part}")
         if self.part is not None and self.merge:
             raise ValueError("--part and --merge exclude each other: pack the parts first, then merge once")
-
-
-def sample_key(path: str) -> str:
-    """``images/images/Vincent_van_Gogh/Vincent_van_Gogh_123.jpg`` -> ``Vincent_van_Gogh_123``.
-
-    ASCII only, no dots: webdataset splits a member name at its first dot into key and field.
-    """
-    return re.sub(r"[^A-Za-z0-9_-]", "_", fold(Path(path).stem))
-
-
-def plan(rows: list[dict], shard_samples: int, seed: int) -> dict[str, list[list[dict]]]:
-    """Split -> shards -> samples. Sorted, then shuffled with the seed so that each shard mixes
-    artists (a small shuffle buffer then suffices); deterministic for a manifest and seed."""
-    out = {}
-    for n, name in enumerate(SPLITS):
-        rs = sorted((r for r in rows if r.get("keep") and r.get("split") == name), key=lambda r: r["path"])
-        if not rs:
-            continue
-        order = np.random.default_rng([seed, n]).permutation(len(rs))
-        rs = [rs[i] for i in order]
-        out[name] = [rs[i : i + shard_samples] for i in range(0, len(rs), shard_samples)]
-    keys = [sample_key(r["path"]) for shards in out.values() for s in shards for r in s]
-    if len(set(keys)) != len(keys):
-        dup = sorted(k for k in set(keys) if keys.count(k) > 1)[:5]
-        raise ArtclfError(f"sample keys collide after ASCII folding: {dup}; rename those files")
-    return out
-
-
-def encode(path: Path, store_size: int, quality: int) -> tuple[bytes, tuple[int, int]]:
-    """Upright RGB, shorter side shrunk to ``store_size`` (draft decoding), re-encoded JPEG."""
-    im = open_rgb(path, min_side=store_size)
-    scale = store_size / min(im.size)
-    if scale < 1:
-        im = im.resize(
-            (max(1, round(im.width * scale)), max(1, round(im.height * scale))),
-            Image.Resampling.BICUBIC,
-            reducing_gap=3.0,
-        )
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=quality, optimize=False)
-    return buf.getvalue(), im.size
-
-
-def _plan_hash(samples: list[dict], cfg_key: tuple) -> str:
-    ids = [(sample_key(r["path"]), r["sha256"], r["label"]) for r in samples]
-    return hashlib.sha256(json.dumps([ids, cfg_key]).encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class Job:
-    url: str
-    record_url: str
-    samples: list[dict]
-    data_dir: Path
-    store_size: int
-    quality: int
-    plan_hash: str
-    endpoint: str | None
-    patience: float = storage.DEFAULT_PATIENCE_S
-
-
-def write_shard(job: Job) -> dict:
-    """Pack one shard in a temp file, upload it (atomic), then write its record."""
-    storage.set_endpoint(job.endpoint)
-    storage.set_patience(job.patience)
-    with tempfile.TemporaryDirectory(prefix="artclf-shard-") as tmp:
-        local = Path(tmp) / "shard.tar"
-        with open(local, "wb") as f, wds.TarWriter(f, encoder=False, mtime=0) as w:
-            for r in job.samples:
-                jpg, stored = encode(job.data_dir / r["path"], job.store_size, job.quality)
-                meta = {
-                    "artist": r["artist"],
-                    "path": r["path"],
-                    "width": r["width"],
-                    "height": r["height"],
-                    "group": r["group"],
-                    "stored": list(stored),
-                }
-                w.write(
-                    {
-                        "__key__": sample_key(r["path"]),
-                        "jpg": jpg,
-                        "cls": str(r["label"]).encode(),
-                        "json": json.dumps(meta, ensure_ascii=False).encode(),
-                    }
-                )
-        data = local.read_bytes()
-        keys, spans = tar_spans(io.BytesIO(data))
-        if keys != [sample_key(r["path"]) for r in job.samples]:
-            raise ArtclfError(
-                f"{job.url}: the tar's keys {keys[:3]}… are not the plan's"
-            )  # a webdataset change
-        storage.upload_file(local, job.url)
-    record = {
-        "name": job.url.rsplit("/", 1)[-1],
-        "num_samples": len(job.samples),
-        "bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "plan": job.plan_hash,
-        "keys": keys,
-        "spans": [list(s) for s in spans],  # (offset, size) of each sample's members
-    }
-    storage.write_bytes(job.record_url, json.dumps(record).encode())
-    return record
-
-
-def _sha256(url: str) -> str:
-    h = hashlib.sha256()
-    with storage.open_read(url) as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _written(url: str, denied: list[str]) -> bool:
-    """Whether an earlier run wrote ``url``. A HEAD answers 403 for a missing key to credentials
-    without s3:ListBucket, and for wrong ones: a GET's answer tells which. The first counts as
-    not written (``url`` goes to ``denied``); a refusal of the keys themselves raises."""
-    try:
-        return storage.exists(url)
-    except storage.PermanentStorageError as e:
-        if e.status != 403:
-            raise
-    try:
-        storage.open_read(url).close()  # the GET alone: its answer carries the reason
-        return True
-    except storage.PermanentStorageError as e:
-        if e.code != "AccessDenied":  # InvalidAccessKeyId, SignatureDoesNotMatch, ExpiredToken, …
-            raise
-    denied.append(url)
-    return False
-
-
-def existing_record(job: Job, denied: list[str] | None = None) -> dict | None:
-    """The shard's record when shard and record are complete and match this plan; else None.
-    ``denied``: collects the URLs whose HEAD answered 403 (counted as not written)."""
-    denied = [] if denied is None else denied
-    if not _written(job.record_url, denied) or not _written(job.url, denied):
-        return None
-    record = json.loads(storage.read_bytes(job.record_url))
-    if record.get("plan") != job.plan_hash or storage.size(job.url) != record["bytes"]:
-        return None
-    if "spans" not in record:  # packed before shard wrote the sample index: packed again
-        return None
-    return record if _sha256(job.url) == record["sha256"] else None
 
 
 def _jobs(cfg: ShardConfig, layout: dict[str, list[list[dict]]], data_dir: Path) -> list[tuple[str, Job]]:
@@ -245,7 +129,7 @@ def _jobs(cfg: ShardConfig, layout: dict[str, list[list[dict]]], data_dir: Path)
                         data_dir,
                         cfg.store_size,
                         cfg.quality,
-                        _plan_hash(samples, cfg_key),
+                        plan_hash(samples, cfg_key),
                         cfg.endpoint_url,
                         cfg.storage_patience,
                     ),
@@ -320,6 +204,12 @@ def write_info(
         "data": {"dir": str(root), "generated_sample": (root / SAMPLE_TRUTH).is_file()},
         "store_size": cfg.store_size,
         "quality": cfg.quality,
+        # what the shards were sized for (shards/README.md); a reader set of another size still works
+        "sizing": {
+            "shard_samples": cfg.shard_samples,
+            "readers": cfg.readers,
+            "reader_workers": cfg.reader_workers,
+        },
         "shards": {r["name"]: {k: r[k] for k in ("num_samples", "bytes", "sha256")} for r in records},
         "manifest_sha256": manifest.manifest_sha256(cfg.work),
     }
@@ -361,7 +251,12 @@ def shard(cfg: ShardConfig) -> dict | None:
     names = class_names(artists)
     display = dict(zip([fold(a) for a in artists], artists, strict=True))
     root = manifest.data_dir(cfg.work, cfg.data_dir)
-    split_jobs = _jobs(cfg, plan(rows, cfg.shard_samples, cfg.seed), root)
+    by_split = split_rows(rows, cfg.seed)
+    n_samples = {k: len(v) for k, v in by_split.items()}
+    sizes = sizings(n_samples, cfg.shard_samples, cfg.readers, cfg.reader_workers)
+    for z in sizes.values():
+        print(f"shard: {describe(z, cfg.readers, cfg.reader_workers)}")
+    split_jobs = _jobs(cfg, plan(by_split, sizes), root)
     mine = [i for i in range(len(split_jobs)) if cfg.part is None or i % cfg.num_parts == cfg.part]
     if cfg.merge:
         denied: list[str] = []

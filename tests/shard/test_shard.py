@@ -13,6 +13,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
 import webdataset as wds
 from PIL import Image
 
@@ -20,11 +21,12 @@ from artclf import manifest
 from artclf.artists import class_names
 from artclf.data import eval_loader, read_info, train_index
 from artclf.shard import ShardConfig, shard
-from artclf.shard.stage import sample_key
+from artclf.shard.layout import sample_key
 from artclf.train.order import Order
 from artclf.train.stream import train_loader
 from artclf.transforms import Preprocess
 from tests.conftest import run_cli
+from tests.shard.test_layout import check_readers
 from tests.support import procs
 
 PRE = Preprocess(image_size=64, resize=72)
@@ -241,3 +243,32 @@ def test_s3_into_an_empty_prefix_when_a_head_answers_403(work, s3_server, tmp_pa
         assert secret not in res.stdout + res.stderr
     res = run_cli("shard", "--verify", url, env=s3_server.env())  # all of it, with the full identity
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("gpus, workers", [(1, 2), (64, 1)])
+def test_auto_sizes_each_split_for_its_readers(work, tmp_path, gpus, workers):
+    """``--shard-samples auto`` on the sample set: ``tar`` lists every sample of the manifest once,
+    in shards whose lengths _info.json gives, and what plain webdataset hands each (GPU, worker)
+    meets shards/README.md's rule. 64 GPUs: more than the val split's samples, so some GPUs can
+    get no val shard, and the line says how many."""
+    out = tmp_path / "s"
+    res = run_cli("shard", "--work", work, "--out", out, "--store-size", "96", "--workers", "1",
+                  "--shard-samples", "auto", "--readers", gpus, "--reader-workers", workers)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    info = json.loads((out / "_info.json").read_text())
+    for split_name, rows in expected(work).items():
+        s = info["splits"][split_name]
+        keys, lengths = [], []
+        for name in s["filenames"]:
+            tar = subprocess.run(["tar", "-tf", str(out / name)], check=True, capture_output=True, text=True)
+            stems = sorted({n.rsplit(".", 1)[0] for n in tar.stdout.split()})
+            keys += stems
+            lengths.append(len(stems))
+        assert sorted(keys) == sorted(rows) and lengths == s["shard_lengths"]
+        assert check_readers(split_name, lengths, gpus, workers) == [], (split_name, lengths)
+        line = next(x for x in res.stdout.splitlines() if x.startswith(f"shard: {split_name}: "))
+        assert f"{len(rows)} samples in {len(lengths)} shards of {min(lengths)}" in line, line
+        if len(rows) < gpus:
+            assert f"warning: {gpus - len(rows)} of {gpus} GPUs get no {split_name} shard" in line, line
+    assert info["sizing"] == {"shard_samples": "auto", "readers": gpus, "reader_workers": workers}
+    assert run_cli("shard", "--verify", out).returncode == 0
