@@ -62,7 +62,7 @@ demo: $(VENV)/.installed-demo $(DEMO)/data/artists.csv $(DEMO)/mobilenet_v2.pt
 	$(BIN)/artclf eda --work $(DEMO)/work
 	$(BIN)/artclf dedup --work $(DEMO)/work $(DEMO_DEDUP_FLAGS)
 	$(BIN)/artclf split --work $(DEMO)/work
-	$(BIN)/artclf shard --work $(DEMO)/work --out $(DEMO)/shards --shard-samples 32
+	$(BIN)/artclf shard --work $(DEMO)/work --out $(DEMO)/shards --readers 2 --reader-workers 1
 	$(BIN)/artclf shard --verify $(DEMO)/shards
 	@echo "train: a CPU-sized model (MobileNetV2, ImageNet weights, 128 px, 2 DDP processes on the CPU);"
 	@echo "       the published recipe is ResNet50 at 512 px on GPUs: see README 'train'"

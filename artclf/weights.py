@@ -76,7 +76,16 @@ def state_dict(arch: str, weights: str) -> dict[str, torch.Tensor] | None:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a pickle with code in it, a truncated file, not a torch file
-        raise ArtclfError(f"{path}: not a loadable weights file ({type(e).__name__}: {e})") from None
+        # torch's message for a pickle with code advises weights_only=False, which would run it
+        why = (
+            "it holds pickled objects besides tensors, which artclf never unpickles"
+            if "weights_only" in str(e)
+            else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
+        )
+        raise ArtclfError(
+            f"{path}: not a loadable weights file ({why}); pass a state dict saved with "
+            "torch.save(model.state_dict(), FILE)"
+        ) from None
     for key in ("state_dict", "model"):  # common wrappers around a state dict
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

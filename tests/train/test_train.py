@@ -255,6 +255,10 @@ def test_weights_missing_local_and_malicious(shards, tmp_path):
     bad.write_bytes(pickle.dumps({"format": "artclf-model-1", "x": Evil()}))
     with pytest.raises(ArtclfError, match="not a loadable artclf model"):
         load_model(bad)
+    # --weights FILE with code in it: refused without torch's advice to load it unsafely
+    with pytest.raises(ArtclfError, match="not a loadable weights file") as refused:
+        build("resnet18", str(bad), num_classes=5)
+    assert "weights_only" not in str(refused.value) and "torch.save(model.state_dict()" in str(refused.value)
     assert not (tmp_path / "pwned").exists()
 
 
