@@ -99,7 +99,8 @@ demo: $(VENV)/.installed-demo $(DEMO)/data/artists.csv $(DEMO)/mobilenet_v2.pt
 	@echo "  ingest report             $(DEMO)/work/ingest_report.json"
 	@echo "  EDA plots and summary     $(DEMO)/work/eda/{class_counts.png,image_sizes.png,summary.json}"
 	@echo "  duplicate groups          $(DEMO)/work/dedup/{groups.json,report.json}"
-	@echo "  montages of the largest   $$(ls $(DEMO)/work/dedup/group_*.png | head -3 | tr '\n' ' ')..."
+	@echo "  montages, largest first   $$($(BIN)/python -c "import json; r = json.load(open('$(DEMO)/work/dedup/report.json')); \
+	    print(' '.join(f\"$(DEMO)/work/dedup/{m['file']} ({m['size']})\" for m in r['montages'][:3]))") ..."
 	@echo "  split                     $(DEMO)/work/split.json (and the split field of the manifest)"
 	@echo "  WebDataset shards         $(DEMO)/shards/{train,val,test}-*.tar, $(DEMO)/shards/{_info,_index}.json"
 	@echo "  training run              $(DEMO)/runs/demo/{model.pt,history.jsonl,learning_curve.png,confusion_matrix.png}"

@@ -5,8 +5,8 @@
 - ``features``: the per-image pass (perceptual hashes, CNN embeddings, keypoints), cached, in parts
 - ``phash``, ``neighbors``, ``geometry``, ``alignment``: hashes, nearest neighbours, ORB + RANSAC
   verification, aligned-thumbnail verification
-- ``groups``: union-find; ``report``: report.json, groups.json, the per-artist loss check;
-  ``montage``: the pictures of the groups
+- ``groups``: union-find, and the found pair that ties each member in; ``report``: report.json,
+  groups.json, the per-artist loss check; ``montage``: the pictures of the groups
 """
 
 from artclf.dedup.config import DedupConfig

@@ -67,15 +67,6 @@ class Features:
         e = np.stack([self.emb[k] for k in keys]) if self.model_id is not None else None
         return h, hf, t, e
 
-    def similarity(self, a: str, b: str) -> tuple[float, str]:
-        """How alike two images are, for captions: CNN cosine with embeddings, else hash."""
-        if a == b:
-            return 1.0, "exact"
-        if self.emb:
-            return float(self.emb[a] @ self.emb[b]), "cnn"
-        best = max(self.hash[a] @ self.hash[b], self.flip[a] @ self.hash[b])
-        return float(best / phash.BITS), "hash"
-
     # --- the cache in WORK/dedup -------------------------------------------------
     def save(self, folder: Path) -> None:
         keys = sorted(self.hash)

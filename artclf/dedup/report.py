@@ -13,12 +13,13 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from artclf.dedup import montage
+
 SHOWN = 12  # groups named (and drawn) per warning
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from artclf.dedup import features
     from artclf.dedup.config import DedupConfig
 
 
@@ -41,28 +42,44 @@ def losses(ok: list[dict], multi: list[dict], max_loss: float) -> dict:
     return {"max_loss": max_loss, "per_artist": per, "warnings": warnings}
 
 
-def group_json(m: dict, feats: features.Features) -> dict:
-    kept_sha = next(r["sha256"] for r in m["members"] if r["path"] == (m["kept"] or m["members"][0]["path"]))
-    members = []
-    for r in m["members"]:
-        sim, how = feats.similarity(kept_sha, r["sha256"])
-        members.append(
-            {
-                "path": r["path"],
-                "artist": r["artist"],
-                "keep": r["keep"],
-                "similarity": round(sim, 4),
-                "by": how,
-                "width": r["width"],
-                "height": r["height"],
-            }
-        )
-    return {**{k: m[k] for k in ("group", "size", "artists", "mislabel", "kept")}, "members": members}
+def group_json(m: dict) -> dict:
+    """A ``groups.json`` entry: members (kept or largest first), each with the pair that ties it
+    in (``by``, ``similarity``, ``with`` another member's path), and every pair found in the group."""
+    paths = [r["path"] for r in m["members"]]
+    members = [
+        {
+            "path": r["path"],
+            "artist": r["artist"],
+            "keep": r["keep"],
+            "by": why["by"],
+            "similarity": why["similarity"],
+            "with": paths[why["with"]],
+            "width": r["width"],
+            "height": r["height"],
+        }
+        for r, why in zip(m["members"], m["why"], strict=True)
+    ]
+    pairs = [{**p, "a": paths[p["a"]], "b": paths[p["b"]]} for p in m["pairs"]]
+    return {
+        **{k: m[k] for k in ("group", "size", "artists", "mislabel", "kept")},
+        "members": members,
+        "pairs": pairs,
+    }
 
 
 def report_json(
-    cfg: DedupConfig, ok: list[dict], multi: list[dict], pairs: dict, lost: dict, seconds: dict
+    cfg: DedupConfig,
+    ok: list[dict],
+    multi: list[dict],
+    pairs: dict,
+    lost: dict,
+    drawn: list[dict],
+    seconds: dict,
 ) -> dict:
+    """``report.json``. ``montages`` lists the drawn groups' PNGs (next to it), largest group
+    first: ``[{group, size, file}]``; ``largest_groups`` the ten largest, with their montage
+    file or null."""
+    files = {m["group"]: montage.file_name(m["group"]) for m in drawn}
     dropped = Counter({a: v["dropped"] for a, v in lost["per_artist"].items()})
     return {
         "images": len(ok),
@@ -70,7 +87,10 @@ def report_json(
         "dropped": sum(dropped.values()),
         "groups": len(multi),
         "images_in_groups": sum(m["size"] for m in multi),
-        "largest_groups": [m["size"] for m in multi[:10]],
+        "largest_groups": [
+            {"group": m["group"], "size": m["size"], "montage": files.get(m["group"])} for m in multi[:10]
+        ],
+        "montages": [{"group": m["group"], "size": m["size"], "file": files[m["group"]]} for m in drawn],
         "mislabel_groups": [{"group": m["group"], "artists": m["artists"]} for m in multi if m["mislabel"]],
         "dropped_per_artist": dict(dropped.most_common()),
         "loss": lost,
@@ -107,4 +127,5 @@ def print_summary(report: dict, montages: list[Path]) -> None:
             f"look at groups {shown}" + (f" ({folder}/group_<id>.png)" if folder else "")
         )
     if montages:
-        print(f"  montages: {folder}/group_*.png ({len(montages)})")
+        top = ", ".join(f"{m['file']} ({m['size']})" for m in report["montages"][:3])
+        print(f"  montages: {folder}/group_*.png ({len(montages)}), largest groups first: {top}")

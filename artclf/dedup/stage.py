@@ -10,8 +10,10 @@ largest image; a group whose members carry different artists is a possible misla
 kept out of training unless ``--keep-mislabeled``.
 
 Writes ``group`` and ``keep`` into ``WORK/manifest.jsonl`` and ``WORK/dedup/``:
-``groups.json``, ``report.json``, ``group_<id>.png`` montages of the largest groups and of
-the groups behind every artist that loses more than ``--max-loss`` of its images.
+``groups.json`` (members kept first, each with the found pair that ties it in, and every pair),
+``report.json``, ``group_<id>.png`` montages of the largest groups and of the groups behind
+every artist that loses more than ``--max-loss`` of its images (``report.json``'s ``montages``
+lists them, largest group first).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from artclf.atomic import write_json
 from artclf.config import stage_main
 from artclf.dedup import alignment, features, geometry, montage, phash
 from artclf.dedup.config import DedupConfig
-from artclf.dedup.groups import connected_groups
+from artclf.dedup.groups import connected_groups, explain, ties
 from artclf.dedup.neighbors import pairs_above, topk_similar
 from artclf.dedup.report import SHOWN, group_json, losses, print_summary, report_json
 
@@ -62,6 +64,17 @@ def cnn_candidates(e: np.ndarray, k: int, cut: float) -> np.ndarray:
     """Pairs among each image's ``k`` nearest embeddings with cosine similarity >= ``cut``."""
     s, i = topk_similar(e, e, k, exclude_self=True)
     return pairs_above(s, i, cut)
+
+
+def scores(kind: str, pairs: np.ndarray, h: np.ndarray, hf: np.ndarray, e: np.ndarray | None) -> np.ndarray:
+    """Each pair's similarity as its detector saw it, for the labels: the embeddings' cosine
+    (cnn), or the hashes' dot product over ``BITS`` (1 - 2·Hamming/BITS), mirrored either way
+    (hash; a pair is found from either side)."""
+    a, b = pairs[:, 0], pairs[:, 1]
+    if kind == "cnn":
+        return np.einsum("ij,ij->i", e[a], e[b])
+    dots = [np.einsum("ij,ij->i", x[a], y[b]) for x, y in ((h, h), (hf, h), (h, hf))]
+    return np.maximum.reduce(dots) / phash.BITS
 
 
 def find_pairs(
@@ -103,7 +116,8 @@ def find_pairs(
 
 def assign(rows: list[dict], groups: np.ndarray, keep_mislabeled: bool) -> list[dict]:
     """Write ``group``/``keep`` into usable ``rows``: keep the largest of each group; mislabels
-    (members of different artists) keep nothing unless asked. Returns multi-member groups."""
+    (members of different artists) keep nothing unless asked. Returns multi-member groups,
+    largest first, each with its largest (the kept) member first."""
     members: dict[int, list[dict]] = {}
     for r, g in zip(rows, groups, strict=True):
         r["group"], r["keep"] = int(g), False
@@ -115,6 +129,7 @@ def assign(rows: list[dict], groups: np.ndarray, keep_mislabeled: bool) -> list[
         if len(artists) == 1 or keep_mislabeled:
             best["keep"] = True
         if len(ms) > 1:
+            ms.sort(key=lambda r: r is not best)  # stable: the rest stay in manifest order
             multi.append(
                 {
                     "group": g,
@@ -169,30 +184,43 @@ def dedup(cfg: DedupConfig) -> dict | None:
     unique_groups = connected_groups(len(keys), np.concatenate(list(pairs.values())))
     groups = unique_groups[[index[r["sha256"]] for r in ok]]
     multi = assign(ok, groups, cfg.keep_mislabeled)
+    found = ties(keys, {d: (p, scores(d, p, h, hf, e)) for d, p in pairs.items()})
+    for m in multi:
+        m["why"], m["pairs"] = explain(m["members"], found)
     for r in rows:
         if r["status"] != manifest.OK:
             r["group"], r["keep"] = None, False
     manifest.write_manifest(cfg.work, rows)
 
+    counts = {
+        "exact": len(ok) - len(keys),  # files whose bytes another file already has
+        **{d: len(p) for d, p in pairs.items()},
+        **verified,
+    }
+    return write_outputs(cfg, ok, multi, counts, data_dir, t_feat, start)
+
+
+def write_outputs(
+    cfg: DedupConfig,
+    ok: list[dict],
+    multi: list[dict],
+    counts: dict,
+    data_dir: Path,
+    t_feat: float,
+    start: float,
+) -> dict:
+    """groups.json, the montages (the largest groups, and those behind each loss warning),
+    report.json, the console summary; returns the report. ``start``: the run's
+    ``time.perf_counter()`` at its start; ``t_feat``: seconds its features took."""
+    out = cfg.work / "dedup"
     lost = losses(ok, multi, cfg.max_loss)
-    report = report_json(
-        cfg,
-        ok,
-        multi,
-        {
-            "exact": len(ok) - len(keys),  # files whose bytes another file already has
-            **{d: len(p) for d, p in pairs.items()},
-            **verified,
-        },
-        lost,
-        {"features": round(t_feat, 2), "total": round(time.perf_counter() - start, 2)},
-    )
-    write_json(out / "report.json", report)
-    write_json(out / "groups.json", [group_json(m, feats) for m in multi])
+    write_json(out / "groups.json", [group_json(m) for m in multi])
     warned = {g for w in lost["warnings"] for g in w["groups"][:SHOWN]} if cfg.montages else set()
-    shown = montage.write_montages(
-        [m for i, m in enumerate(multi) if i < cfg.montages or m["group"] in warned], data_dir, out, feats
-    )
+    drawn = [m for i, m in enumerate(multi) if i < cfg.montages or m["group"] in warned]  # largest first
+    shown = montage.write_montages(drawn, data_dir, out)
+    seconds = {"features": round(t_feat, 2), "total": round(time.perf_counter() - start, 2)}
+    report = report_json(cfg, ok, multi, counts, lost, drawn, seconds)
+    write_json(out / "report.json", report)
     print_summary(report, shown)
     return report
 

@@ -8,10 +8,12 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from artclf import manifest
-from artclf.dedup import DedupConfig, dedup, features
+from artclf.dedup import DedupConfig, dedup, features, phash
 from artclf.dedup.report import SHOWN
+from artclf.dedup.stage import find_pairs
 from artclf.ingest import IngestConfig, ingest
 from bench.dedup_quality import WHOLE_PICTURE, score
 from tests.conftest import assert_figure, run_cli
@@ -72,11 +74,97 @@ def test_hashes_alone_find_whole_picture_copies(hashes_only):
     assert_figure(work / f"dedup/group_{largest}.png")
 
 
+@pytest.fixture(scope="module")
+def all_drawn(hashes_only, tmp_path_factory):
+    """``hashes_only`` rerun from its feature cache with a montage of every group: (work, report)."""
+    work = tmp_path_factory.mktemp("drawn") / "w"
+    shutil.copytree(hashes_only[0], work, ignore=shutil.ignore_patterns("*.png"))
+    return work, dedup(DedupConfig(work=work, weights="none", workers=2, montages=100_000))
+
+
+def real_pairs(work, cfg: DedupConfig) -> dict[tuple[str, str], dict[str, float]]:
+    """Reference: the detector pairs of ``work``'s cached features, found again, both ways round,
+    each with its score from the hashes' Hamming distance (mirrored either way) or the cosine."""
+    ok = manifest.usable(manifest.read_manifest(work))
+    keys = sorted({r["sha256"] for r in ok})
+    model_id = _model_id(vars(cfg)) if cfg.use_cnn else None
+    feats = features.Features.load(work / "dedup", model_id)
+    h, hf, t, e = feats.arrays(keys)
+    pairs, _ = find_pairs(h, hf, t, [feats.local[k] for k in keys], e, cfg)
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for kind, found in pairs.items():
+        for a, b in found:
+            if kind == "hash":
+                bits = min(phash.hamming(h[a], h[b]), phash.hamming(hf[a], h[b]), phash.hamming(h[a], hf[b]))
+                sim = 1 - 2 * bits / phash.BITS
+            else:
+                sim = float(e[a] @ e[b])
+            out.setdefault((keys[a], keys[b]), {})[kind] = sim
+            out.setdefault((keys[b], keys[a]), {})[kind] = sim
+    return out
+
+
+def assert_labels_are_real_pairs(work, cfg: DedupConfig) -> None:
+    """Every member's label in groups.json names a pair a detector found (or an exact copy) that
+    touches it, with that pair's score: none is invented for the kept image."""
+    sha = {r["path"]: r["sha256"] for r in manifest.read_manifest(work)}
+    real = real_pairs(work, cfg)
+    for g in json.loads((work / "dedup/groups.json").read_text()):
+        paths = [m["path"] for m in g["members"]]
+        for m in sorted(g["members"], key=lambda m: m["by"] != "exact"):
+            by, sim, other = m["by"], m["similarity"], m.get("with")
+            where = f"group {g['group']}: {m['path']} labelled {by} {sim} with {other}"
+            if by == "exact":
+                twins = [p for p in paths if p != m["path"] and sha[p] == sha[m["path"]]]
+                assert twins, f"{where}, but no other member has its bytes"
+                assert other in twins and sim == 1.0, where
+            else:
+                assert other in paths and other != m["path"], where
+                found = real.get((sha[m["path"]], sha[other]), {})
+                assert by in found, f"{where}, but the detectors found {found or 'no pair'}"
+                assert sim == pytest.approx(found[by], abs=1e-3), where
+
+
+def test_group_labels_are_pairs_the_detectors_found(hashes_only):
+    work, _, _ = hashes_only
+    assert_labels_are_real_pairs(work, DedupConfig(work=work, weights="none", workers=2))
+
+
+def test_montages_are_listed_largest_group_first(hashes_only, all_drawn):
+    for work, report in (hashes_only[:2], all_drawn):
+        listed = report.get("montages")
+        assert listed, f"{work}/dedup/report.json lists no montages"
+        sizes = [m["size"] for m in listed]
+        assert sizes == sorted(sizes, reverse=True), sizes
+        assert {m["file"] for m in listed} == {p.name for p in (work / "dedup").glob("group_*.png")}
+        assert report == json.loads((work / "dedup/report.json").read_text())
+    groups = json.loads((all_drawn[0] / "dedup/groups.json").read_text())
+    assert sizes == sorted((g["size"] for g in groups), reverse=True)  # every group drawn
+    assert report["largest_groups"][0] == {
+        "group": groups[0]["group"],
+        "size": groups[0]["size"],
+        "montage": f"group_{groups[0]['group']}.png",
+    }
+
+
+def test_mislabel_montages_say_every_image_was_dropped_and_why(all_drawn):
+    work, report = all_drawn
+    groups = [g for g in json.loads((work / "dedup/groups.json").read_text()) if g["mislabel"]]
+    assert groups, "the quality set plants cross-artist copies"
+    for g in groups:
+        text = Image.open(work / f"dedup/group_{g['group']}.png").text  # what the sheet draws, as PNG text
+        title = text.get("Title", "")
+        assert f"all {g['size']} images were dropped" in title, (g["group"], text)
+        assert "which label is right" in title and ", ".join(g["artists"]) in title, title
+
+
 @pytest.mark.slow
 def test_mobilenet_features_find_every_kind_of_copy(quality_set, mobilenet, tmp_path):
-    _, s = dedup_score(quality_set, tmp_path / "w", arch="mobilenet_v2", weights=str(mobilenet), montages=0)
+    flags = dict(arch="mobilenet_v2", weights=str(mobilenet), montages=0)
+    _, s = dedup_score(quality_set, tmp_path / "w", **flags)
     assert s["precision"] == 1.0  # geometric verification (default): docs/benchmarks.md
     assert s["recall"] == 1.0
+    assert_labels_are_real_pairs(tmp_path / "w", DedupConfig(work=tmp_path / "w", workers=2, **flags))
 
 
 @pytest.mark.slow
