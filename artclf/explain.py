@@ -13,6 +13,12 @@ prediction) and no parameter gradient is computed or stored, so threads predicti
 same model meanwhile (a server's) neither see nor disturb a heat map. Tracing patches
 ``nn.Module`` for its duration, so a :class:`GradCam` is built before other threads use the
 model; calling it is thread-safe.
+
+What people see (:func:`heat_map`, the one drawing ``artclf predict --explain`` and
+``artclf serve`` share): the whole picture as it was given, upright, at its own aspect ratio
+and a readable size, the map laid into the centre square the model looked at
+(:func:`artclf.transforms.eval_crop_box`), the rest dimmed and the square outlined; not the
+S×S crop alone, which hides the sides of every painting that is not square.
 """
 
 from __future__ import annotations
@@ -23,10 +29,16 @@ import numpy as np
 import torch
 import torch.fx
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw
 from torch import nn
 
 from artclf.errors import ArtclfError
+from artclf.transforms import Preprocess, eval_crop_box, eval_image
+
+# px, the long side of a heat map: a 48 or 512 px crop is too small to read, and a phone's
+# 8000 px photo is more than a screen shows (Pillow's LANCZOS keeps detail either way).
+HEAT_MAP_SIDES = (512, 1024)
+DIM = 0.45  # brightness left outside the crop: the picture stays recognisable, clearly unheated
 
 
 def target_layer(model: nn.Module) -> nn.Module:
@@ -116,6 +128,43 @@ def overlay(image: torch.Tensor, cam: torch.Tensor, alpha: float = 0.45) -> Imag
     heat = colormaps["jet"](cam.numpy())[..., :3] * 255
     base = image.permute(1, 2, 0).numpy().astype(np.float64)
     return Image.fromarray(((1 - alpha) * base + alpha * heat).round().astype(np.uint8))
+
+
+def over_picture(
+    picture: torch.Tensor,
+    cam: torch.Tensor,
+    box: tuple[float, float, float, float],
+    sides: tuple[int, int] = HEAT_MAP_SIDES,
+) -> Image.Image:
+    """The heat map ``cam`` of the crop at ``box`` (left, top, right, bottom in the picture's px)
+    laid into the uint8 3×H×W ``picture``, the rest dimmed, the crop outlined; scaled so that
+    the long side lies within ``sides``, the aspect ratio kept."""
+    h, w = picture.shape[-2:]
+    k = min(max(max(w, h), sides[0]), sides[1]) / max(w, h)
+    size = (max(1, round(w * k)), max(1, round(h * k)))
+    base = Image.fromarray(picture.permute(1, 2, 0).numpy()).resize(size, Image.Resampling.LANCZOS)
+    kx, ky = size[0] / w, size[1] / h
+    left, right = round(box[0] * kx), max(round(box[2] * kx), round(box[0] * kx) + 1)
+    top, bottom = round(box[1] * ky), max(round(box[3] * ky), round(box[1] * ky) + 1)
+    heat = F.interpolate(cam[None, None].float(), size=(bottom - top, right - left), mode="bilinear")[0, 0]
+    a = np.asarray(base)
+    inside = torch.from_numpy(a[top:bottom, left:right].copy()).permute(2, 0, 1)
+    out = Image.fromarray((a * DIM).round().astype(np.uint8))
+    out.paste(overlay(inside, heat), (left, top))
+    line = max(2, round(max(size) / 256))  # outside the crop, so no heat is covered
+    ImageDraw.Draw(out).rectangle(
+        (left - line, top - line, right - 1 + line, bottom - 1 + line), outline="white", width=line
+    )
+    return out
+
+
+def heat_map(cam_of, picture: torch.Tensor, pre: Preprocess) -> tuple[Image.Image, int]:
+    """What people are shown: Grad-CAM of the top class for the model's input from ``picture``
+    (uint8 3×H×W, upright, as decoded), drawn over the whole picture (:func:`over_picture`); and
+    the class. ``cam_of``: a :class:`GradCam`, or anything called like it."""
+    cam, c = cam_of(eval_image(picture, pre)[None])
+    h, w = picture.shape[-2:]
+    return over_picture(picture, cam, eval_crop_box(w, h, pre)), c
 
 
 def png_bytes(im: Image.Image) -> bytes:

@@ -24,12 +24,39 @@ UNKNOWN = "unknown"  # the answer below the model's open-set threshold
 
 
 def load_image(
-    path: Path | bytes, pre: Preprocess, max_pixels: int | None = None, formats: Sequence[str] | None = None
+    path: Path | bytes,
+    pre: Preprocess,
+    max_pixels: int | None = None,
+    formats: Sequence[str] | None = None,
+    max_declared_pixels: int | None = None,
 ) -> torch.Tensor:
     """A file (or its bytes) -> the uint8 3×S×S tensor the model sees: the evaluation transform.
-    Decoded at reduced size where the format allows (never below ``pre.resize``)."""
-    im = open_rgb(path, min_side=pre.resize, max_pixels=max_pixels, formats=formats, reduce_others=True)
-    return eval_image(to_uint8_tensor(im), pre)
+    Decoded at reduced size where the format allows (never below ``pre.resize``); the pixel
+    caps are :func:`artclf.images.open_rgb`'s (a JPEG counts at its reduced decode when
+    ``max_declared_pixels`` is given)."""
+    return load_picture(path, pre, max_pixels, formats, max_declared_pixels)[1]
+
+
+def load_picture(
+    path: Path | bytes,
+    pre: Preprocess,
+    max_pixels: int | None = None,
+    formats: Sequence[str] | None = None,
+    max_declared_pixels: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(picture, model input): the upright RGB uint8 3×H×W picture decoded as :func:`load_image`
+    decodes it (reduced size where the format allows; the same caps), which heat maps are drawn
+    over, and the 3×S×S tensor the model sees, cut from it."""
+    im = open_rgb(
+        path,
+        min_side=pre.resize,
+        max_pixels=max_pixels,
+        formats=formats,
+        reduce_others=True,
+        max_declared_pixels=max_declared_pixels,
+    )
+    picture = to_uint8_tensor(im)
+    return picture, eval_image(picture, pre)
 
 
 def find_images(inputs: Sequence[Path]) -> Iterator[Path]:
@@ -41,9 +68,9 @@ def find_images(inputs: Sequence[Path]) -> Iterator[Path]:
             yield p
 
 
-def probabilities(model, pre: Preprocess, paths: Iterable[Path], batch_size: int):
+def probabilities(model, pre: Preprocess, paths: Iterable[Path], batch_size: int, **caps):
     """Yields (path, model input, calibrated probabilities) per readable image; reports the
-    others on stderr."""
+    others on stderr. ``caps``: :func:`load_image`'s ``max_pixels`` and ``max_declared_pixels``."""
     batch: list[tuple[Path, torch.Tensor]] = []
     device = next(model.parameters()).device
 
@@ -55,7 +82,7 @@ def probabilities(model, pre: Preprocess, paths: Iterable[Path], batch_size: int
 
     for path in paths:
         try:
-            batch.append((path, load_image(path, pre)))
+            batch.append((path, load_image(path, pre, **caps)))
         except Exception as e:  # any decoder error: name the file, keep going
             print(f"artclf predict: skipped {path}: {type(e).__name__}: {e}", file=sys.stderr)
             continue

@@ -68,13 +68,27 @@ def decode(data: bytes) -> torch.Tensor:
     return to_uint8_tensor(open_rgb(data))
 
 
+def _eval_size(h: int, w: int, pre: Preprocess) -> tuple[int, int]:
+    """(height, width) ``eval_image`` resizes an h×w picture to before its centre crop."""
+    scale = pre.resize / min(h, w)
+    return max(pre.image_size, round(h * scale)), max(pre.image_size, round(w * scale))
+
+
 def eval_image(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     """Shorter side to ``pre.resize``, centre crop ``pre.image_size``: evaluate, predict, serve."""
-    h, w = x.shape[-2:]
-    scale = pre.resize / min(h, w)
-    size = [max(pre.image_size, round(h * scale)), max(pre.image_size, round(w * scale))]
-    x = F.resize(x, size, antialias=True)
+    x = F.resize(x, list(_eval_size(*x.shape[-2:], pre)), antialias=True)
     return F.center_crop(x, [pre.image_size, pre.image_size])
+
+
+def eval_crop_box(width: int, height: int, pre: Preprocess) -> tuple[float, float, float, float]:
+    """Where ``eval_image``'s square lies in a width×height picture: (left, top, right, bottom)
+    in the picture's pixels, the resize undone; heat maps mark on the whole picture what the
+    model saw."""
+    rh, rw = _eval_size(height, width, pre)
+    s = pre.image_size
+    top, left = round((rh - s) / 2), round((rw - s) / 2)  # torchvision's center_crop anchor
+    sx, sy = width / rw, height / rh
+    return left * sx, top * sy, (left + s) * sx, (top + s) * sy
 
 
 def train_image(

@@ -5,11 +5,13 @@ starts a real ``artclf serve`` on a free loopback port (without ``--model``: an 
 ResNet-50 at 512 px, the recipe's shape), then ``--clients`` threads post requests until
 ``--requests`` are answered or ``--seconds`` passed. Request kinds, in a fixed seeded mix:
 
-* ``good``: JPEGs of paintings (``sample-data`` styles, 0.3 to ``--max-mp`` MP) and a PNG just
-  under ``--max-pixels`` (the largest decode: PNG has no reduced-size decode): 200, the file's
-  name, the top 5 and probabilities this process's backend gives, no heat map; every
-  ``--explain-every``-th is an ``explain`` (PyTorch backend): ``?explain=1``, the same answer
-  and a heat map, a PNG of the model's input size;
+* ``good``: JPEGs of paintings (``sample-data`` styles, 0.3 to ``--max-mp`` MP), ``--phones``
+  phone photos of a painting (``--phone-mp``, 4:3, default 48 MP: over ``--max-pixels`` as
+  declared, decoded at 1/8) and a PNG just under ``--max-pixels`` (the largest decode: PNG has
+  no reduced-size decode): 200, the file's name, the top 5 and probabilities this process's
+  backend gives, no heat map; every ``--explain-every``-th is an ``explain`` (PyTorch
+  backend): ``?explain=1``, the same answer and a heat map, a PNG of the whole decoded upload
+  (long side 512 to 1024 px, its aspect ratio within 2 %);
 * ``oversize`` (body over ``--max-bytes``) 413; ``bomb`` (a PNG declaring more than
   ``--max-pixels``) 413; ``truncated`` (a cut JPEG) 400; ``not_image`` (text/plain) 415;
   ``wrong_format`` (an ICO, labelled image/x-icon) 400;
@@ -23,7 +25,8 @@ latency of plain and heat-map requests, each kind's statuses, the server's idle 
 (``VmHWM``). Exit 1 when an answer is wrong, a request got another status than its kind's (a
 5xx or a dropped connection included), the server died, or the peak RSS is over ``--max-rss-mb``,
 by default what the limits allow: idle RSS plus, for each of ``--concurrency`` slots, an upload
-(``--max-bytes``), its decode at 4 B a pixel (RGBA, ``--max-pixels``) and ``SLACK_MB``.
+(``--max-bytes``), its decode at 4 B a pixel (RGBA, ``--max-pixels``) and ``SLACK_MB``; a
+phone photo's reduced decode is far below that, so the bound is the same with them.
 """
 
 from __future__ import annotations
@@ -76,6 +79,20 @@ def paintings(n: int, max_mp: float, seed: int = 0) -> list[tuple[str, bytes]]:
         buf = io.BytesIO()
         paint(styles[i % len(styles)], (w, h), rng).save(buf, "JPEG", quality=90)
         out.append((f"painting_{i}.jpg", buf.getvalue()))
+    return out
+
+
+def phones(n: int, mp: float, seed: int = 0) -> list[tuple[str, bytes]]:
+    """``n`` phone photos of sample-data paintings, ``mp`` megapixels at 4:3 (a 48 MP camera
+    writes 8000 × 6000): painted small and enlarged, so smoother than a real photo and a few MB
+    (a real one is 8 to 15 MB: the body size is --max-bytes's business, not this)."""
+    styles, out = make_styles(seed), []
+    w = int((mp * 1e6 * 4 / 3) ** 0.5)
+    for i in range(n):
+        small = paint(styles[(i + 5) % len(styles)], (w // 8, w * 3 // 32), rng_for(seed, 98, i))
+        buf = io.BytesIO()
+        small.resize((w, w * 3 // 4), Image.Resampling.BILINEAR).save(buf, "JPEG", quality=85)
+        out.append((f"phone_{i}_{w}x{w * 3 // 4}.jpg", buf.getvalue()))
     return out
 
 
@@ -194,7 +211,8 @@ def default_model(folder: Path) -> Path:
 def start_server(args, model: Path, port: int, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "artclf", "serve", "--model", str(model), "--port", str(port),
            "--concurrency", str(args.concurrency), "--max-bytes", str(args.max_bytes),
-           "--max-pixels", str(args.max_pixels), "--request-timeout", str(args.request_timeout),
+           "--max-pixels", str(args.max_pixels), "--max-declared-pixels", str(args.max_declared_pixels),
+           "--request-timeout", str(args.request_timeout),
            "--threads", str(args.threads)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 300
@@ -259,9 +277,12 @@ def heat_map_cost(backend, x, reps: int) -> dict:
     return {**c, "split_over_hook": c["split_ms"] / c["hook_ms"], "reps": reps}
 
 
-def answer_is_right(answer: dict, name: str, explained: bool, expect: dict, size: int) -> bool:
-    """The JSON a good request must get: its file, the top 5 of this process, a heat map iff asked."""
-    classes, probs = expect[name]
+def answer_is_right(answer: dict, name: str, explained: bool, expect: dict) -> bool:
+    """The JSON a good request must get: its file, the top 5 of this process, a heat map iff
+    asked, of the whole decoded upload (long side in HEAT_MAP_SIDES, its aspect ratio)."""
+    from artclf.explain import HEAT_MAP_SIDES
+
+    classes, probs, (w, h) = expect[name]
     right = answer.get("filename") == name and [t["class"] for t in answer["top_k"]] == classes
     right = right and np.allclose([t["probability"] for t in answer["top_k"]], probs, atol=1e-4)
     if "heatmap" not in answer:
@@ -271,7 +292,9 @@ def answer_is_right(answer: dict, name: str, explained: bool, expect: dict, size
         shape = Image.open(io.BytesIO(base64.b64decode(data))).size
     except Exception:
         return False
-    return right and explained and head == "data:image/png;base64" and shape == (size, size)
+    aspect_ok = abs(shape[0] / shape[1] / (w / h) - 1) <= 0.02
+    sides_ok = HEAT_MAP_SIDES[0] <= max(shape) <= HEAT_MAP_SIDES[1]
+    return right and explained and head == "data:image/png;base64" and aspect_ok and sides_ok
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -284,12 +307,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     add("--slow", type=int, default=4, help="extra clients that trickle their body")
     add("--paintings", type=int, default=12, help="distinct good JPEGs")
     add("--max-mp", type=float, default=12.0, help="largest good JPEG, megapixels")
+    add("--phones", type=int, default=2, help="phone photos among the good JPEGs")
+    add("--phone-mp", type=float, default=48.0, help="their size, megapixels (4:3)")
     add("--explain-every", type=int, default=3, help="good requests per heat map (0: none)")
     add("--cost-reps", type=int, default=3, help="timings of each heat-map design (0: skip)")
     add("--concurrency", type=int, default=4)
     add("--threads", type=int, default=0, help="serve --threads")
     add("--max-bytes", type=int, default=20 * 2**20)
     add("--max-pixels", type=int, default=25_000_000)
+    add("--max-declared-pixels", type=int, default=400_000_000)
     add("--request-timeout", type=float, default=5.0)
     add("--max-rss-mb", type=float, default=None, help="fail when the server's peak RSS is above")
     add("--json", type=Path, help="write the figures here")
@@ -298,22 +324,25 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    from artclf.inference import load_image
+    from artclf.inference import load_image, load_picture
     from artclf.serve import load_backend
 
     tmp = Path(tempfile.mkdtemp(prefix="serve_load."))
     model = args.model or default_model(tmp)
     backend = load_backend(model, threads=args.threads)
-    size, every = backend.pre.image_size, args.explain_every if backend.explains else 0
-    good = paintings(args.paintings, args.max_mp) + [largest_png(args.max_pixels)]
+    every = args.explain_every if backend.explains else 0
+    photos = phones(args.phones, args.phone_mp)
+    good = paintings(args.paintings, args.max_mp) + photos + [largest_png(args.max_pixels)]
     too_big = [name for name, data in good if len(multipart(data, name, "image/jpeg")) > args.max_bytes]
     if too_big:
         raise SystemExit(f"good images over --max-bytes {args.max_bytes}: {too_big}; lower --max-mp")
-    expect = {}  # filename -> (top-5 classes, probabilities) from the backend in this process
+    expect = {}  # filename -> (top-5 classes, probabilities, decoded size) from the backend here
+    caps = {"max_pixels": args.max_pixels, "max_declared_pixels": args.max_declared_pixels}
     for name, data in good:
-        p = backend.probs(load_image(data, backend.pre, args.max_pixels)[None])[0]
+        picture, x = load_picture(data, backend.pre, **caps)
+        p = backend.probs(x[None])[0]
         order = np.argsort(-p, kind="stable")[:5]
-        expect[name] = ([backend.classes[i] for i in order], p[order])
+        expect[name] = ([backend.classes[i] for i in order], p[order], tuple(picture.shape[:0:-1]))
     cost = None
     if backend.explains and args.cost_reps > 0:
         cost = heat_map_cost(backend, load_image(good[0][1], backend.pre), args.cost_reps)
@@ -355,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             except OSError as e:  # a reset: not an HTTP status at all
                 status, answer, dt = f"error {type(e).__name__}", {}, 0.0
             right = status != 200 or kind not in ("good", "explain")
-            right = right or answer_is_right(answer, name, kind == "explain", expect, size)
+            right = right or answer_is_right(answer, name, kind == "explain", expect)
             with lock:
                 results.append((kind, status, dt, right))
 
@@ -427,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         "server_alive": alive and health_ok,
         "rss_mb": {"idle": idle_kib / 1024, "peak": peak_kib / 1024, "bound": bound_mb, "bound_is": how},
         "largest_png": good[-1][0],
+        "phones": [name for name, _ in photos],
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "model": str(model),
         "machine": f"{platform.node()} {os.cpu_count()} cpus, Python {platform.python_version()}",

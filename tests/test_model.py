@@ -72,9 +72,9 @@ def _stage(name: str, model, images) -> list[str]:
 
 MAINS = {"predict": predict_stage.main, "evaluate": evaluate_stage.main, "serve": serve_stage.main}
 KINDS = ["onnx", "torchscript", "pt2", "text", "state_dict", "empty", "other_format", "pickled_code"]
-# serve: an .onnx name is ONNX Runtime's (no error), and a folder is serve's own "no such model file"
+# serve: an .onnx name is ONNX Runtime's (no error)
 CASES = [(s, k) for s in MAINS for k in KINDS + ["run_folder", "checkpoint_folder"]]
-CASES = [(s, k) for s, k in CASES if s != "serve" or k not in ("onnx", "run_folder", "checkpoint_folder")]
+CASES = [(s, k) for s, k in CASES if s != "serve" or k != "onnx"]
 
 
 @pytest.mark.parametrize(("stage", "kind"), CASES)

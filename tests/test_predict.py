@@ -160,7 +160,10 @@ def reference_cam(model, x: torch.Tensor, cls: int) -> torch.Tensor:
 
 
 def test_explain_writes_the_grad_cam_of_the_top_class(images, model_pt, tmp_path):
-    from artclf.explain import grad_cam, overlay
+    from functools import partial
+
+    from artclf.explain import HEAT_MAP_SIDES, grad_cam, heat_map
+    from artclf.inference import load_picture
 
     out = tmp_path / "why"
     res = run_cli("predict", "--model", model_pt, images, "--format", "json", "--explain", out)
@@ -179,11 +182,13 @@ def test_explain_writes_the_grad_cam_of_the_top_class(images, model_pt, tmp_path
         cam, c = grad_cam(net, x)
         assert c == cls
         torch.testing.assert_close(cam, reference_cam(ref_net, x, cls), atol=1e-5, rtol=1e-4)
+        # drawn over the whole picture, as serve draws it, the long side brought up to 512 px
+        picture, _ = load_picture(Path(r["path"]), PRE)
+        (h, w), drawn = picture.shape[1:], heat_map(partial(grad_cam, net), picture, PRE)[0]
         with Image.open(png) as im:
-            assert im.size == (48, 48)
+            assert max(im.size) == HEAT_MAP_SIDES[0] and abs(im.width / im.height / (w / h) - 1) < 0.02
             shown = torch.from_numpy(np.array(im.convert("RGB"))).int()
-        expected = torch.from_numpy(np.asarray(overlay(x[0], cam))).int()
-        assert (shown - expected).abs().max() <= 1
+        assert (shown - torch.from_numpy(np.asarray(drawn)).int()).abs().max() <= 1
     assert not any(p.grad is not None for p in net.parameters())  # no parameter gradient computed
 
 
@@ -223,3 +228,30 @@ def test_large_images_decode_at_reduced_size_close_to_the_full_decode(fmt):
     assert (load_image(data, PRE).float() - full).abs().mean() < 4
     with pytest.raises(Exception, match="cannot identify"):
         open_rgb(data, formats=["TIFF"])  # a format not listed is not even tried
+
+
+def test_a_200_mp_phone_jpeg_is_predicted_and_a_big_png_is_refused_naming_the_cap(model_pt, tmp_path):
+    """The rule serve applies: a JPEG counts at its reduced decode (its header up to
+    --max-declared-pixels); a PNG, decoded in full, at its header against --max-pixels."""
+    from tests.support.jpeg import flat_jpeg
+
+    (tmp_path / "phone.jpg").write_bytes(flat_jpeg(20000, 10000))  # over Pillow's 179 MP bomb line
+    Image.new("L", (3000, 2000)).save(tmp_path / "scan.png")
+    res = run_cli("predict", "--model", model_pt, tmp_path, "--format", "json", "--max-pixels", "5000000")
+    assert res.returncode == 0, res.stderr
+    assert [Path(r["path"]).name for r in json.loads(res.stdout)] == ["phone.jpg"]
+    assert "scan.png: TooManyPixels: PNG of 3000×2000 = 6000000 pixels" in res.stderr
+    assert "--max-pixels" in res.stderr
+
+
+def test_strict_exits_1_when_any_input_was_unreadable(images, model_pt, tmp_path):
+    good, broken = images / "upright.jpg", images / "broken.jpg"
+    res = run_cli("predict", "--model", model_pt, good, broken)
+    assert res.returncode == 0 and "upright.jpg" in res.stdout  # the default: skip, report, go on
+    res = run_cli("predict", "--model", model_pt, good, broken, tmp_path / "gone.jpg", "--strict")
+    assert res.returncode == 1 and "upright.jpg" in res.stdout, res.stderr  # the good one still printed
+    assert "broken.jpg: OSError" in res.stderr and "gone.jpg: no such file" in res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
+        "artclf predict: error: 2 of 3 inputs could not be read (--strict)"
+    )
+    assert run_cli("predict", "--model", model_pt, good, "--strict").returncode == 0

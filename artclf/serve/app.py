@@ -2,7 +2,7 @@
 
 ``FILE`` is an ONNX model from ``artclf export`` (ONNX Runtime backend) or a ``model.pt`` from
 ``artclf train`` (PyTorch backend); either carries its class list and Preprocess, and uploads go
-through :func:`artclf.inference.load_image`, the transform evaluation and predict use (no
+through :func:`artclf.inference.load_picture`, the transform evaluation and predict use (no
 train/serve skew).
 
 - ``POST /predict``: multipart form field ``file`` (an image) → ``{"answer", "known",
@@ -10,8 +10,9 @@ train/serve skew).
   probabilities, artists as ``artists.csv`` names them with the stable class id beside, and
   ``"answer": "unknown"`` below the model's open-set threshold (the top k still listed).
   ``?top_k=N`` asks for another count; ``?explain=1`` adds a Grad-CAM heat map of the top class
-  over the image the model saw (``heatmap``, a PNG data URL; PyTorch backend only; no hook on
-  the shared model, so heat maps and plain predictions run side by side: :mod:`artclf.explain`).
+  over the whole upload, the centre square the model saw outlined (``heatmap``, a PNG data URL,
+  512 to 1024 px on its long side; PyTorch backend only; no hook on the shared model, so heat
+  maps and plain predictions run side by side: :mod:`artclf.explain`).
 - ``GET /health``: backend, model file, classes, input size, whether heat maps are offered,
   and the model card: what it was trained on, when, its test macro F1 and ECE from
   ``artclf evaluate`` (``RUN/eval-test/metrics.json`` beside ``model.pt``, or carried by the
@@ -19,8 +20,10 @@ train/serve skew).
 - ``GET /``: a page to upload a painting and see the answer, the top 5 with bars, the heat map.
 
 Limits, each a clear 4xx with a JSON ``detail``: a body over ``--max-bytes`` → 413 (checked on
-``Content-Length`` and again while the body streams in); an image whose header declares more
-than ``--max-pixels`` → 413 before it is decoded (decompression bombs); a request that is not
+``Content-Length`` and again while the body streams in); an image that would decode to more
+than ``--max-pixels`` → 413 before it is decoded (a baseline JPEG counts at its reduced decode,
+so phone photos pass; what decodes in full, at its header's size), and so is a JPEG whose header
+declares more than ``--max-declared-pixels`` (decompression bombs); a request that is not
 ``multipart/form-data`` or a part whose declared type is not ``image/*`` → 415; no ``file``
 field, or bytes that are not a JPEG, PNG, WebP, BMP, TIFF or GIF image → 400. A request whose
 headers and body are not in within ``--request-timeout`` seconds gets 408 and its connection
@@ -35,8 +38,11 @@ authentication: put it behind your gateway to expose it.
 # No `from __future__ import annotations`: FastAPI reads the route signatures at run time, and
 # Request is imported inside create_app (fastapi is an optional extra).
 import base64
+import errno
 import html
 import json
+import logging
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -50,10 +56,10 @@ import torch
 from artclf.artists import display_names
 from artclf.config import arg, stage_main
 from artclf.errors import ArtclfError
-from artclf.explain import GradCam, overlay, png_bytes
-from artclf.images import TooManyPixels
-from artclf.inference import answer, load_image
-from artclf.model import model_card
+from artclf.explain import GradCam, heat_map, png_bytes
+from artclf.images import DECLARED_CEILING, TooManyPixels
+from artclf.inference import answer, load_picture
+from artclf.model import model_card, not_a_model_pt
 from artclf.serve.http_limits import CLOSE, BodyLimit, BodyTooLarge, InternalErrors, timed_protocol
 from artclf.transforms import Preprocess
 
@@ -71,7 +77,20 @@ class ServeConfig:
     top_k: int = field(default=5, metadata=arg("artists returned per image unless ?top_k= says"))
     max_bytes: int = field(default=20 * 2**20, metadata=arg("largest request body accepted (bytes)"))
     max_pixels: int = field(
-        default=25_000_000, metadata=arg("largest image accepted, width × height (a 25 MP scan fits)")
+        default=25_000_000,
+        metadata=arg(
+            "most pixels an image may decode to, width × height: a baseline JPEG counts at its reduced "
+            "decode (1/2 to 1/8 scale for the model's input: a 200 MP phone photo decodes to 3 MP), "
+            "PNG, WebP, TIFF, BMP, GIF and progressive JPEG at full size (a 25 MP scan fits)"
+        ),
+    )
+    max_declared_pixels: int = field(
+        default=DECLARED_CEILING,
+        metadata=arg(
+            "most pixels a JPEG's header may declare, width × height: far above --max-pixels because "
+            "a JPEG decodes reduced, yet a ceiling, because libjpeg still reads every block "
+            "(phones write up to 200 MP; beyond 400 MP it is a decompression bomb)"
+        ),
     )
     threads: int = field(default=0, metadata=arg("intra-op threads of the backend (0 = its default)"))
     concurrency: int = field(default=4, metadata=arg("images decoded and predicted at once (memory bound)"))
@@ -86,11 +105,12 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        limits = (self.top_k, self.max_bytes, self.max_pixels, self.concurrency, self.max_connections)
+        limits = (self.top_k, self.max_bytes, self.max_pixels, self.max_declared_pixels, self.concurrency,
+                  self.max_connections)  # fmt: skip
         if min(limits) < 1 or not 0 <= self.port < 65536:
             raise ValueError(
-                "--top-k, --max-bytes, --max-pixels, --concurrency and --max-connections must be >= 1 "
-                "and --port in [0, 65535]"
+                "--top-k, --max-bytes, --max-pixels, --max-declared-pixels, --concurrency and "
+                "--max-connections must be >= 1 and --port in [0, 65535]"
             )
         if not (self.request_timeout > 0 and self.keep_alive > 0):
             raise ValueError("--request-timeout and --keep-alive must be > 0 seconds")
@@ -111,8 +131,9 @@ class Backend:
     def probs(self, x: torch.Tensor) -> np.ndarray:
         raise NotImplementedError
 
-    def explain(self, x: torch.Tensor) -> bytes:
-        """PNG of the top class's Grad-CAM over the uint8 3×S×S image ``x``."""
+    def explain(self, picture: torch.Tensor) -> bytes:
+        """PNG of the top class's Grad-CAM over the whole uint8 3×H×W ``picture`` as decoded, the
+        model's crop outlined (:func:`artclf.explain.heat_map`, what ``predict --explain`` draws)."""
         raise NotImplementedError
 
 
@@ -123,7 +144,9 @@ class OnnxBackend(Backend):
         try:
             import onnxruntime as ort
         except ImportError:
-            raise ArtclfError("onnxruntime is not installed: pip install 'artclf[serve]'") from None
+            raise ArtclfError(
+                "onnxruntime is not installed: pip install -e '.[serve]' in the artclf clone"
+            ) from None
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -166,12 +189,14 @@ class TorchBackend(Backend):
         with torch.inference_mode():
             return torch.softmax(self.model(x).float(), dim=1).numpy()
 
-    def explain(self, x: torch.Tensor) -> bytes:
-        cam, _ = self.grad_cam(x[None])  # no hook, no lock: predictions may run meanwhile
-        return png_bytes(overlay(x, cam))
+    def explain(self, picture: torch.Tensor) -> bytes:
+        im, _ = heat_map(self.grad_cam, picture, self.pre)  # no hook, no lock: predictions may run meanwhile
+        return png_bytes(im)
 
 
 def load_backend(path: Path, backend: str = "auto", threads: int = 0) -> Backend:
+    if path.is_dir():  # a run or checkpoint folder: say which file in it to serve
+        raise ArtclfError(f"{path}: {not_a_model_pt(path)}")
     if not path.is_file():
         raise ArtclfError(f"{path}: no such model file (artclf export … --out FILE, or RUN/model.pt)")
     if backend == "auto":
@@ -186,7 +211,7 @@ def create_app(backend: Backend, cfg: ServeConfig):
         from fastapi import FastAPI, HTTPException, Request
         from fastapi.responses import HTMLResponse
     except ImportError:
-        raise ArtclfError("fastapi is not installed: pip install 'artclf[serve]'") from None
+        raise ArtclfError("fastapi is not installed: pip install -e '.[serve]' in the artclf clone") from None
 
     app = FastAPI(title="artclf", description="Who painted it? Top-k artists of a painting.")
     app.add_middleware(InternalErrors)  # inside FastAPI's own (a plain-text 500 and a traceback)
@@ -216,11 +241,12 @@ def create_app(backend: Backend, cfg: ServeConfig):
     def index() -> str:
         return page
 
-    def decode(upload, filename: str) -> torch.Tensor:
+    def decode(upload, filename: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Worker thread, inside a limiter slot: the upload's bytes (spooled by the form parser,
-        read only now) to the model's input."""
+        read only now) to the picture (for a heat map) and the model's input."""
         try:
-            return load_image(upload.file.read(), backend.pre, cfg.max_pixels, FORMATS)
+            caps = {"max_pixels": cfg.max_pixels, "max_declared_pixels": cfg.max_declared_pixels}
+            return load_picture(upload.file.read(), backend.pre, formats=FORMATS, **caps)
         except TooManyPixels as e:
             raise HTTPException(413, f"{filename!r}: image too large: {e}") from None
         except Exception as e:  # any decoder error, a format not served
@@ -249,7 +275,7 @@ def create_app(backend: Backend, cfg: ServeConfig):
                     detail = f"{upload.filename!r} is {declared or 'untyped'}, not an image/* type"
                     raise HTTPException(415, detail)
                 started = time.perf_counter()
-                x = await anyio.to_thread.run_sync(decode, upload, upload.filename, limiter=limiter)
+                picture, x = await anyio.to_thread.run_sync(decode, upload, upload.filename, limiter=limiter)
                 filename = upload.filename
         except BodyTooLarge as e:  # the body streamed past --max-bytes (no Content-Length)
             raise HTTPException(413, str(e), headers=CLOSE) from None
@@ -264,7 +290,7 @@ def create_app(backend: Backend, cfg: ServeConfig):
             "backend": backend.name,
         }
         if explain:
-            png = await anyio.to_thread.run_sync(backend.explain, x, limiter=limiter)
+            png = await anyio.to_thread.run_sync(backend.explain, picture, limiter=limiter)
             result["heatmap"] = "data:image/png;base64," + base64.b64encode(png).decode()
         result["ms"] = round(1000 * (time.perf_counter() - started), 1)
         return result
@@ -280,28 +306,50 @@ def run(cfg: ServeConfig) -> int:
     try:
         import uvicorn
     except ImportError:
-        raise ArtclfError("uvicorn is not installed: pip install 'artclf[serve]'") from None
+        raise ArtclfError("uvicorn is not installed: pip install -e '.[serve]' in the artclf clone") from None
     backend = load_backend(cfg.model, cfg.backend, cfg.threads)
     app = BodyLimit(create_app(backend, cfg), cfg.max_bytes)
+    config = uvicorn.Config(
+        app,
+        log_level="info",
+        access_log=True,
+        http=timed_protocol(cfg.request_timeout),
+        limit_concurrency=cfg.max_connections,
+        timeout_keep_alive=cfg.keep_alive,
+    )  # its logging is set up here, before the lines below
+    sock = listen(cfg.host, cfg.port)  # before anything says "serving"
     if cfg.host not in LOOPBACK:
         print(
             f"artclf serve: warning: listening on {cfg.host}: other machines can reach it; no authentication",
             file=sys.stderr,
         )
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+    url = f"http://{host}:{sock.getsockname()[1]}"  # --port 0: the port the system chose
     print(
         f"serving {cfg.model} ({backend.name}, {len(backend.classes)} artists, {backend.pre.image_size} px) "
-        f"at http://{host}:{cfg.port}/",
+        f"at {url}/",
         flush=True,
     )
-    uvicorn.run(
-        app,
-        host=cfg.host,
-        port=cfg.port,
-        log_level="info",
-        access_log=True,
-        http=timed_protocol(cfg.request_timeout),
-        limit_concurrency=cfg.max_connections,
-        timeout_keep_alive=cfg.keep_alive,
-    )
+    # uvicorn logs this itself only for a socket it bound; scripts wait for it (as with its workers)
+    logging.getLogger("uvicorn.error").info("Uvicorn running on %s (Press CTRL+C to quit)", url)
+    with sock:
+        uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, as uvicorn makes one; a port that is taken is an
+    error naming it. Connections that arrive before the server loop starts wait in the backlog."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)  # uvicorn's default backlog
+    except OSError as e:
+        sock.close()
+        why = (e.strerror or str(e)).lower()
+        fix = "pass another --host or --port"
+        if e.errno == errno.EADDRINUSE:
+            fix = "another server holds the port: stop it or pass another --port"
+        raise ArtclfError(f"cannot listen on {host}:{port}: {why}; {fix}") from None
+    return sock

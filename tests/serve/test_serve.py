@@ -289,7 +289,7 @@ def probed(fn, what, meet):
                 meeting -= meet
     return call
 
-serve.load_image = probed(serve.load_image, "decode", meet=False)
+serve.load_picture = probed(serve.load_picture, "decode", meet=False)
 serve.OnnxBackend.probs = probed(serve.OnnxBackend.probs, "inference", meet=True)
 sys.exit(serve.main(sys.argv[3:]))
 """
@@ -348,6 +348,19 @@ def test_a_port_taken_before_the_server_binds_it_is_retried(onnx_file, tmp_path)
             assert proc.poll() is None
     assert "address already in use" in (tmp_path / "serve-0.log").read_text()
     assert f"Uvicorn running on {url}" in (tmp_path / "serve-1.log").read_text()
+
+
+def test_a_busy_port_is_one_clear_error_and_no_serving_line(onnx_file):
+    """serve binds before it announces: nothing says "serving" on a port it could not take."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = run_cli("serve", "--model", onnx_file, "--port", str(port), timeout=120)
+    assert res.returncode == 1 and "serving" not in res.stdout + res.stderr, res.stdout + res.stderr
+    (line,) = res.stderr.strip().splitlines()
+    assert line.startswith(f"artclf serve: error: cannot listen on 127.0.0.1:{port}: address already in use")
+    assert "--port" in line
 
 
 NAMES = ["Albrecht Dürer", "Claude Monet", "Edgar Degas", "Pablo Picasso", "Paul Klee", "Titian"]
@@ -453,7 +466,8 @@ def test_page_shows_the_card_the_heat_map_and_unknown(torch_server, trained_like
     a = upload(known)
     heat = chromium.find_element(By.ID, "heatmap")
     assert heat.is_displayed() and heat.get_attribute("src").startswith("data:image/png;base64,")
-    assert heat.get_property("naturalWidth") == 48  # the PNG decoded in the browser
+    # the PNG decoded in the browser: the whole 80 × 60 picture, its long side brought up to 512 px
+    assert (heat.get_property("naturalWidth"), heat.get_property("naturalHeight")) == (512, 384)
     assert chromium.find_element(By.ID, "answer").text == f"{a['answer']} ({100 * a['score']:.1f}%)"
     names = [
         r.find_element(By.CLASS_NAME, "artist").text
@@ -526,7 +540,8 @@ def test_connections_over_the_limit_get_503_until_the_idle_ones_are_cut(strict_s
 
 def test_short_load_test_no_5xx_right_answers_bounded_memory(model_pt, tmp_path):
     """bench/serve_load.py at a test's size: every kind of request, one good request in 3 asking for
-    a heat map while the others predict on the same model, trickling clients, a real server."""
+    a heat map while the others predict on the same model, a phone photo among the good ones,
+    trickling clients, a real server."""
     out = tmp_path / "load.json"
     res = subprocess.run(
         [
@@ -545,6 +560,10 @@ def test_short_load_test_no_5xx_right_answers_bounded_memory(model_pt, tmp_path)
             "3",
             "--max-mp",
             "1",
+            "--phones",
+            "1",
+            "--phone-mp",
+            "12",
             "--max-pixels",
             str(MAX_PIXELS),
             "--max-bytes",
@@ -563,6 +582,8 @@ def test_short_load_test_no_5xx_right_answers_bounded_memory(model_pt, tmp_path)
     f = json.loads(out.read_text())
     assert f["requests"] == 45 and f["5xx"] == 0 and f["wrong_answers"] == 0 and f["server_alive"]
     assert f["statuses"]["good"] == {"200": 20} and f["statuses"]["explain"] == {"200": 10}
+    # a phone photo declaring 3 × --max-pixels among them: decoded at reduced size, answered
+    assert f["phones"] == ["phone_0_4000x3000.jpg"] and 3 * MAX_PIXELS <= 12_000_000
     assert f["heat_map_cost"]["split_mb"] == 0 < f["heat_map_cost"]["copy_mb"]  # no second model
     for kind, status in (("oversize", 413), ("bomb", 413), ("truncated", 400), ("not_image", 415),
                          ("wrong_format", 400)):  # fmt: skip
