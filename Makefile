@@ -68,13 +68,13 @@ demo: $(VENV)/.installed-demo $(DEMO)/data/artists.csv $(DEMO)/mobilenet_v2.pt
 	@echo "       the published recipe is ResNet50 at 512 px on GPUs: see README 'train'"
 	$(CPU_DDP) -m artclf.train --shards $(DEMO)/shards --run $(DEMO)/runs/demo \
 	    --arch mobilenet_v2 --weights $(DEMO)/mobilenet_v2.pt --image-size 128 --batch-size 32 \
-	    --epochs 15 --lr 1e-3 --workers 1 --log-every 5
+	    --epochs 15 --lr 1e-3 --log-every 5
 	@$(BIN)/python -c "import json; m = json.load(open('$(DEMO)/runs/demo/val_metrics.json')); \
 	    print('val (best epoch): ' + ', '.join(f'{k} {m[k]:.3f}' for k in \
 	    ('accuracy', 'macro_f1', 'macro_precision', 'macro_recall', 'confidence')))"
 	@echo "evaluate: the honest test score, calibrated (ECE before -> after), and 'none of these artists'"
 	@echo "          on paintings of 3 artists the model never saw (open-set AUROC)"
-	$(BIN)/artclf evaluate --model $(DEMO)/runs/demo/model.pt --shards $(DEMO)/shards --split test --workers 1 \
+	$(BIN)/artclf evaluate --model $(DEMO)/runs/demo/model.pt --shards $(DEMO)/shards --split test \
 	    --unseen $(DEMO)/data/unseen
 	$(BIN)/artclf predict --model $(DEMO)/runs/demo/model.pt --top-k 3 $(DEMO)/data/images/images/Raphael
 	$(BIN)/artclf predict --model $(DEMO)/runs/demo/model.pt --top-k 3 --explain $(DEMO)/runs/demo/explain \
