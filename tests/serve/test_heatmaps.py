@@ -17,7 +17,6 @@ from artclf.explain import grad_cam, target_layer
 from artclf.inference import load_image, load_picture
 from artclf.serve import load_backend
 from tests.serve.servers import serve_cmd, serving
-from tests.serve.test_serve import chromium  # noqa: F401  (that module's browser fixture)
 
 ASPECT_TOLERANCE = 0.02  # the issue's bound for the heat map's box against the upload's
 EXPLAINS = 150  # heat maps while 3 threads predict; the unfixed code failed ~1 in 20 (2 cores)
@@ -107,7 +106,7 @@ BOX = "const r = arguments[0].getBoundingClientRect(); return [r.left, r.top, r.
 ON_TOP = "const [x, y, w, h] = arguments; return document.elementFromPoint(x + w / 2, y + h / 2).id;"
 
 
-def test_page_draws_the_heat_map_over_the_upload_in_its_box(torch_url, chromium, tmp_path):  # noqa: F811
+def test_page_draws_the_heat_map_over_the_upload_in_its_box(torch_url, chromium, tmp_path):
     """A 2:1 landscape, a 1:2 portrait and a small 2:1 PNG: the heat map lies exactly over the
     upload as the page shows it (same box), at the upload's aspect ratio, not a stretched square."""
     from selenium.webdriver.common.by import By

@@ -9,7 +9,6 @@ import http.client
 import io
 import json
 import re
-import shutil
 import socket
 import struct
 import subprocess
@@ -34,7 +33,6 @@ from artclf.serve import load_backend
 from tests.conftest import CLASSES, REPO, run_cli
 from tests.serve.servers import multipart, post, serve_cmd, serving
 from tests.support import procs
-from tests.support.system import apt_install, can_apt, cannot
 
 MAX_BYTES = 200_000
 MAX_PIXELS = 4_000_000
@@ -196,30 +194,6 @@ def test_pytorch_and_onnx_backends_agree(onnx_file, model_pt, images):
 def test_missing_model_is_a_clear_error(tmp_path):
     res = run_cli("serve", "--model", tmp_path / "nope.onnx")
     assert res.returncode == 1 and "nope.onnx: no such model file" in res.stderr
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    """Debian's chromium + chromedriver (installed with apt when missing), driven by selenium."""
-    if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        if not can_apt():
-            cannot("chromium/chromedriver are missing and apt-get (as root) is not available")
-        apt_install("chromium", "chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--disable-default-apps", "--window-size=1000,900"):  # fmt: skip
-        opts.add_argument(flag)
-    # an explicit driver: selenium does not look for (or download) one
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def test_upload_page_in_headless_chromium(server, chromium, images, tmp_path):
