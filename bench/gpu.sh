@@ -92,7 +92,8 @@ part_data() {
     "$PY" -m artclf ingest "$DATA/originals" --work "$DATA/work" --workers "$CORES" | tail -1
     "$PY" -m artclf dedup --work "$DATA/work" --weights none --montages 0 --workers "$CORES" 2>&1 | tail -1
     "$PY" -m artclf split --work "$DATA/work" | tail -1
-    "$PY" -m artclf shard --work "$DATA/work" --out "$DATA/shards" --workers "$CORES" | tail -1
+    # one GPU reads them (shards sized for 16 would be 8-sample slivers here)
+    "$PY" -m artclf shard --work "$DATA/work" --out "$DATA/shards" --workers "$CORES" --readers 1 | tail -1
     "$PY" -c "import json, sys; i = json.load(open(sys.argv[1])); \
 print(' '.join(f\"{k} {v['num_samples']}\" for k, v in i['splits'].items()))" \
         "$DATA/shards/_info.json" | tee "$OUT/data.figures"

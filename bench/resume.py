@@ -93,7 +93,7 @@ def main() -> None:
         root = Path(tmp)
         work, _ = prepare(root, a.scale, "kaggle")
         url = str(root / "shards")
-        info = shard(ShardConfig(work=work, out=url))
+        info = shard(ShardConfig(work=work, out=url, shard_samples=100))  # as recorded in docs/benchmarks.md
         order = Order(info["splits"]["train"]["num_samples"], a.batch, seed=0)
         base = statistics.median(
             first_batch(lambda: resampled_stream(read_info(url), Preprocess(), a.batch, a.workers))

@@ -4,6 +4,7 @@ table names every flag a stage requires, and the batch table is the launchers' d
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import subprocess
 import sys
@@ -36,9 +37,12 @@ def table(heading: str) -> list[list[str]]:
 
 def make_dry_run(target: str, tmp_path: Path) -> list[str]:
     """The commands `make -n TARGET` would run on a fresh machine (a .venv that does not exist)."""
+    # as a user types it: not as a sub-make of `make test` (MAKEFLAGS, MAKELEVEL), where make
+    # adds "Entering/Leaving directory" lines
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     res = subprocess.run(
         ["make", "-n", target, f"VENV={tmp_path / 'venv'}", f"DEMO={tmp_path / 'demo'}"],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     return res.stdout.splitlines()

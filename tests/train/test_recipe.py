@@ -391,7 +391,7 @@ def test_bf16_autocast_with_grad_accum_trains_two_processes(shards, tmp_path):
     per_device = batch // (2 * accum)
     assert derived["per_device_batch"] == per_device
     line = next(line for line in out.splitlines() if "process(es) on" in line)  # cpu:0 is rank 0's device
-    assert line.startswith("artclf train: 2 process(es) on cpu") and "(bf16)" in line, line
+    assert line.startswith("artclf train: 2 process(es) on cpu") and "mixed precision: bf16," in line, line
     assert f"global batch {batch} = {per_device} per device × 2 × {accum} accumulation" in line, line
     rows = history(run)
     n_train = json.loads((Path(shards) / "_info.json").read_text())["splits"]["train"]["num_samples"]
