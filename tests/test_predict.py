@@ -244,14 +244,14 @@ def test_a_200_mp_phone_jpeg_is_predicted_and_a_big_png_is_refused_naming_the_ca
     assert "--max-pixels" in res.stderr
 
 
-def test_strict_exits_1_when_any_input_was_unreadable(images, model_pt, tmp_path):
+def test_strict_exits_1_when_any_input_was_unreadable(images, model_pt, tmp_path, capsys):
+    """In-process (the stage's main, as `artclf predict` calls it): the exit code and the lines."""
     good, broken = images / "upright.jpg", images / "broken.jpg"
-    res = run_cli("predict", "--model", model_pt, good, broken)
-    assert res.returncode == 0 and "upright.jpg" in res.stdout  # the default: skip, report, go on
-    res = run_cli("predict", "--model", model_pt, good, broken, tmp_path / "gone.jpg", "--strict")
-    assert res.returncode == 1 and "upright.jpg" in res.stdout, res.stderr  # the good one still printed
-    assert "broken.jpg: OSError" in res.stderr and "gone.jpg: no such file" in res.stderr
-    assert res.stderr.strip().splitlines()[-1] == (
-        "artclf predict: error: 2 of 3 inputs could not be read (--strict)"
-    )
-    assert run_cli("predict", "--model", model_pt, good, "--strict").returncode == 0
+    args = ["--model", str(model_pt), str(good), str(broken)]
+    assert predict.main(args) == 0 and "upright.jpg" in capsys.readouterr().out  # default: skip, go on
+    assert predict.main([*args, str(tmp_path / "gone.jpg"), "--strict"]) == 1
+    out, err = capsys.readouterr()
+    assert "upright.jpg" in out, err  # the good one still printed
+    assert "broken.jpg: OSError" in err and "gone.jpg: no such file" in err
+    assert err.strip().splitlines()[-1] == "artclf predict: error: 2 of 3 inputs could not be read (--strict)"
+    assert predict.main(["--model", str(model_pt), str(good), "--strict"]) == 0
