@@ -7,7 +7,6 @@ with ``torch.load(weights_only=True)``: a file that carries code is refused, not
 from __future__ import annotations
 
 import json
-import pickletools
 import warnings
 import zipfile
 from pathlib import Path
@@ -18,7 +17,7 @@ from torch import nn
 from artclf.atomic import atomic_open
 from artclf.errors import ArtclfError
 from artclf.transforms import Normalize, Preprocess
-from artclf.weights import build
+from artclf.weights import build, refused
 
 FORMAT = "artclf-model-1"
 
@@ -82,7 +81,8 @@ def load_model(
             warnings.filterwarnings("ignore", "Detected pickle protocol")
             blob = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickled code is refused by weights_only
-        raise ArtclfError(f"{path}: {_refused(path, e)}; {TAKES_MODEL_PT}") from None
+        why = refused(path, e)
+        raise ArtclfError(f"{path}: not a loadable artclf model: {why}; {TAKES_MODEL_PT}") from None
     what = _not_artclf(blob)
     if what:
         raise ArtclfError(f"{path}: {what}")
@@ -180,38 +180,6 @@ def _archive(path: Path) -> str | None:
             f"serving code (torch.jit.load); {TAKES_MODEL_PT}"
         )
     return None
-
-
-def _refused(path: Path, error: Exception) -> str:
-    """Why torch.load refused ``path``, without its advice to retry with ``weights_only=False``
-    (that runs whatever the file holds): the code it names, read without running it."""
-    code = _pickled_globals(path)
-    if code:
-        names = ", ".join(code[:3])
-        return f"not a loadable artclf model: it holds pickled code ({names}), which artclf never runs"
-    return f"not a loadable artclf model ({type(error).__name__}, a damaged or foreign file)"
-
-
-def _pickled_globals(path: Path) -> list[str]:
-    """The functions and classes a pickle (plain, or a torch zip's ``data.pkl``) would import,
-    listed with pickletools (which reads, never runs); torch's own are left out."""
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
-                data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
-        else:
-            data = path.read_bytes()
-        found, strings = [], []
-        for op, arg, _ in pickletools.genops(data):
-            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
-                strings = [*strings[-1:], arg]
-            elif op.name == "GLOBAL":
-                found.append(arg.replace(" ", "."))
-            elif op.name == "STACK_GLOBAL" and len(strings) == 2:
-                found.append(".".join(strings))
-    except Exception:  # noqa: BLE001  (a damaged pickle: nothing to name)
-        return []
-    return sorted({g for g in found if not g.startswith(("torch.", "collections.OrderedDict"))})
 
 
 def _not_artclf(blob: object) -> str | None:

@@ -11,7 +11,9 @@ silent fallback to random weights: ``none`` must be asked for.
 
 from __future__ import annotations
 
+import pickletools
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -76,14 +78,8 @@ def state_dict(arch: str, weights: str) -> dict[str, torch.Tensor] | None:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a pickle with code in it, a truncated file, not a torch file
-        # torch's message for a pickle with code advises weights_only=False, which would run it
-        why = (
-            "it holds pickled objects besides tensors, which artclf never unpickles"
-            if "weights_only" in str(e)
-            else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
-        )
         raise ArtclfError(
-            f"{path}: not a loadable weights file ({why}); pass a state dict saved with "
+            f"{path}: not a loadable weights file: {refused(path, e)}; pass a state dict saved with "
             "torch.save(model.state_dict(), FILE)"
         ) from None
     for key in ("state_dict", "model"):  # common wrappers around a state dict
@@ -92,6 +88,38 @@ def state_dict(arch: str, weights: str) -> dict[str, torch.Tensor] | None:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ArtclfError(f"{path}: expected a state dict (name -> tensor)")
     return obj
+
+
+def refused(path: Path, error: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused ``path``, without torch's advice to retry
+    with ``weights_only=False`` (that runs whatever the file holds): the code it would import,
+    read without running it. Shared by ``--weights FILE`` and ``model.pt`` loading."""
+    code = _pickled_globals(path)
+    if code:
+        return f"it holds pickled code ({', '.join(code[:3])}), which artclf never runs"
+    return f"a damaged or foreign file ({type(error).__name__})"
+
+
+def _pickled_globals(path: Path) -> list[str]:
+    """The functions and classes a pickle (plain, or a torch zip's ``data.pkl``) would import,
+    listed with pickletools (which reads, never runs); torch's own are left out."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+        else:
+            data = path.read_bytes()
+        found, strings = [], []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+                strings = [*strings[-1:], arg]
+            elif op.name == "GLOBAL":
+                found.append(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) == 2:
+                found.append(".".join(strings))
+    except Exception:  # noqa: BLE001  (a damaged pickle: nothing to name)
+        return []
+    return sorted({g for g in found if not g.startswith(("torch.", "collections.OrderedDict"))})
 
 
 def head_name(model: nn.Module) -> tuple[str, nn.Linear]:
