@@ -241,12 +241,14 @@ def create_app(backend: Backend, cfg: ServeConfig):
     def index() -> str:
         return page
 
-    def decode(upload, filename: str) -> tuple[torch.Tensor, torch.Tensor]:
+    caps = {"max_pixels": cfg.max_pixels, "max_declared_pixels": cfg.max_declared_pixels}
+
+    def decode(upload, filename: str, explain: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Worker thread, inside a limiter slot: the upload's bytes (spooled by the form parser,
-        read only now) to the picture (for a heat map) and the model's input."""
+        read only now) to the picture (kept only for a heat map) and the model's input."""
         try:
-            caps = {"max_pixels": cfg.max_pixels, "max_declared_pixels": cfg.max_declared_pixels}
-            return load_picture(upload.file.read(), backend.pre, formats=FORMATS, **caps)
+            picture, x = load_picture(upload.file.read(), backend.pre, formats=FORMATS, **caps)
+            return (picture if explain else None), x
         except TooManyPixels as e:
             raise HTTPException(413, f"{filename!r}: image too large: {e}") from None
         except Exception as e:  # any decoder error, a format not served
@@ -275,7 +277,9 @@ def create_app(backend: Backend, cfg: ServeConfig):
                     detail = f"{upload.filename!r} is {declared or 'untyped'}, not an image/* type"
                     raise HTTPException(415, detail)
                 started = time.perf_counter()
-                picture, x = await anyio.to_thread.run_sync(decode, upload, upload.filename, limiter=limiter)
+                picture, x = await anyio.to_thread.run_sync(
+                    decode, upload, upload.filename, explain, limiter=limiter
+                )
                 filename = upload.filename
         except BodyTooLarge as e:  # the body streamed past --max-bytes (no Content-Length)
             raise HTTPException(413, str(e), headers=CLOSE) from None
