@@ -1,5 +1,5 @@
-"""evaluate: metrics.json against scikit-learn on the saved predictions, the files of the report,
-1 process vs 2 processes (real gloo ranks) give the same metrics.json."""
+"""evaluate: metrics.json against scikit-learn on the saved predictions, its bootstrap intervals,
+the files of the report, 1 process vs 2 processes (real gloo ranks) give the same metrics.json."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from sklearn import metrics as skm
 
 from artclf import evaluate as evaluate_stage
+from artclf.metrics import bootstrap
 from tests.conftest import CLASSES, assert_figure, run_cli
 from tests.support.cpu_launch import accelerate_cpu
 
@@ -107,6 +108,43 @@ def test_report_and_plots(trained_run, evaluated):
     assert f"| lr | `{flags['lr']}` |" in report  # the flag as given, under its own heading
 
 
+def test_intervals_in_metrics_report_and_console(evaluated):
+    """metrics.json's intervals are bootstrap.intervals (itself checked against a loop in
+    tests/metrics/test_bootstrap.py) of the saved predictions, with the defaults recorded; the
+    report and the console show them beside the scores."""
+    out, res = evaluated
+    m = json.loads((out / "metrics.json").read_text())
+    iv = m["intervals"]
+    y = np.array([int(r["label"]) for r in read_predictions(out)])
+    probs = np.load(out / "probabilities.npy")
+    assert (iv["resamples"], iv["seed"], iv["confidence"], iv["unit"]) == (
+        bootstrap.RESAMPLES, bootstrap.SEED, bootstrap.CONFIDENCE, "image"
+    )  # fmt: skip
+    assert iv == bootstrap.intervals(y, probs, resamples=iv["resamples"], seed=iv["seed"], confidence=0.95)
+    report = (out / "report.md").read_text()
+    assert "| metric | value | 95 % interval |" in report
+    assert f"{bootstrap.RESAMPLES} resamples of the {m['n']} images, seed {bootstrap.SEED}" in report
+    assert "Why per image: the split keeps one image per duplicate group" in report
+    for k in bootstrap.STATS:
+        assert iv[k]["value"] == pytest.approx(m[k], abs=1e-12), k  # the same score, two code paths
+        bounds = f"[{iv[k]['low']:.3f}, {iv[k]['high']:.3f}]"
+        assert f"| {k} | {m[k]:.4f} | {bounds} |" in report, k
+        assert f"{k} {m[k]:.4f} {bounds}  " in res.stdout, k
+    assert f"| ece | {m['ece']:.4f} |  |" in report  # no interval where none was computed
+    assert f"ece {m['ece']:.4f}  (n={m['n']})" in res.stdout, res.stdout
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [(["--resamples", "0"], "--resamples"), (["--bootstrap-seed", "-1"], "--bootstrap-seed"),
+     (["--confidence", "1"], "--confidence"), (["--confidence", "0"], "--confidence")],
+)  # fmt: skip
+def test_bad_bootstrap_flags_are_refused(flags, named, capsys):
+    with pytest.raises(SystemExit) as stop:
+        evaluate_stage.main(["--model", "m.pt", "--shards", "s", *flags])
+    assert stop.value.code == 2 and named in capsys.readouterr().err
+
+
 def test_default_workers_fit_this_machine(shards, trained_run, tmp_path):
     """No --workers: as many as this box's CPUs allow (the train split has more shards than
     CPUs), so PyTorch never warns that the DataLoader starts more workers than it suggests."""
@@ -125,8 +163,11 @@ def test_default_out_is_next_to_the_model_and_split_is_checked(shards, trained_r
     # the shared run stays as trained: evaluate a copy (without its checkpoints)
     shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns("state", "tb"))
     args = ["--model", str(tmp_path / "run/model.pt"), "--shards", str(shards), "--workers", "0"]
-    assert evaluate_stage.main([*args, "--split", "val", "--errors", "0"]) == 0
-    assert (tmp_path / "run/eval-val/metrics.json").is_file()
+    flags = ["--resamples", "300", "--bootstrap-seed", "3", "--confidence", "0.9"]
+    assert evaluate_stage.main([*args, "--split", "val", "--errors", "0", *flags]) == 0
+    iv = json.loads((tmp_path / "run/eval-val/metrics.json").read_text())["intervals"]
+    assert (iv["resamples"], iv["seed"], iv["confidence"]) == (300, 3, 0.9)
+    assert "| metric | value | 90 % interval |" in (tmp_path / "run/eval-val/report.md").read_text()
     assert not (tmp_path / "run/eval-val/errors.png").exists()
     assert evaluate_stage.main([*args, "--split", "nope"]) == 1
     assert "no 'nope' split" in capsys.readouterr().err

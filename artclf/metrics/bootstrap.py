@@ -69,9 +69,14 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 def statistics(y_true, probs, w: np.ndarray) -> dict[str, np.ndarray]:
     """Each statistic of :data:`STATS` under each row of weights ``w`` [R, N]: arrays [R]."""
-    y_true = np.asarray(y_true, dtype=np.int64)
-    probs = np.asarray(probs)
+    y_true, probs = np.asarray(y_true), np.asarray(probs)
+    if probs.ndim != 2 or y_true.shape != (probs.shape[0],) or w.shape[1:] != y_true.shape:
+        raise ValueError(f"need labels [N], probs [N, C], weights [R, N]; got {y_true.shape}, "
+                         f"{probs.shape}, {w.shape}")  # fmt: skip
     num_classes = probs.shape[1]
+    if len(y_true) and (y_true.min() < 0 or y_true.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}); got {y_true.min()}..{y_true.max()}")
+    y_true = y_true.astype(np.int64)
     y_pred = probs.argmax(1)
     truth = np.eye(num_classes)[y_true]  # [N, C]
     predicted = np.eye(num_classes)[y_pred]
