@@ -19,6 +19,14 @@ STAGES: dict[str, tuple[str, str]] = {
     "train": ("artclf.train", "train (run under accelerate launch for DDP)"),
     "debug": ("artclf.train.debugreport", "what each rank was doing when a training job hung"),
     "evaluate": ("artclf.evaluate", "metrics and plots of a model on a split"),
+    "sweep": (
+        "artclf.sweep",
+        "plan a grid x seeds of training runs; choose on val, score the chosen on test",
+    ),
+    "compare": (
+        "artclf.sweep.compare",
+        "one table of runs: config differences, val and test macro F1 with intervals, paired differences",
+    ),
     "predict": ("artclf.predict", "top-k artists for new images"),
     "export": ("artclf.export", "ONNX, torch.export or TorchScript, parity-checked against PyTorch"),
     "serve": ("artclf.serve", "prediction service: FastAPI, ONNX Runtime or PyTorch"),
