@@ -10,6 +10,12 @@
 #   Indexed Job: JOB_COMPLETION_INDEX (from the Job controller) is the machine rank; NNODES,
 #     NPROC_PER_NODE, JOB_NAME and SERVICE_NAME come from the manifest; rank 0's stable hostname
 #     <job>-0.<headless service> hosts the rendezvous.
+#   Sweep (SWEEP_RUNS set: k8s/overlays/prod-sweep): JOB_COMPLETION_INDEX selects the sweep point,
+#     line i of SWEEP_RUNS/points.txt (artclf sweep plan); each pod is its own single-node run of
+#     NPROC_PER_NODE processes, with RUN=SWEEP_RUNS/<name> and the point's flags
+#     (SWEEP_RUNS/<name>/args, one token a line) after the container's (the point's win). It waits
+#     up to SWEEP_WAIT seconds (default 900) for the plan (SWEEP_RUNS/sweep.json, written last);
+#     an index outside points.txt, or no plan, is a permanent error (78).
 # MAX_RESTARTS (default: the operator's PET_MAX_RESTARTS of an elasticPolicy, else 3): how often
 # torchrun's agent restarts the gang after a worker fails, before the container exits and the
 # job's policy takes over (launch/README.md). ACCELERATE names the launcher (tests set it to `echo`).
@@ -37,7 +43,59 @@ trap 'if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || :; else pendin
 trap 'if [ -n "$child" ]; then kill -INT "$child" 2>/dev/null || :; else pending=INT; fi' INT
 
 port=${MASTER_PORT:-29500}
-if [ -n "${PET_MASTER_ADDR:-}" ]; then # TrainJob: the only layout that sets PET_MASTER_ADDR
+if [ -n "${SWEEP_RUNS:-}" ]; then # a sweep point (the index is no machine rank)
+    index=${JOB_COMPLETION_INDEX:-}
+    case $index in
+        '' | *[!0-9]*)
+            echo "entrypoint.sh: SWEEP_RUNS is set but JOB_COMPLETION_INDEX is '$index': a sweep runs" \
+                "as an Indexed Job (k8s/overlays/prod-sweep)" >&2
+            exit 78
+            ;;
+    esac
+    for arg in "$@"; do
+        case $arg in --run | --run=*)
+            echo "entrypoint.sh: sweep point $index: the container's args set $arg; a sweep names each" \
+                "point's run (SWEEP_RUNS/<name>): remove it" >&2
+            exit 78
+            ;;
+        esac
+    done
+    waited=0 # the plan Job writes sweep.json last: until then the plan is incomplete
+    while [ ! -f "$SWEEP_RUNS/sweep.json" ] && [ -z "$pending" ]; do
+        if [ "$waited" -ge "${SWEEP_WAIT:-900}" ]; then
+            echo "entrypoint.sh: no plan in $SWEEP_RUNS after ${SWEEP_WAIT:-900} s (sweep.json): run" \
+                "artclf sweep plan FILE --runs $SWEEP_RUNS (the Job artclf-sweep-plan)" >&2
+            exit 78
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+    if [ -n "$pending" ]; then
+        echo "entrypoint.sh: SIG$pending while waiting for the plan: not starting the trainers" >&2
+        exit "${RETRY_EXIT_CODE:-143}"
+    fi
+    points=$SWEEP_RUNS/points.txt
+    count=$(awk 'END { print NR }' "$points")
+    name=$(awk -v i="$index" 'NR == i + 1' "$points")
+    if [ -z "$name" ]; then
+        echo "entrypoint.sh: sweep index $index is outside $points ($count points: 0-$((count - 1)));" \
+            "the Job's completions must be the number of points (wc -l < points.txt): exit 78" >&2
+        exit 78
+    fi
+    if [ ! -f "$SWEEP_RUNS/$name/args" ]; then
+        echo "entrypoint.sh: $SWEEP_RUNS/$name/args: no such file; plan again (artclf sweep plan)" >&2
+        exit 78
+    fi
+    while IFS= read -r token || [ -n "$token" ]; do # the point's flags after the container's: they win
+        set -- "$@" "$token"
+    done <"$SWEEP_RUNS/$name/args"
+    set -- "$@" --run "$SWEEP_RUNS/$name"
+    echo "entrypoint.sh: sweep point $index of $count: $name"
+    nnodes=1
+    rank=0
+    nproc=$NPROC_PER_NODE
+    host=127.0.0.1 # this pod alone hosts the rendezvous: no other index takes part
+elif [ -n "${PET_MASTER_ADDR:-}" ]; then # TrainJob: the only layout that sets PET_MASTER_ADDR
     nnodes=$PET_NNODES
     rank=$PET_NODE_RANK
     nproc=$PET_NPROC_PER_NODE

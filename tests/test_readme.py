@@ -152,13 +152,14 @@ def batch_rows() -> dict[tuple[int, int], int]:
     return out
 
 
-def test_batch_table_is_what_slurm_train_sbatch_does_by_default():
+@pytest.mark.parametrize("script", ["slurm/train.sbatch", "slurm/sweep.sbatch"])
+def test_batch_table_is_what_the_slurm_scripts_do_by_default(script):
     rows = batch_rows()
-    script = (REPO / "slurm/train.sbatch").read_text()
-    nodes = int(re.search(r"^#SBATCH --nodes=(\d+)", script, re.M).group(1))
-    gpus = int(re.search(r"^#SBATCH --gpus-per-node=(\d+)", script, re.M).group(1))
-    batch = int(re.search(r"^BATCH_SIZE=\$\{BATCH_SIZE:-(\d+)\}", script, re.M).group(1))
-    assert rows.get((nodes, gpus)) == batch, f"train.sbatch: {nodes} × {gpus}, batch {batch}; README {rows}"
+    text = (REPO / script).read_text()
+    nodes = int(re.search(r"^#SBATCH --nodes=(\d+)", text, re.M).group(1))
+    gpus = int(re.search(r"^#SBATCH --gpus-per-node=(\d+)", text, re.M).group(1))
+    batch = int(re.search(r"^(?:export )?BATCH_SIZE=\$\{BATCH_SIZE:-(\d+)\}", text, re.M).group(1))
+    assert rows.get((nodes, gpus)) == batch, f"{script}: {nodes} × {gpus}, batch {batch}; README {rows}"
 
 
 def topology(docs: list[dict]) -> tuple[int, int]:
@@ -172,16 +173,26 @@ def topology(docs: list[dict]) -> tuple[int, int]:
             return sum(int(s.get("replicas", 1)) for s in specs.values()), per_node
         if d["kind"] == "Job" and d["metadata"]["name"] == "artclf-train":
             return int(d["spec"]["completions"]), per_node
+        if d["kind"] == "Job" and d["metadata"]["name"] == "artclf-sweep":
+            return 1, per_node  # an index is a sweep point, each its own single-node run
     raise AssertionError("no training job")
+
+
+def global_batch(docs: list[dict]) -> int:
+    """BATCH_SIZE the trainer gets: the pod's own env over the ConfigMap's (envFrom)."""
+    [(pod, _), *_] = training_pods(docs)
+    env = {e["name"]: e.get("value") for c in pod["containers"] for e in c.get("env", [])}
+    if env.get("BATCH_SIZE") is not None:
+        return int(env["BATCH_SIZE"])
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "artclf-train")
+    return int(config["data"]["BATCH_SIZE"])
 
 
 @pytest.mark.parametrize("kdir", [k for k in OVERLAYS if k.startswith("k8s/overlays/prod")])
 def test_batch_table_is_what_the_kubernetes_overlays_run(kdir):
     docs = render(kdir)
     nodes, per_node = topology(docs)
-    batch = int(next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "artclf-train")[
-        "data"
-    ]["BATCH_SIZE"])  # fmt: skip
+    batch = global_batch(docs)
     rows = batch_rows()
     assert rows.get((nodes, per_node)) == batch, f"{kdir}: {nodes} × {per_node}, batch {batch}; README {rows}"
 

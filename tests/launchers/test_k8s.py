@@ -237,6 +237,7 @@ def test_layout():
         "k8s/overlays/prod-indexed",
         "k8s/overlays/prod-kueue",
         "k8s/overlays/prod-pytorchjob",
+        "k8s/overlays/prod-sweep",
         "k8s/stages/data",
         "k8s/stages/dedup",
         "k8s/stages/dedup-merge",
@@ -245,6 +246,7 @@ def test_layout():
         "k8s/stages/shard",
         "k8s/stages/shard-merge",
         "k8s/stages/split",
+        "k8s/stages/sweep-summary",
         "k8s/stages/weights",
     ]
     assert COMPONENTS == ["k8s/components/image", "k8s/components/kueue", "k8s/components/s3-endpoint"]
@@ -413,13 +415,19 @@ def trainjob_pod(docs: list[dict]) -> tuple[dict, int]:
     return pod, int(trainer["numProcPerNode"])
 
 
+TRAINING_JOBS = (
+    "artclf-train",
+    "artclf-sweep",
+)  # Jobs whose pods run entrypoint.sh (prod-indexed, prod-sweep)
+
+
 def training_pods(docs: list[dict]) -> list[tuple[dict, int]]:
     """(pod spec, processes per node) of the training job in DOCS."""
     out = []
     for doc in docs:
         if doc["kind"] == "PyTorchJob":
             out += [(p, int(doc["spec"]["nprocPerNode"])) for p in pod_specs(doc)]
-        elif doc["kind"] == "Job" and doc["metadata"]["name"] == "artclf-train":
+        elif doc["kind"] == "Job" and doc["metadata"]["name"] in TRAINING_JOBS:
             out += [(p, int(env_value(p["containers"][0], "NPROC_PER_NODE"))) for p in pod_specs(doc)]
         elif doc["kind"] == "TrainJob":
             out.append(trainjob_pod(docs))
@@ -478,13 +486,18 @@ def test_no_secret_values_outside_dev(kdir):
     assert not secrets, f"{kdir} renders Secret(s) with values: {secrets}"
 
 
+def is_flags(doc: dict) -> bool:
+    """The ConfigMap of every step's flags (prod-sweep also makes one holding its sweep file)."""
+    return doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "artclf-train"
+
+
 def test_s3_endpoint_is_aws_unless_a_component_sets_one():
     """base/shared leaves AWS_ENDPOINT_URL empty (boto3 and artclf then use AWS S3); only
     components/s3-endpoint (the dev overlay's) names an S3-compatible store."""
     shared = first(render("k8s/base/shared"), "ConfigMap", "artclf-train")["data"]
     assert shared["AWS_ENDPOINT_URL"] == ""
     for kdir in KUSTOMIZATIONS:
-        for cm in (d for d in render(kdir) if d["kind"] == "ConfigMap"):
+        for cm in (d for d in render(kdir) if is_flags(d)):
             url = cm["data"]["AWS_ENDPOINT_URL"]
             assert url == "" or kdir == "k8s/overlays/dev", f"{kdir}: AWS_ENDPOINT_URL {url}"
     assert first(render("k8s/overlays/dev"), "ConfigMap")["data"]["AWS_ENDPOINT_URL"].startswith("http://")
@@ -688,6 +701,100 @@ def test_exit_code_evaluation_can_fail():
     assert pytorchjob_outcome(job, "Master", 75) == "fail now"
 
 
+# ---- a sweep: an Indexed Job whose index is the point (overlays/prod-sweep) -----------------------
+
+SWEEP = "k8s/overlays/prod-sweep"
+SWEEP_SUMMARY = "k8s/stages/sweep-summary"
+# What a failed pod of one point must cause (backoffLimitPerIndex): a saved stop or an eviction
+# replaces it uncounted and the point resumes its own run; a permanent error ends that point only.
+SWEEP_OUTCOMES = {
+    75: "retry, uncounted",
+    78: "fail this point",
+    1: "retry this point",
+    137: "retry this point",
+}
+
+
+def index_outcome(job_spec: dict, container: str, code: int, conditions: tuple[str, ...] = ()) -> str:
+    """What an Indexed Job with backoffLimitPerIndex does with a failed pod of one index: the
+    podFailurePolicy's first matching rule, else a failure counted against that index alone."""
+    action = pod_failure_action(job_spec["podFailurePolicy"], container, code, conditions)
+    assert job_spec["template"]["spec"]["restartPolicy"] == "Never", "podFailurePolicy needs Never"
+    if action == "Ignore":
+        return "retry, uncounted"
+    if action == "FailIndex":
+        return "fail this point"
+    if action == "FailJob":
+        return "fail now"
+    assert action == "Count"
+    return "retry this point" if job_spec["backoffLimitPerIndex"] > 0 else "fail this point"
+
+
+@pytest.mark.parametrize("code", SWEEP_OUTCOMES)
+def test_sweep_exit_codes_act_on_one_point(code):
+    spec = first(render(SWEEP), "Job", "artclf-sweep")["spec"]
+    assert index_outcome(spec, "train", code) == SWEEP_OUTCOMES[code]
+    assert index_outcome(spec, "train", 137, ("DisruptionTarget",)) == "retry, uncounted"  # evicted
+    # one failed point never ends the others: no job-wide backoffLimit, no budget of failed indexes
+    assert "backoffLimit" not in spec and "maxFailedIndexes" not in spec
+    spec["podFailurePolicy"]["rules"] = [
+        r for r in spec["podFailurePolicy"]["rules"] if r["action"] != "FailIndex"
+    ]
+    assert index_outcome(spec, "train", 78) == "retry this point"  # the evaluator reads the rule
+
+
+def sweep_runs(container: dict) -> str:
+    return env_value(container, "SWEEP_RUNS")
+
+
+def test_sweep_pods_are_single_node_points():
+    """Each pod is its own 1 node x 8 GPUs run selected by its index: the Job is Indexed, the
+    container runs entrypoint.sh in sweep mode, and nothing of the multi-node Indexed Job
+    (headless Service, subdomain, NNODES, JOB_NAME) points a pod at another index."""
+    docs = render(SWEEP)
+    job = first(docs, "Job", "artclf-sweep")
+    pod = job["spec"]["template"]["spec"]
+    c = training_container(pod)
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert job["spec"]["completionMode"] == "Indexed" and c["command"] == ENTRYPOINT
+    assert sweep_runs(c).startswith("/runs/") and "/runs" in {m["mountPath"] for m in c["volumeMounts"]}
+    assert 1 <= job["spec"]["parallelism"] <= job["spec"]["completions"]
+    assert "subdomain" not in pod and "hostname" not in pod
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Service"] == ["artclf-tensorboard"]
+    assert not {"NNODES", "JOB_NAME", "SERVICE_NAME", "MASTER_ADDR", "PET_NNODES"} & set(env)
+    assert "--run" not in c["args"]  # entrypoint.sh names each point's run: SWEEP_RUNS/<name>
+    gpus = int(c["resources"]["limits"]["nvidia.com/gpu"])
+    assert (gpus, int(env["NPROC_PER_NODE"])) == (8, 8)
+    # README, "Choosing the global batch": 1 x 8 GPUs -> 128 (16 per GPU), over the ConfigMap's
+    assert c["args"][c["args"].index("--batch-size") + 1] == "$(BATCH_SIZE)" and env["BATCH_SIZE"] == "128"
+
+
+def test_sweep_plan_job_plans_as_many_points_as_the_job_runs(tmp_path):
+    """The plan Job runs `artclf sweep plan` on the overlay's sweep.toml (its ConfigMap, mounted)
+    into the SWEEP_RUNS the points and the summary read; planned here for real, the file makes
+    exactly `completions` points."""
+    from artclf.sweep.plan import PlanConfig, plan
+
+    docs = render(SWEEP)
+    job, planner = first(docs, "Job", "artclf-sweep"), first(docs, "Job", "artclf-sweep-plan")
+    pod = planner["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    assert c["args"][:2] == ["sweep", "plan"] and c["args"][3:] == ["--runs", "$(SWEEP_RUNS)"]
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    folder, file = c["args"][2].rsplit("/", 1)
+    volume = next(v for v in pod["volumes"] if v["name"] == mounts[folder])
+    cm = first(docs, "ConfigMap", volume["configMap"]["name"])  # the generated name, hash included
+    (tmp_path / file).write_text(cm["data"][file])
+    sweep = plan(PlanConfig(file=tmp_path / file, runs=tmp_path / "runs"))
+    points = (tmp_path / "runs" / "points.txt").read_text().splitlines()
+    assert len(points) == len(sweep["points"]) == job["spec"]["completions"]
+    summary = first(render(SWEEP_SUMMARY), "Job", "artclf-sweep-summary")
+    [s] = summary["spec"]["template"]["spec"]["containers"]
+    assert sweep_runs(c) == sweep_runs(training_container(job["spec"]["template"]["spec"])) == sweep_runs(s)
+    assert s["args"][:3] == ["sweep", "summary", "$(SWEEP_RUNS)"]
+    assert_shm(summary["spec"]["template"]["spec"], s)  # it runs artclf evaluate on the chosen runs
+
+
 # ---- /dev/shm, one image, one weights cache ------------------------------------------------------
 
 LOADERS = {"train", "evaluate", "dedup", "shard"}  # artclf commands with DataLoader/worker processes
@@ -766,7 +873,7 @@ def test_one_image_everywhere(kdir):
 def test_one_weights_cache(kdir):
     """TORCH_HOME comes from the ConfigMap alone, and every artclf container mounts its volume."""
     docs = render(kdir)
-    for cm in (d for d in docs if d["kind"] == "ConfigMap"):
+    for cm in (d for d in docs if is_flags(d)):
         assert cm["data"]["TORCH_HOME"] == TORCH_HOME
     for pod in all_pods(kdir):
         for c in containers(pod):
@@ -840,7 +947,8 @@ def test_kueue_queues_the_trainjob():
 
 
 @pytest.mark.parametrize(
-    "kdir", [*[s for s in STAGES if s != "k8s/stages/data"], "k8s/overlays/prod-indexed"]
+    "kdir",
+    [*[s for s in STAGES if s != "k8s/stages/data"], "k8s/overlays/prod-indexed", "k8s/overlays/prod-sweep"],
 )
 def test_kueue_component_queues_every_job(tmp_path, kdir):
     assert_queued(with_component(tmp_path, kdir, "k8s/components/kueue"))

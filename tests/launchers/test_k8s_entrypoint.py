@@ -4,15 +4,22 @@ code tells a saved stop, a permanent error and a failure apart."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
+from artclf.config import parse
+from artclf.train.config import TrainConfig
 from tests.conftest import REPO
 from tests.launchers.test_k8s import K8S, first, render, trainjob_pod
 from tests.support import procs
@@ -435,3 +442,106 @@ def test_a_term_before_the_launch_starts_no_trainer(tmp_path):
         code = p.wait(timeout=30)
     assert code == 143 and not (tmp_path / "launcher").exists(), procs.output(p)
     assert "SIGTERM before the launch: not starting the trainers" in procs.output(p)
+
+
+# ---- sweep mode: the Job completion index selects a point (k8s/overlays/prod-sweep) ------------
+
+SWEEP_FILE = "seeds = [0, 1]\n[base]\nepochs = 3\n[grid]\nlr = [0.001, 0.01]\nce_weight = [0.3, 0.5]\n"
+SAYS_ARGS = '#!/bin/sh\nprintf "%s\\n" "$@" > "$OUT/launch.args"\n'  # a launcher that records its line
+
+
+def planned(tmp_path: Path) -> tuple[Path, dict]:
+    """A sweep folder planned by the real `artclf sweep plan` (2 x 2 configs x 2 seeds)."""
+    from artclf.sweep.plan import PlanConfig, plan
+
+    (tmp_path / "sweep.toml").write_text(SWEEP_FILE)
+    with contextlib.redirect_stdout(io.StringIO()):
+        sweep = plan(PlanConfig(file=tmp_path / "sweep.toml", runs=tmp_path / "runs"))
+    return tmp_path / "runs", sweep
+
+
+def sweep_pod(runs: Path, **env: str) -> tuple[list[str], dict[str, str]]:
+    """The args and environment of the rendered sweep pod as the kubelet gives them: the
+    ConfigMap's values (envFrom) under the container's own, $(NAME) in the args expanded; its
+    SWEEP_RUNS pointed at RUNS."""
+    docs = render("k8s/overlays/prod-sweep")
+    [c] = first(docs, "Job", "artclf-sweep")["spec"]["template"]["spec"]["containers"]
+    values = dict(first(docs, "ConfigMap", "artclf-train")["data"])
+    values |= {e["name"]: e["value"] for e in c["env"] if "value" in e} | {"SWEEP_RUNS": str(runs)} | env
+    args = [re.sub(r"\$\((\w+)\)", lambda m: values[m[1]], a) for a in c["args"]]
+    return args, values
+
+
+def test_sweep_mode_runs_the_point_of_its_index(tmp_path):
+    """Every index i launches point i of points.txt alone on its node (1 machine, 8 processes,
+    its own rendezvous), into its own run folder, with the point's flags over the container's:
+    what the trainer's parser reads is exactly the point's config, seed and run."""
+    runs, sweep = planned(tmp_path)
+    stub = tmp_path / "accelerate"
+    stub.write_text(SAYS_ARGS)
+    stub.chmod(0o755)
+    args, env = sweep_pod(runs, ACCELERATE=str(stub), OUT=str(tmp_path))
+    seen = []
+    for point in sweep["points"]:
+        res = entrypoint({**env, "JOB_COMPLETION_INDEX": str(point["index"])}, *args)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert f"sweep point {point['index']} of {len(sweep['points'])}: {point['name']}" in res.stdout
+        words = (tmp_path / "launch.args").read_text().splitlines()
+        flags = dict(zip(words[1 : words.index("-m") : 2], words[2 : words.index("-m") : 2], strict=True))
+        assert (flags["--num_machines"], flags["--num_processes"], flags["--machine_rank"]) == ("1", "8", "0")
+        assert flags["--main_process_ip"] == "127.0.0.1" and flags["--rdzv_conf"].startswith("is_host=1,")
+        cfg = parse(TrainConfig, words[words.index("artclf.train") + 1 :], "artclf train")
+        assert cfg.run == runs / point["name"] and cfg.seed == point["seed"]
+        assert {k: getattr(cfg, k) for k in point["flags"]} == point["flags"]  # epochs 3 over the ConfigMap's
+        assert (cfg.shards, cfg.batch_size) == (env["SHARDS"], 128)  # what the point leaves to the pod
+        seen.append(cfg.run)
+    assert len(set(seen)) == len(sweep["points"]) == 8
+
+
+def test_sweep_mode_refuses_what_cannot_run(tmp_path):
+    """Permanent errors, exit 78 (FailIndex: this point fails, the others go on): an index outside
+    points.txt, container args that name a run, and no plan after SWEEP_WAIT seconds."""
+    runs, sweep = planned(tmp_path)
+    args, env = sweep_pod(runs, ACCELERATE="false")
+    n = len(sweep["points"])
+    res = entrypoint({**env, "JOB_COMPLETION_INDEX": str(n)}, *args)
+    assert res.returncode == 78, res.stdout + res.stderr
+    assert f"sweep index {n} is outside {runs}/points.txt ({n} points: 0-{n - 1})" in res.stderr
+    assert "completions must be the number of points" in res.stderr
+    res = entrypoint({**env, "JOB_COMPLETION_INDEX": "0"}, *args, "--run", "/runs/x")
+    assert res.returncode == 78 and "the container's args set --run" in res.stderr
+    (tmp_path / "empty").mkdir()
+    env |= {"SWEEP_RUNS": str(tmp_path / "empty"), "SWEEP_WAIT": "1"}
+    res = entrypoint({**env, "JOB_COMPLETION_INDEX": "0"}, *args)
+    assert res.returncode == 78 and "no plan in" in res.stderr and "artclf-sweep-plan" in res.stderr
+
+
+def test_sweep_mode_waits_for_the_plan(tmp_path):
+    """The plan Job and the points start together: a point waits until sweep.json (written last)
+    is there, then launches."""
+    stub = tmp_path / "accelerate"
+    stub.write_text(SAYS_ARGS)
+    stub.chmod(0o755)
+    args, env = sweep_pod(tmp_path / "runs", ACCELERATE=str(stub), OUT=str(tmp_path), SWEEP_WAIT="120")
+    cmd = ["sh", str(K8S / "entrypoint.sh"), *args]
+    with procs.running(cmd, env={**env, "JOB_COMPLETION_INDEX": "1"}) as p:
+        time.sleep(1)
+        assert p.poll() is None, procs.output(p)  # waiting, not failing
+        _, sweep = planned(tmp_path)
+        assert p.wait(timeout=30) == 0, procs.output(p)
+    words = (tmp_path / "launch.args").read_text().splitlines()
+    assert words[words.index("--run") + 1] == str(tmp_path / "runs" / sweep["points"][1]["name"])
+
+
+def test_a_saved_sweep_point_exits_75_from_its_own_run(tmp_path):
+    """The trainers of point i record their 75 under RUNS/<name>/exits/: the container exits 75
+    (the pod is replaced uncounted, the point resumes its run); a 78 there: 78."""
+    runs, sweep = planned(tmp_path)
+    stub = tmp_path / "accelerate"
+    stub.write_text(RECORDING_LAUNCHER)
+    stub.chmod(0o755)
+    point = sweep["points"][2]
+    args, env = sweep_pod(runs, ACCELERATE=str(stub), RUN_DIR=str(runs / point["name"]), LAUNCHER_RC="1")
+    for records, expected in (("75 75", 75), ("78", 78)):
+        res = entrypoint({**env, "JOB_COMPLETION_INDEX": "2", "RECORDS": records}, *args)
+        assert res.returncode == expected, res.stdout + res.stderr

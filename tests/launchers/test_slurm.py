@@ -7,11 +7,13 @@ node."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -441,10 +443,14 @@ def test_an_early_exit_says_why(tmp_path):
 def test_usr1_without_a_saved_state_is_not_requeued(tmp_path):
     """USR1, then the step fails before any RUN/state exists: the script says so and keeps the
     step's exit code (`find` on the missing folder used to end it silently under pipefail)."""
-    stubs = {"srun": "sleep 3; exit 1\n", "scancel": 'echo "scancel $*" >> "$STUB_OUT/scancel"\n'}
+    stubs = {
+        "srun": 'touch "$STUB_OUT/step"; sleep 3; exit 1\n',
+        "scancel": 'echo "scancel $*" >> "$STUB_OUT/scancel"\n',
+    }
     out = tmp_path / "out.txt"
     with procs.running(["bash", "slurm/train.sbatch"], env=stub_env(tmp_path, stubs), log=out) as p:
-        procs.wait_for(lambda: "SLURM_RESTART_COUNT=" in out.read_text(), 30, "the script's start", p)
+        # the step runs: the traps are set (a USR1 before them would end the shell)
+        procs.wait_for(lambda: (tmp_path / "step").exists(), 30, "the script's step", p)
         p.send_signal(signal.SIGUSR1)
         assert p.wait(timeout=30) == 1, out.read_text()
     assert "saved no state: not requeueing" in out.read_text()
@@ -511,3 +517,176 @@ def test_a_failed_stage_stops_the_chain(slurm, tmp_path):
     # A batch script that starts opens its --output file: only ingest's exists.
     assert [p.name for p in (tmp_path / "logs").iterdir()] == [f"artclf-ingest-{jobs['ingest']}.out"]
     assert not (tmp_path / "work" / "manifest.jsonl").exists() and not (tmp_path / "shards").exists()
+
+
+# ---- a sweep: an array of single-node runs, then a dependent summary (slurm/sweep.sh) -----------
+
+SWEEP_FILE = "seeds = [0, 1]\n[base]\nepochs = 2\nsave_every = 2\n[grid]\nlr = [0.001, 0.01]\n"
+
+
+def consecutive_free_ports(n: int) -> int:
+    """The first of n consecutive ports that are free now (PORT_BASE: point i uses base + i)."""
+    for base in procs.free_ports(20):
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(base, base + n):
+                    s = held.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return base
+    raise AssertionError(f"no {n} consecutive free ports")
+
+
+def test_sweep_array_with_a_preempted_task_and_its_summary(slurm, shards, tmp_path):
+    """slurm/sweep.sh plans a 2 x 2 sweep (2 learning rates x 2 seeds) and submits an array of 4
+    single-node runs (one CPU process each, two at a time) and the summary, held by afterany.
+    USR1 goes to the task that holds the array's own job id (the one whose plain id would name
+    every task to scancel and scontrol) once it has saved: it alone saves, is requeued and resumes
+    its own run; no other task restarts. The summary chooses the config with the higher mean val
+    macro F1, computed here from each run's val_metrics.json, and scores only its runs on test."""
+    started = time.time()
+    (tmp_path / "sweep.toml").write_text(SWEEP_FILE)
+    runs, logs = tmp_path / "runs", tmp_path / "logs"
+    layout = "--gpus-per-node=0 --cpus-per-task=1 --mem=2G --time=15"
+    env = {**CPU_ENV, "NPROC_PER_NODE": "1", "SHARDS": str(shards), "BATCH_SIZE": str(BATCH)}
+    env |= {"LOG_DIR": str(logs), "PORT_BASE": str(consecutive_free_ports(4))}
+    env |= {"ARRAY_SBATCH_FLAGS": layout, "SUMMARY_SBATCH_FLAGS": layout}
+    out = slurm.run("bash", "slurm/sweep.sh", str(tmp_path / "sweep.toml"), str(runs), "--", *TINY, env=env)
+    jobs = dict(re.findall(r"^(array|summary)\s+job (\d+)", out, re.M))
+    assert set(jobs) == {"array", "summary"}, out
+    slurm.submitted += list(jobs.values())  # cancelled with the rest if the test fails
+    arr, summary = jobs["array"], jobs["summary"]
+    names = (runs / "points.txt").read_text().splitlines()
+    assert len(names) == 4 and "--array=0-3" in out, out
+    # The task that keeps the array's id starts last (two run at once): wait for it, then for its save.
+    deadline = time.time() + 400
+    while True:
+        tasks = slurm.job(arr)
+        assert all(t["JobState"] in {"PENDING", "RUNNING", "COMPLETING", "COMPLETED"} for t in tasks), tasks
+        owner = next((t for t in tasks if t["JobId"] == arr and t["ArrayTaskId"].isdigit()), None)
+        if owner and owner["JobState"] == "RUNNING":
+            index = int(owner["ArrayTaskId"])
+            if list((runs / names[index] / "state").glob("step-*")):
+                break
+        assert time.time() < deadline, f"the last task never saved a step: {tasks}"
+        time.sleep(0.2)
+    task = f"{arr}_{index}"
+    slurm.run("scancel", "--batch", "--signal=USR1", task)
+    while True:  # the trap forwards USR1 as TERM to this task's step, the trainer saves, the task requeues
+        (t,) = slurm.job(task)
+        if t["JobState"] == "PENDING" and t["Restarts"] == "1":
+            break
+        assert t["JobState"] in {"RUNNING", "COMPLETING", "REQUEUED", "PENDING"}, t
+        assert time.time() < deadline, f"not requeued: {t}"
+        time.sleep(0.5)
+    # start it now instead of after SLURM's requeue delay, once past the second of its revoked credential
+    time.sleep(1.5)
+    slurm.run("scontrol", "update", f"JobId={task}", "StartTime=now")
+    tasks = slurm.wait(arr, {"COMPLETED"}, timeout=400)
+    (done,) = slurm.wait(summary, {"COMPLETED"}, timeout=300)
+    slurm.say(f"sweep of 4 runs, one preempted, and its summary: wall time {time.time() - started:.1f} s")
+
+    assert {int(t["ArrayTaskId"]): t["Restarts"] for t in tasks} == {
+        i: str(int(i == index)) for i in range(4)
+    }
+    assert done["StartTime"] >= max(t["EndTime"] for t in tasks), (done, tasks)  # afterany held it
+    text = (logs / f"artclf-sweep-{task}.out").read_text()
+    step = re.search(r"preempted at step (\d+) ", text)
+    assert step, text[-3000:]
+    assert f"forwarding to the trainers of job {task}" in text and f"requeueing job {task}" in text
+    assert "SLURM_RESTART_COUNT=1" in text and text.rstrip().endswith("finished with exit code 0")
+    assert f"resuming from {runs / names[index]}/state/step-{int(step[1]):08d}" in text  # its own run
+    for i, name in enumerate(names):
+        log = (logs / f"artclf-sweep-{arr}_{i}.out").read_text()
+        assert f"point {i} of 4: {name}" in log and "1 process(es) on cpu" in log, log[-3000:]
+        assert ("resuming from" in log) == (i == index), log[-3000:]
+        assert [r["epoch"] for r in history(runs / name)] == [1, 2], name  # each epoch once
+
+    # the choice, independently: mean val macro F1 per learning rate (each run's config.json), ties
+    # to the first in plan order; test scores for exactly the chosen config's runs
+    by_lr: dict[float, list[str]] = {}
+    for name in names:
+        by_lr.setdefault(json.loads((runs / name / "config.json").read_text())["config"]["lr"], []).append(
+            name
+        )
+    val = {n: json.loads((runs / n / "val_metrics.json").read_text())["macro_f1"] for n in names}
+    means = {lr: sum(val[n] for n in ns) / len(ns) for lr, ns in by_lr.items()}
+    best = max(means, key=means.__getitem__)
+    got = json.loads((runs / "summary.json").read_text())
+    assert sorted(got["runs"]) == sorted(by_lr[best]), (got["runs"], means)
+    assert sorted(got["val_means"].values()) == pytest.approx(sorted(means.values()))
+    scored = sorted(n for n in names if (runs / n / "eval-test").exists())
+    assert scored == sorted(by_lr[best]) and all(
+        (runs / n / "eval-test" / "metrics.json").is_file() for n in scored
+    )
+    assert (runs / "summary.md").is_file()
+
+
+def sweep_env(tmp_path: Path, runs: Path, index: int, **env: str) -> dict[str, str]:
+    """Array task INDEX of slurm/sweep.sbatch on one stand-in node of 8 GPUs (STUBS)."""
+    one_node = {"srun": 'while [[ $1 != bash ]]; do shift; done\nSLURM_NODEID=0 "$@"\n'}
+    tmp_path.mkdir()
+    layout = {"SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "gpu-a01", "SLURM_GPUS_ON_NODE": "8"}
+    array = {"SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_ID": str(index), "SLURM_SUBMIT_DIR": str(REPO)}
+    return stub_env(tmp_path, one_node, **layout, **array, RUNS=str(runs), **env)
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A 2 x 2 sweep folder made by the real `artclf sweep plan`; its points' names."""
+    from artclf.sweep.plan import PlanConfig, plan
+
+    d = tmp_path_factory.mktemp("sweep-plan")
+    (d / "sweep.toml").write_text(SWEEP_FILE)
+    with contextlib.redirect_stdout(io.StringIO()):
+        plan(PlanConfig(file=d / "sweep.toml", runs=d / "runs"))
+    return d / "runs", (d / "runs" / "points.txt").read_text().splitlines()
+
+
+def test_a_sweep_task_runs_its_point_through_train_sbatch(planned, tmp_path):
+    """Task i launches train.sbatch's line on its one node: RUN = RUNS/<name of line i>, the
+    point's flags after the sbatch flags (they win), the 1 x 8 batch (128) unless the point sets
+    one, and PORT_BASE + i as the rendezvous port."""
+    runs, names = planned
+    for index in (0, 3):
+        env = sweep_env(tmp_path / f"t{index}", runs, index, PORT_BASE="31000")
+        res = subprocess.run(["bash", "slurm/sweep.sbatch", "--epochs", "9", "--workers", "2"], cwd=REPO,
+                             env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert res.returncode == 0, res.stdout + res.stderr
+        args = (tmp_path / f"t{index}" / "node-0.args").read_text().splitlines()
+        assert (
+            args[args.index("--num_processes") + 1] == "8" and args[args.index("--num_machines") + 1] == "1"
+        )
+        assert args[args.index("--main_process_port") + 1] == str(31000 + index)
+        cfg = parse(TrainConfig, args[args.index("artclf.train") + 1 :], "artclf train")
+        point = json.loads((runs / names[index] / "sweep.json").read_text())
+        assert cfg.run == runs / names[index] and (cfg.shards, cfg.batch_size) == ("s3://bucket/shards", 128)
+        assert {k: getattr(cfg, k) for k in point["flags"]} == point["flags"]  # epochs 2 over the given 9
+        assert cfg.workers == 2  # a flag the point leaves alone
+
+
+def test_a_sweep_index_outside_the_plan_is_permanent(planned, tmp_path):
+    runs, names = planned
+    res = subprocess.run(["bash", "slurm/sweep.sbatch"], cwd=REPO, env=sweep_env(tmp_path / "t", runs, 4),
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 78, res.stdout + res.stderr
+    assert f"array index 4 is outside {runs}/points.txt (4 points: 0-3)" in res.stderr
+    assert not (tmp_path / "t" / "node-0.args").exists()  # nothing launched
+
+
+def test_usr1_in_an_array_task_signals_and_requeues_that_task_only(tmp_path):
+    """In an array task, train.sbatch names itself <array>_<task> to scancel (and scontrol): the
+    plain SLURM_JOB_ID of the task that keeps the array's id names the whole array."""
+    stubs = {
+        "srun": 'touch "$STUB_OUT/step"; sleep 3; exit 1\n',
+        "scancel": 'echo "scancel $*" >> "$STUB_OUT/scancel"\n',
+    }
+    env = stub_env(tmp_path, stubs, SLURM_ARRAY_JOB_ID="4242", SLURM_ARRAY_TASK_ID="3")
+    out = tmp_path / "out.txt"
+    with procs.running(["bash", "slurm/train.sbatch"], env=env, log=out) as p:
+        # the step runs: the traps are set (a USR1 before them would end the shell)
+        procs.wait_for(lambda: (tmp_path / "step").exists(), 30, "the script's step", p)
+        p.send_signal(signal.SIGUSR1)
+        assert p.wait(timeout=30) == 1, out.read_text()
+    assert (tmp_path / "scancel").read_text() == "scancel --signal=TERM 4242_3\n"
