@@ -4,8 +4,16 @@ A resample draws the split's units (images, or whole duplicate groups when ``gro
 with replacement, as many as there are; every statistic of that resample is computed from
 per-class counts weighted by how often each image was drawn, so all resamples are a few matrix
 products, not a Python loop (2,000 resamples of 1,250 images over 50 classes: well under a
-second on a CPU). Macro averages follow :mod:`artclf.metrics.classification`: all C classes,
-a class with no prediction (or no support) in a resample scores 0, never dropped.
+second on a CPU).
+
+Which classes a macro average of a resample runs over: those the resample holds (true or
+predicted, as scikit-learn's ``average="macro"`` without ``labels``), plus every class the
+whole split lacks. A class the split has but a resample did not draw, and that nothing was
+predicted as, is out of that resample: scoring it 0 would drag each resample down by the share
+of classes it missed (a third of them where classes have one test image each, as in a small
+split), an interval below its own point. A class the whole split lacks scores 0 in every
+resample, as in :mod:`artclf.metrics.classification`, so with all weights 1 the statistics are
+exactly that module's (all C classes).
 
 The draws are a pure function of ``seed``:
 ``np.random.default_rng(seed).integers(0, units, size=(resamples, units))``, so a second run,
@@ -86,11 +94,19 @@ def statistics(y_true, probs, w: np.ndarray) -> dict[str, np.ndarray]:
     support, called = w @ truth, w @ predicted
     precision, recall = _ratio(tp, called), _ratio(tp, support)
     f1 = _ratio(2 * tp, support + called)  # = 2PR/(P+R); 0 where both are 0 (zero_division=0)
+    # the classes each macro average runs over (module docstring): drawn or predicted, or absent
+    # from the whole split
+    counted = (support > 0) | (called > 0) | (truth.sum(0) == 0)
+    n_counted = counted.sum(1)
+
+    def macro(per_class: np.ndarray) -> np.ndarray:
+        return (per_class * counted).sum(1) / n_counted
+
     return {
         "accuracy": (w @ correct) / total,
-        "macro_f1": f1.mean(1),
-        "macro_precision": precision.mean(1),
-        "macro_recall": recall.mean(1),
+        "macro_f1": macro(f1),
+        "macro_precision": macro(precision),
+        "macro_recall": macro(recall),
         "top5_accuracy": (w @ _top_k_hit(y_true, probs).astype(np.float64)) / total,
     }
 

@@ -76,13 +76,20 @@ def loop_interval(values: list[float]) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def macro_f1(labels, pred, i) -> float:
+    """scikit-learn's macro F1 of the images i: over the classes they hold (true or predicted),
+    plus the classes the whole split lacks, at 0 (artclf.metrics.bootstrap's documented rule)."""
+    held = np.union1d(np.union1d(labels[i], pred[i]), np.setdiff1d(np.arange(C), labels))
+    return f1_score(labels[i], pred[i], labels=held, average="macro", zero_division=0)
+
+
 def reference(labels, probs, seed: int = 0) -> dict:
     """Point value and interval of macro F1 and accuracy: a loop over the documented draws."""
     pred = probs.argmax(1)
     draws = np.random.default_rng(seed).integers(0, len(labels), size=(R, len(labels)))
 
     def f1(i):
-        return f1_score(labels[i], pred[i], labels=range(C), average="macro", zero_division=0)
+        return macro_f1(labels, pred, i)
 
     out = {}
     for stat, fn in (("macro_f1", f1), ("accuracy", lambda i: float((pred[i] == labels[i]).mean()))):
@@ -168,7 +175,7 @@ def check_pair(p: dict, run_a: Path, run_b: Path) -> None:
         def score(pred, i, stat=stat):
             if stat == "accuracy":
                 return float((pred[i] == labels[i]).mean())
-            return f1_score(labels[i], pred[i], labels=range(C), average="macro", zero_division=0)
+            return macro_f1(labels, pred, i)
 
         d = np.array([score(pa, i) - score(pb, i) for i in draws])
         whole = np.arange(len(labels))
