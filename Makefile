@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO   := demo
+# The demo run that predicts, exports and serves: the sweep's seed-0 point.
+RUN    := $(DEMO)/runs/seed-0
 # Sample-data size of the demo: a fraction of the real per-artist counts, images capped in px.
 DEMO_SCALE ?= 0.05
 DEMO_MAX_SIDE ?= 384
@@ -64,29 +66,35 @@ demo: $(VENV)/.installed-demo $(DEMO)/data/artists.csv $(DEMO)/mobilenet_v2.pt
 	$(BIN)/artclf split --work $(DEMO)/work
 	$(BIN)/artclf shard --work $(DEMO)/work --out $(DEMO)/shards --readers 2 --reader-workers 1
 	$(BIN)/artclf shard --verify $(DEMO)/shards
-	@echo "train: a CPU-sized model (MobileNetV2, ImageNet weights, 128 px, 2 DDP processes on the CPU);"
-	@echo "       the published recipe is ResNet50 at 512 px on GPUs: see README 'train'"
-	$(CPU_DDP) -m artclf.train --shards $(DEMO)/shards --run $(DEMO)/runs/demo \
-	    --arch mobilenet_v2 --weights $(DEMO)/mobilenet_v2.pt --image-size 128 --batch-size 32 \
-	    --epochs 15 --lr 1e-3 --log-every 5
-	@$(BIN)/python -c "import json; m = json.load(open('$(DEMO)/runs/demo/val_metrics.json')); \
-	    print('val (best epoch): ' + ', '.join(f'{k} {m[k]:.3f}' for k in \
+	@echo "train: a CPU-sized model (MobileNetV2, ImageNet weights, 128 px, 2 DDP processes on the CPU),"
+	@echo "       as a sweep of one config x 2 seeds; the published recipe is ResNet50 at 512 px on GPUs"
+	@printf '%s\n' '# the demo recipe, once per seed (README "Sweeps and comparisons")' 'seeds = [0, 1]' '[base]' \
+	    'shards = "$(DEMO)/shards"' 'arch = "mobilenet_v2"' 'weights = "$(DEMO)/mobilenet_v2.pt"' \
+	    'image_size = 128' 'batch_size = 32' 'epochs = 15' 'lr = 1e-3' 'log_every = 5' > $(DEMO)/sweep.toml
+	$(BIN)/artclf sweep plan $(DEMO)/sweep.toml --runs $(DEMO)/runs
+	@# what slurm/sweep.sbatch does per array task, one point after the other
+	for name in $$(cat $(DEMO)/runs/points.txt); do \
+	    $(CPU_DDP) -m artclf.train --run $(DEMO)/runs/$$name $$(cat $(DEMO)/runs/$$name/args) || exit 1; done
+	@$(BIN)/python -c "import json; m = json.load(open('$(RUN)/val_metrics.json')); \
+	    print('val of $(RUN) (best epoch): ' + ', '.join(f'{k} {m[k]:.3f}' for k in \
 	    ('accuracy', 'macro_f1', 'macro_precision', 'macro_recall', 'confidence')))"
-	@echo "evaluate: the honest test score, calibrated (ECE before -> after), and 'none of these artists'"
-	@echo "          on paintings of 3 artists the model never saw (open-set AUROC)"
-	$(BIN)/artclf evaluate --model $(DEMO)/runs/demo/model.pt --shards $(DEMO)/shards --split test \
+	@echo "evaluate: the honest test score with 95 % intervals, calibrated (ECE before -> after), and"
+	@echo "          'none of these artists' on paintings of 3 artists the model never saw (open-set AUROC)"
+	$(BIN)/artclf evaluate --model $(RUN)/model.pt --shards $(DEMO)/shards --split test \
 	    --unseen $(DEMO)/data/unseen
-	$(BIN)/artclf predict --model $(DEMO)/runs/demo/model.pt --top-k 3 $(DEMO)/data/images/images/Raphael
-	$(BIN)/artclf predict --model $(DEMO)/runs/demo/model.pt --top-k 3 --explain $(DEMO)/runs/demo/explain \
+	@echo "sweep summary: the config chosen on val, its seeds scored on test, their paired difference"
+	$(BIN)/artclf sweep summary $(DEMO)/runs
+	$(BIN)/artclf predict --model $(RUN)/model.pt --top-k 3 $(DEMO)/data/images/images/Raphael
+	$(BIN)/artclf predict --model $(RUN)/model.pt --top-k 3 --explain $(RUN)/explain \
 	    $(DEMO)/data/images/images/Raphael/Raphael_1.jpg $(DEMO)/data/unseen/Mary_Cassatt/Mary_Cassatt_1.jpg
-	$(BIN)/artclf export --model $(DEMO)/runs/demo/model.pt --format onnx --out $(DEMO)/runs/demo/model.onnx \
+	$(BIN)/artclf export --model $(RUN)/model.pt --format onnx --out $(RUN)/model.onnx \
 	    --images $(DEMO)/data/images/images/Claude_Monet
-	$(BIN)/artclf export --model $(DEMO)/runs/demo/model.pt --format exported --out $(DEMO)/runs/demo/model.pt2 \
+	$(BIN)/artclf export --model $(RUN)/model.pt --format exported --out $(RUN)/model.pt2 \
 	    --images $(DEMO)/data/images/images/Claude_Monet
 	@# the prediction service on a free loopback port: health, one painting, then stop it
 	@port=$$($(BIN)/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
 	url=http://127.0.0.1:$$port; img=$$(ls $(DEMO)/data/images/images/Claude_Monet/*.jpg | head -n 1); \
-	$(BIN)/artclf serve --model $(DEMO)/runs/demo/model.onnx --port $$port > $(DEMO)/runs/demo/serve.log 2>&1 & pid=$$!; \
+	$(BIN)/artclf serve --model $(RUN)/model.onnx --port $$port > $(RUN)/serve.log 2>&1 & pid=$$!; \
 	for i in $$(seq 120); do curl -sf $$url/health > /dev/null && break; sleep 0.5; done; \
 	echo "serve: curl $$url/health -> $$(curl -sS $$url/health)"; \
 	echo "serve: curl -F file=@$$img '$$url/predict?top_k=3' ->"; \
@@ -103,14 +111,15 @@ demo: $(VENV)/.installed-demo $(DEMO)/data/artists.csv $(DEMO)/mobilenet_v2.pt
 	    print(' '.join(f\"$(DEMO)/work/dedup/{m['file']} ({m['size']})\" for m in r['montages'][:3]))") ..."
 	@echo "  split                     $(DEMO)/work/split.json (and the split field of the manifest)"
 	@echo "  WebDataset shards         $(DEMO)/shards/{train,val,test}-*.tar, $(DEMO)/shards/{_info,_index}.json"
-	@echo "  training run              $(DEMO)/runs/demo/{model.pt,history.jsonl,learning_curve.png,confusion_matrix.png}"
-	@echo "  honest test score         $(DEMO)/runs/demo/eval-test/{report.md,metrics.json,confusion_matrix.png,errors.png}"
-	@echo "  calibration, open set     $(DEMO)/runs/demo/eval-test/{reliability.png,report.md} (unseen artists: $(DEMO)/data/unseen)"
-	@echo "  explained predictions     $(DEMO)/runs/demo/explain/*.gradcam.png"
-	@echo "  ONNX model                $(DEMO)/runs/demo/model.onnx"
-	@echo "  torch.export program      $(DEMO)/runs/demo/model.pt2 (torch.export.load)"
-	@echo "  prediction service        $(BIN)/artclf serve --model $(DEMO)/runs/demo/model.onnx   (http://127.0.0.1:8000/)"
-	@echo "                            (--model $(DEMO)/runs/demo/model.pt for heat maps on the page)"
+	@echo "  training run              $(RUN)/{model.pt,history.jsonl,learning_curve.png,confusion_matrix.png}"
+	@echo "  honest test score         $(RUN)/eval-test/{report.md,metrics.json,confusion_matrix.png,errors.png}"
+	@echo "  sweep: 2 seeds, compared  $(DEMO)/runs/{summary.md,summary.json} (any runs: artclf compare RUN_OR_EVAL ...)"
+	@echo "  calibration, open set     $(RUN)/eval-test/{reliability.png,report.md} (unseen artists: $(DEMO)/data/unseen)"
+	@echo "  explained predictions     $(RUN)/explain/*.gradcam.png"
+	@echo "  ONNX model                $(RUN)/model.onnx"
+	@echo "  torch.export program      $(RUN)/model.pt2 (torch.export.load)"
+	@echo "  prediction service        $(BIN)/artclf serve --model $(RUN)/model.onnx   (http://127.0.0.1:8000/)"
+	@echo "                            (--model $(RUN)/model.pt for heat maps on the page)"
 	@echo "  TensorBoard               $(BIN)/tensorboard --logdir $(DEMO)/runs"
 	@echo
 	@echo "the CLI: source $(VENV)/bin/activate, then artclf --help (or run $(BIN)/artclf without activating)"
