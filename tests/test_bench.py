@@ -1,5 +1,6 @@
 """bench/gpu.sh, the one-call GPU check, in its CPU dry run (so it cannot rot between GPU
-sessions), and its guard: a part that fails is reported and the next part still runs."""
+sessions), and its guard: a part that fails is reported and the next part still runs; and
+bench/leak.py's own parts (the published protocol, the pairing), without training."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import os
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from artclf import manifest
 from tests.conftest import REPO
 
 PARTS = ("setup", "synthetic", "data", "compiled", "recipe")
@@ -53,3 +57,73 @@ def test_gpu_check_reports_each_failed_part_and_runs_the_rest(tmp_path):
     summary = (out / "summary.txt").read_text()
     for part in PARTS:
         assert re.search(rf"^{part} +failed \(\d+\) ", summary, re.M), summary
+
+
+def test_leak_published_protocol_against_the_planted_truth(tmp_path):
+    """bench/leak.py's published protocol (copies removed by hand in the two largest classes,
+    files dealt 80/20 per artist by `artclf split`), checked against the sample set's truth: what
+    is kept, the shares, and the leak counted by a plain loop over the planted groups."""
+    from artclf.ingest import main as ingest
+    from artclf.sample_data import SampleDataConfig, generate
+    from artclf.split import main as split
+    from bench.leak import hand_dedup, leak
+
+    data, work = tmp_path / "data", tmp_path / "work"
+    generate(SampleDataConfig(out=data, scale=0.05, seed=1, max_side=64, workers=1))
+    assert ingest([str(data), "--work", str(work)]) == 0
+    truth = json.loads((data / "sample_truth.json").read_text())
+    record = hand_dedup(work, truth)
+    assert split(["--work", str(work), "--ratios", "0.8,0.2", "--seed", "0"]) == 0
+    rows = manifest.read_manifest(work)
+
+    by_hand = {"Vincent van Gogh", "Edgar Degas"}  # the published project's two largest classes
+    artist = {r["path"]: r["artist"] for r in rows}
+    removed = {
+        m["path"]
+        for g in truth["duplicate_groups"]
+        for m in g["members"]
+        if m["kind"] != "original" and artist[m["path"]] in by_hand
+    }
+    assert set(record["classes"]) == by_hand and set(record["removed"]) == removed and removed
+    usable = {r["path"] for r in rows if r["status"] == "ok"}
+    assert {r["path"] for r in rows if r["keep"]} == usable - removed
+    kept = Counter(r["artist"] for r in rows if r["keep"])
+    tested = Counter(r["artist"] for r in rows if r["keep"] and r["split"] == "val")
+    assert all(abs(tested[a] - 0.2 * n) <= 1 for a, n in kept.items())
+
+    split_of = {r["path"]: r["split"] for r in rows if r["keep"]}
+    twins = 0
+    for g in truth["duplicate_groups"]:
+        paths = [m["path"] for m in g["members"] if m["path"] in split_of]
+        for p in paths:
+            twins += split_of[p] == "val" and any(split_of[q] == "train" for q in paths if q != p)
+    got = leak(rows, truth, "val")
+    assert got["with_twin_in_train"] == twins > 0
+    assert got["test_images"] == sum(tested.values())
+
+
+def test_leak_pairs_the_two_protocols_on_their_shared_test_images(tmp_path):
+    """bench/leak.py's paired difference matches images by key, whatever the row order: the same
+    as bootstrap.paired_difference on the shared images lined up by a plain loop, in key order."""
+    from artclf.metrics.bootstrap import paired_difference
+    from bench.leak import paired
+
+    rng = np.random.default_rng(0)
+    keys = [f"k{i}" for i in range(40)]  # shared: k5 … k29, where key order is not numeric order
+    label = dict(zip(keys, rng.integers(0, 5, 40).tolist(), strict=True))
+    probs = {}
+    for name, held in (("honest", keys[:30]), ("published", keys[5:])):
+        order = [held[i] for i in rng.permutation(len(held))]
+        probs[name] = {k: rng.dirichlet(np.ones(5)) for k in order}
+        folder = tmp_path / name
+        folder.mkdir()
+        lines = ["key,label"] + [f"{k},{label[k]}" for k in order]
+        (folder / "predictions.csv").write_text("\n".join(lines) + "\n")
+        np.save(folder / "probabilities.npy", np.stack([probs[name][k] for k in order]))
+    shared = sorted(k for k in keys if k in probs["honest"] and k in probs["published"])
+    y = [label[k] for k in shared]
+    expected = paired_difference(
+        y, np.stack([probs["published"][k] for k in shared]), np.stack([probs["honest"][k] for k in shared])
+    )
+    assert paired(tmp_path / "honest", tmp_path / "published") == expected
+    assert expected["n"] == 25
