@@ -630,13 +630,20 @@ def pod_failure_action(policy: dict, container: str, code: int, conditions: tupl
 
 
 def job_outcome(job_spec: dict, container: str, code: int, conditions: tuple[str, ...] = ()) -> str:
+    """What a Job does with a failed pod: the podFailurePolicy's first matching rule, else a
+    counted failure; with backoffLimitPerIndex (an Indexed Job of sweep points) counted against
+    that index alone, and FailIndex ends only that index."""
     action = pod_failure_action(job_spec["podFailurePolicy"], container, code, conditions)
     assert job_spec["template"]["spec"]["restartPolicy"] == "Never", "podFailurePolicy needs Never"
     if action == "Ignore":
         return "retry, uncounted"
+    if action == "FailIndex":
+        return "fail this point"
     if action == "FailJob":
         return "fail now"
     assert action == "Count"
+    if "backoffLimitPerIndex" in job_spec:
+        return "retry this point" if job_spec["backoffLimitPerIndex"] > 0 else "fail this point"
     return "retry, counted" if job_spec["backoffLimit"] > 0 else "fail the Job"
 
 
@@ -715,32 +722,17 @@ SWEEP_OUTCOMES = {
 }
 
 
-def index_outcome(job_spec: dict, container: str, code: int, conditions: tuple[str, ...] = ()) -> str:
-    """What an Indexed Job with backoffLimitPerIndex does with a failed pod of one index: the
-    podFailurePolicy's first matching rule, else a failure counted against that index alone."""
-    action = pod_failure_action(job_spec["podFailurePolicy"], container, code, conditions)
-    assert job_spec["template"]["spec"]["restartPolicy"] == "Never", "podFailurePolicy needs Never"
-    if action == "Ignore":
-        return "retry, uncounted"
-    if action == "FailIndex":
-        return "fail this point"
-    if action == "FailJob":
-        return "fail now"
-    assert action == "Count"
-    return "retry this point" if job_spec["backoffLimitPerIndex"] > 0 else "fail this point"
-
-
 @pytest.mark.parametrize("code", SWEEP_OUTCOMES)
 def test_sweep_exit_codes_act_on_one_point(code):
     spec = first(render(SWEEP), "Job", "artclf-sweep")["spec"]
-    assert index_outcome(spec, "train", code) == SWEEP_OUTCOMES[code]
-    assert index_outcome(spec, "train", 137, ("DisruptionTarget",)) == "retry, uncounted"  # evicted
+    assert job_outcome(spec, "train", code) == SWEEP_OUTCOMES[code]
+    assert job_outcome(spec, "train", 137, ("DisruptionTarget",)) == "retry, uncounted"  # evicted
     # one failed point never ends the others: no job-wide backoffLimit, no budget of failed indexes
     assert "backoffLimit" not in spec and "maxFailedIndexes" not in spec
     spec["podFailurePolicy"]["rules"] = [
         r for r in spec["podFailurePolicy"]["rules"] if r["action"] != "FailIndex"
     ]
-    assert index_outcome(spec, "train", 78) == "retry this point"  # the evaluator reads the rule
+    assert job_outcome(spec, "train", 78) == "retry this point"  # the evaluator reads the rule
 
 
 def sweep_runs(container: dict) -> str:
