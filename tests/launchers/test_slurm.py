@@ -1,8 +1,9 @@
 """The sbatch scripts users run, on real local SLURMs (slurm/local/up.sh): 2-process DDP training
 to COMPLETED on one node and on two (network namespaces: tests/support/slurmcluster.py), USR1 preemption
--> save -> requeue -> resume on both, the loss of a node mid-epoch, dedup and shard arrays with
-their dependent merges (checked against the single-process results), TensorBoard on a compute
-node."""
+-> save -> requeue -> resume on two nodes and on one (a sweep's array task, beside the other
+tasks), the loss of a node mid-epoch, dedup and shard arrays with their dependent merges
+(checked against the single-process results), a sweep's summary held by afterany, TensorBoard
+on a compute node."""
 
 from __future__ import annotations
 
@@ -92,7 +93,9 @@ def test_train_sbatch_completes_with_two_processes(train_job):
     assert [r["epoch"] for r in history(run)] == [1]
 
 
-@pytest.mark.parametrize("nodes", [1, 2])
+# One node: test_sweep_array_with_a_preempted_task_and_its_summary sends USR1 to a one-node
+# train.sbatch run (an array task) and checks the same save -> requeue -> resume; two nodes here.
+@pytest.mark.parametrize("nodes", [2])
 def test_usr1_saves_requeues_and_resumes(request, nodes, shards, tmp_path):
     slurm = cluster(request, nodes)
     started = time.time()
