@@ -35,6 +35,7 @@ from tests.conftest import REPO, TINY, expected_batches, history, plain_predicti
 from tests.support import procs
 from tests.support.slurmcluster import Slurm, cannot_run
 from tests.support.system import cannot
+from tests.support.tb_events import hparams_of
 
 pytestmark = pytest.mark.slow
 
@@ -623,6 +624,13 @@ def test_sweep_array_with_a_preempted_task_and_its_summary(slurm, shards, tmp_pa
     assert scored == sorted(by_lr[best]) and all(
         (runs / n / "eval-test" / "metrics.json").is_file() for n in scored
     )
+    # TensorBoard's HParams view of the sweep (tensorboard --logdir RUNS): every run's event file,
+    # the preempted one's included, holds its own flags and its best val macro F1
+    for name in names:
+        params, metrics = hparams_of(runs / name)
+        flags = json.loads((runs / name / "config.json").read_text())["config"]
+        assert (params["lr"], params["seed"]) == pytest.approx((flags["lr"], flags["seed"])), name
+        assert metrics["hparam/val_macro_f1"] == pytest.approx(val[name], abs=1e-6), name
     assert (runs / "summary.md").is_file()
 
 
