@@ -16,7 +16,7 @@ from artclf.atomic import atomic_open
 from artclf.config import to_dict
 from artclf.data import tar_samples
 from artclf.evaluate.config import EvaluateConfig
-from artclf.metrics.bootstrap import STATS
+from artclf.metrics.bootstrap import STATS, interval
 from artclf.metrics.classification import ECE_BINS
 from artclf.transforms import decode
 
@@ -75,11 +75,6 @@ def errors_grid(urls: list[str], worst: list[tuple], classes: list[str], path: P
         ax.set_title(f"true: {classes[y]}\npred: {classes[p]} ({prob:.2f})", fontsize=8)
     fig.suptitle("most confident mistakes")
     plots.save(fig, path)
-
-
-def interval(stat: dict) -> str:
-    """``[0.781, 0.842]`` from an entry of ``metrics.json`` ``intervals``."""
-    return f"[{stat['low']:.3f}, {stat['high']:.3f}]"
 
 
 def scalars_line(metrics: dict) -> str:

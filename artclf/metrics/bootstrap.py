@@ -117,9 +117,12 @@ def _percentiles(values: np.ndarray, confidence: float) -> list[float]:
     return [float(low), float(high)]
 
 
-def _check(confidence: float) -> None:
+def _about(resamples: int, seed: int, confidence: float, groups) -> dict:
+    """How a result was drawn (the head of every result), the confidence checked."""
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1); got {confidence}")
+    unit = "image" if groups is None else "duplicate group"
+    return {"resamples": resamples, "seed": seed, "confidence": confidence, "unit": unit}
 
 
 def intervals(
@@ -133,12 +136,10 @@ def intervals(
     """The point value and percentile interval of each statistic, JSON-ready:
     ``{"accuracy": {"value": v, "low": lo, "high": hi}, …, "resamples", "seed", "confidence",
     "unit"}``."""
-    _check(confidence)
+    out = _about(resamples, seed, confidence, groups)
     n = len(y_true)
     point = statistics(y_true, probs, np.ones((1, n)))
     boot = statistics(y_true, probs, weights(n, groups, resamples, seed))
-    out: dict = {"resamples": resamples, "seed": seed, "confidence": confidence}
-    out["unit"] = "image" if groups is None else "duplicate group"
     for k in STATS:
         low, high = _percentiles(boot[k], confidence)
         out[k] = {"value": float(point[k][0]), "low": low, "high": high}
@@ -158,7 +159,7 @@ def paired_difference(
     """A − B on the same images, both scored on each of the same resamples: the difference, its
     percentile interval, and the share of resamples where A scores higher (``a_better``; ties
     count half). An interval that holds 0 says the split cannot tell the two apart."""
-    _check(confidence)
+    out = _about(resamples, seed, confidence, groups)
     probs_a, probs_b = np.asarray(probs_a), np.asarray(probs_b)
     if probs_a.shape != probs_b.shape or probs_a.shape[0] != len(y_true):
         raise ValueError(f"paired scores need the same images: {probs_a.shape} vs {probs_b.shape}")
@@ -167,8 +168,7 @@ def paired_difference(
     w = weights(n, groups, resamples, seed)
     a, b = statistics(y_true, probs_a, w), statistics(y_true, probs_b, w)
     pa, pb = statistics(y_true, probs_a, ones), statistics(y_true, probs_b, ones)
-    out: dict = {"resamples": resamples, "seed": seed, "confidence": confidence, "n": n}
-    out["unit"] = "image" if groups is None else "duplicate group"
+    out["n"] = n
     for k in stats:
         d = a[k] - b[k]
         low, high = _percentiles(d, confidence)
@@ -178,6 +178,11 @@ def paired_difference(
     return out
 
 
+def interval(stat: dict, digits: int = 3) -> str:
+    """``[0.781, 0.842]`` from an entry of :func:`intervals`."""
+    return f"[{stat['low']:.{digits}f}, {stat['high']:.{digits}f}]"
+
+
 def bracket(stat: dict, digits: int = 3) -> str:
     """``0.812 [0.781, 0.842]`` from an entry of :func:`intervals`."""
-    return f"{stat['value']:.{digits}f} [{stat['low']:.{digits}f}, {stat['high']:.{digits}f}]"
+    return f"{stat['value']:.{digits}f} {interval(stat, digits)}"
