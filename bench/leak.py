@@ -32,7 +32,6 @@ so after a change of the analysis it only rescores. Results: docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -50,6 +49,7 @@ from artclf.artists import SAMPLE_TRUTH
 from artclf.atomic import write_json
 from artclf.metrics import bootstrap
 from artclf.shard.layout import sample_key
+from artclf.sweep.runs import read_eval
 
 REPO = Path(__file__).resolve().parents[1]
 PROTOCOLS = ("honest", "published")
@@ -130,9 +130,10 @@ def hand_dedup(work: Path, truth: dict) -> dict:
     largest = sorted(sizes, key=lambda a: (-sizes[a], a))[:HAND_DEDUPED]
     copies = {m["path"] for g in truth["duplicate_groups"] for m in g["members"] if m["kind"] != "original"}
     removed = sorted(r["path"] for r in rows if r["artist"] in largest and r["path"] in copies)
+    dropped = set(removed)
     for i, r in enumerate(rows):
         usable = r["status"] == manifest.OK
-        r["group"], r["keep"] = (i if usable else None), usable and r["path"] not in removed
+        r["group"], r["keep"] = (i if usable else None), usable and r["path"] not in dropped
     manifest.write_manifest(work, rows)
     record = {"classes": largest, "removed": removed}
     write_json(work / HAND, record)
@@ -197,11 +198,10 @@ def train_and_score(a: argparse.Namespace, weights: Path, protocol: str, seed: i
 
 
 def predictions(ev: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(keys, labels, probabilities) of one ``artclf evaluate`` folder, rows in the same order."""
-    with open(ev / "predictions.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    probs = np.load(ev / "probabilities.npy")
-    return [r["key"] for r in rows], np.array([int(r["label"]) for r in rows]), probs
+    """(keys, labels, probabilities) of one ``artclf evaluate`` folder, rows in the same order,
+    read and checked as ``artclf compare`` reads them."""
+    scored = read_eval(ev)
+    return scored.keys, scored.labels, scored.probs
 
 
 def scores(evals: dict[str, dict[int, Path]]) -> dict:

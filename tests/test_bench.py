@@ -119,6 +119,7 @@ def test_leak_pairs_the_two_protocols_on_their_shared_test_images(tmp_path):
         folder.mkdir()
         lines = ["key,label"] + [f"{k},{label[k]}" for k in order]
         (folder / "predictions.csv").write_text("\n".join(lines) + "\n")
+        (folder / "metrics.json").write_text(json.dumps({"split": "test"}))
         np.save(folder / "probabilities.npy", np.stack([probs[name][k] for k in order]))
     shared = sorted(k for k in keys if k in probs["honest"] and k in probs["published"])
     y = [label[k] for k in shared]
