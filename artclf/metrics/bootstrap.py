@@ -3,8 +3,7 @@
 A resample draws the split's units (images, or whole duplicate groups when ``groups`` is given)
 with replacement, as many as there are; every statistic of that resample is computed from
 per-class counts weighted by how often each image was drawn, so all resamples are a few matrix
-products, not a Python loop (2,000 resamples of 1,250 images over 50 classes: well under a
-second on a CPU).
+products, not a Python loop.
 
 Which classes a macro average of a resample runs over: those the resample holds (true or
 predicted, as scikit-learn's ``average="macro"`` without ``labels``), plus every class the
