@@ -86,14 +86,18 @@ def score(a: np.ndarray, b: np.ndarray) -> float:
     return max(_one_way(pa, pb, gray), _one_way(pb, pa, gray))
 
 
-def verify(pairs: np.ndarray, thumbs: np.ndarray, threshold: float) -> np.ndarray:
-    """The pairs (rows of indices into ``thumbs``) whose score reaches ``threshold``."""
+def passes(pairs: np.ndarray, thumbs: np.ndarray, threshold: float) -> np.ndarray:
+    """Whether each pair (a row of indices into ``thumbs``) scores at least ``threshold``."""
     prepared = lru_cache(maxsize=256)(lambda i: _prepared(thumbs[i]))  # pairs come sorted by i
     gray = lru_cache(maxsize=None)(lambda i: _is_gray(thumbs[i]))
-    keep = []
+    ok = np.zeros(len(pairs), bool)
     for k, (a, b) in enumerate(pairs.tolist()):
         g = gray(a) or gray(b)
         pa, pb = prepared(a), prepared(b)
-        if max(_one_way(pa, pb, g), _one_way(pb, pa, g)) >= threshold:
-            keep.append(k)
-    return pairs[keep] if len(pairs) else pairs
+        ok[k] = max(_one_way(pa, pb, g), _one_way(pb, pa, g)) >= threshold
+    return ok
+
+
+def verify(pairs: np.ndarray, thumbs: np.ndarray, threshold: float) -> np.ndarray:
+    """The pairs (rows of indices into ``thumbs``) whose score reaches ``threshold``."""
+    return pairs[passes(pairs, thumbs, threshold)] if len(pairs) else pairs

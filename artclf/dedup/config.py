@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from artclf.config import arg
-from artclf.dedup import geometry, phash
+from artclf.dedup import geometry, phash, store
 
 VERIFY = ("geometry", "alignment", "none")
 
@@ -70,10 +70,30 @@ class DedupConfig:
         metadata=arg("DataLoader worker processes; also the threads that verify pairs"),
     )
     part: int | None = field(
-        default=None, metadata=arg("compute features of this part only (0-based), then stop")
+        default=None,
+        metadata=arg("step 1 of 4: compute the features of this part (0-based) into the store, then stop"),
     )
-    num_parts: int = field(default=1, metadata=arg("number of parts (SLURM array / Indexed Job size)"))
-    merge: bool = field(default=False, metadata=arg("fold WORK/dedup/parts/* into the cache, then group"))
+    pairs: bool = field(
+        default=False,
+        metadata=arg("step 2: find the candidate pairs over all features, cut into --num-parts shares"),
+    )
+    verify_part: int | None = field(
+        default=None, metadata=arg("step 3: verify this share (0-based) of the candidate pairs, then stop")
+    )
+    num_parts: int = field(
+        default=1, metadata=arg("number of parts / shares (SLURM array / Indexed Job size)")
+    )
+    merge: bool = field(
+        default=False, metadata=arg("step 4: union the verified pairs into groups, write manifest and report")
+    )
+    verify_batch: int = field(
+        default=2048,
+        metadata=arg("distinct pairs verified between checkpoints: what a killed verification part loses"),
+    )
+    chunk_images: int = field(
+        default=store.CHUNK,
+        metadata=arg("images per feature-store chunk: what a killed part loses at most"),
+    )
     keep_mislabeled: bool = field(default=False, metadata=arg("keep one image of groups that span artists"))
     montages: int = field(
         default=6,
@@ -95,14 +115,24 @@ class DedupConfig:
             raise ValueError(f"--cnn-threshold must be in (0, 1], got {self.cnn_threshold}")
         if not 0 <= self.hash_threshold < phash.BITS // 2:
             raise ValueError(f"--hash-threshold must be in [0, {phash.BITS // 2}), got {self.hash_threshold}")
-        if self.part is not None and not 0 <= self.part < self.num_parts:
-            raise ValueError(f"--part must be in [0, --num-parts={self.num_parts}), got {self.part}")
-        if self.part is not None and self.merge:
-            raise ValueError("--part and --merge exclude each other: compute parts first, then merge once")
-        if min(self.neighbors, self.batch_size, self.num_parts, self.image_size) < 1 or self.workers < 0:
+        steps = [self.part is not None, self.pairs, self.verify_part is not None, self.merge]
+        if sum(steps) > 1:
             raise ValueError(
-                "--neighbors, --batch-size, --num-parts, --image-size must be >= 1, --workers >= 0"
+                "--part, --pairs, --verify-part and --merge are steps: one per call (none: all four)"
             )
+        for name, value in (("--part", self.part), ("--verify-part", self.verify_part)):
+            if value is not None and not 0 <= value < self.num_parts:
+                raise ValueError(f"{name} must be in [0, --num-parts={self.num_parts}), got {value}")
+        if self.num_parts > 1 and not any(steps[:3]):
+            raise ValueError("--num-parts goes with --part, --pairs or --verify-part")
+        sizes = (self.neighbors, self.batch_size, self.num_parts, self.image_size, self.chunk_images)
+        if min(*sizes, self.verify_batch) < 1:
+            raise ValueError(
+                "--neighbors, --batch-size, --num-parts, --image-size, --chunk-images and "
+                "--verify-batch must be >= 1"
+            )
+        if self.workers < 0:
+            raise ValueError(f"--workers must be >= 0, got {self.workers}")
 
     @property
     def cnn_cut(self) -> float:

@@ -21,13 +21,11 @@ are verified too: a shared composition (the same large shapes in the same places
 works one perceptual hash.
 
 Thresholds were chosen on sample data's planted truth (docs/benchmarks.md, "Dedup precision
-with look-alikes"). Keypoints depend on :data:`PARAMS`; a cache made with others is recomputed.
+with look-alikes"). Keypoints depend on :data:`PARAMS`; a feature-store chunk made with others is not read.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -160,36 +158,3 @@ def verify(
     cv2.setNumThreads(1)
     with ThreadPoolExecutor(max(1, threads)) as pool:  # OpenCV releases the GIL while matching
         return np.fromiter(pool.map(one, pairs.tolist()), np.int64, len(pairs))
-
-
-def pack(local: list[Local]) -> dict[str, np.ndarray]:
-    """Arrays for an .npz: per image the counts (plain, mirror), then all rows in order, and the
-    :data:`PARAMS` they were made with."""
-    parts = [(x.xy, x.desc, x.xy_m, x.desc_m) for x in local]
-    return {
-        "kp_params": np.array(json.dumps(PARAMS, sort_keys=True)),
-        "kp_count": np.array([(len(d), len(dm)) for _, d, _, dm in parts], np.int32).reshape(-1, 2),
-        "kp_xy": np.concatenate(
-            [np.zeros((0, 2), np.float16)] + [a for x, _, xm, _ in parts for a in (x, xm)]
-        ),
-        "kp_desc": np.concatenate(
-            [np.zeros((0, 32), np.uint8)] + [a for _, d, _, dm in parts for a in (d, dm)]
-        ),
-    }
-
-
-def current(z: Mapping[str, np.ndarray]) -> bool:
-    """Whether ``z`` (an open .npz) holds keypoints made with today's :data:`PARAMS`."""
-    return "kp_params" in z and json.loads(str(z["kp_params"])) == PARAMS
-
-
-def unpack(z: Mapping[str, np.ndarray]) -> list[Local]:
-    """The inverse of :func:`pack` (``z``: a mapping such as an open .npz)."""
-    counts, xy, desc = z["kp_count"], z["kp_xy"], z["kp_desc"]
-    ends = np.cumsum(counts.ravel())
-    starts = ends - counts.ravel()
-    out = []
-    for i in range(len(counts)):
-        a, b = slice(starts[2 * i], ends[2 * i]), slice(starts[2 * i + 1], ends[2 * i + 1])
-        out.append(Local(xy[a], desc[a], xy[b], desc[b]))
-    return out

@@ -28,90 +28,51 @@ import torch
 from artclf import manifest
 from artclf.atomic import write_json
 from artclf.config import stage_main
-from artclf.dedup import alignment, features, geometry, montage, phash
+from artclf.dedup import candidates, features, montage, store, verified
 from artclf.dedup.config import DedupConfig
 from artclf.dedup.groups import connected_groups, explain, ties
-from artclf.dedup.neighbors import pairs_above, topk_similar
 from artclf.dedup.report import SHOWN, group_json, losses, print_summary, report_json
 
 
-def _model(cfg: DedupConfig) -> tuple[torch.nn.Module | None, dict | None]:
+def model_id(cfg: DedupConfig) -> dict | None:
+    """What the embeddings depend on (None: no CNN); the file's size and mtime for a local file."""
     if not cfg.use_cnn:
-        warnings.warn(
-            "--weights none: CNN detector off, re-photographs are found by hashes only", stacklevel=2
-        )
-        return None, None
-    from artclf.weights import build
-
-    model = build(cfg.arch, cfg.weights, num_classes=0).eval()
+        return None
     ident = {"arch": cfg.arch, "weights": cfg.weights, "image_size": cfg.image_size}
     if Path(cfg.weights).is_file():
         st = Path(cfg.weights).stat()
         ident["file"] = {"bytes": st.st_size, "mtime": int(st.st_mtime)}
-    return model, ident
+    return ident
 
 
-def hash_pairs(h: np.ndarray, hf: np.ndarray, k: int, hash_threshold: int) -> np.ndarray:
-    """Pairs among each image's ``k`` nearest hashes within ``hash_threshold`` bits (±1 hashes: a
-    dot product); a mirrored copy matches the original's mirrored hash ``hf``."""
-    min_dot = phash.BITS - 2 * hash_threshold
-    s, i = topk_similar(h, h, k, exclude_self=True)
-    sf, i_f = topk_similar(hf, h, k)
-    return np.concatenate([pairs_above(s, i, min_dot), pairs_above(sf, i_f, min_dot)])
+def _model(cfg: DedupConfig) -> torch.nn.Module | None:
+    if not cfg.use_cnn:
+        return None
+    from artclf.weights import build
+
+    return build(cfg.arch, cfg.weights, num_classes=0).eval()
 
 
-def cnn_candidates(e: np.ndarray, k: int, cut: float) -> np.ndarray:
-    """Pairs among each image's ``k`` nearest embeddings with cosine similarity >= ``cut``."""
-    s, i = topk_similar(e, e, k, exclude_self=True)
-    return pairs_above(s, i, cut)
-
-
-def scores(kind: str, pairs: np.ndarray, h: np.ndarray, hf: np.ndarray, e: np.ndarray | None) -> np.ndarray:
-    """Each pair's similarity as its detector saw it, for the labels: the embeddings' cosine
-    (cnn), or the hashes' dot product over ``BITS`` (1 - 2·Hamming/BITS), mirrored either way
-    (hash; a pair is found from either side)."""
-    a, b = pairs[:, 0], pairs[:, 1]
-    if kind == "cnn":
-        return np.einsum("ij,ij->i", e[a], e[b])
-    dots = [np.einsum("ij,ij->i", x[a], y[b]) for x, y in ((h, h), (hf, h), (h, hf))]
-    return np.maximum.reduce(dots) / phash.BITS
-
-
-def find_pairs(
-    h: np.ndarray,
-    hf: np.ndarray,
-    thumbs: np.ndarray,
-    local: list[geometry.Local],
-    e: np.ndarray | None,
-    cfg: DedupConfig,
-) -> tuple[dict[str, np.ndarray], dict]:
-    """Copy pairs over unique images, per detector (hash, cnn), and what verification did.
-    Embeddings and hashes alone score distinct paintings alike (one artist's palette and
-    brushwork, one motif painted twice); a re-photograph also keeps every mark in its place."""
-    hashed = hash_pairs(h, hf, cfg.neighbors, cfg.hash_threshold)
-    out, stats = {"hash": hashed}, {}
-    if cfg.verify == "geometry":  # without keypoints to test, a hash pair stands
-        counts = geometry.verify(hashed, local, cfg.min_inliers, cfg.min_keypoints, max(1, cfg.workers))
-        out["hash"] = hashed[(counts >= cfg.min_inliers) | (counts < 0)]
-        stats["hash_rejected"] = len(hashed) - len(out["hash"])
-    if e is not None:
-        cand = cnn_candidates(e, cfg.neighbors, cfg.cnn_cut)
-        start = time.perf_counter()
-        if cfg.verify == "geometry":  # without keypoints to test, a CNN candidate falls
-            counts = geometry.verify(cand, local, cfg.min_inliers, cfg.min_keypoints, max(1, cfg.workers))
-            out["cnn"] = cand[counts >= cfg.min_inliers]
-            stats["cnn_few_keypoints"] = int((counts < 0).sum())
-        elif cfg.verifies:
-            out["cnn"] = alignment.verify(cand, thumbs, cfg.align_threshold)
-        else:
-            out["cnn"] = cand
-        seconds = time.perf_counter() - start
-        stats.update(
-            cnn_candidates=len(cand),
-            cnn_rejected=len(cand) - len(out["cnn"]),
-            verify_ms_per_pair=round(1000 * seconds / max(1, len(cand)), 3),
+def compute_features(cfg: DedupConfig, keys: list[str], paths: list[Path], mid: dict | None) -> int:
+    """Features of the ``keys`` no chunk of the store holds yet; returns how many were computed."""
+    folder = store.folder_of(cfg.work)
+    have = store.done(folder, mid, set(keys))
+    todo = [i for i, k in enumerate(keys) if k not in have]
+    who = "all" if cfg.part is None else f"part {cfg.part}/{cfg.num_parts}"
+    print(f"dedup: features, {who}: {len(keys)} images, {len(have)} in the store, computing {len(todo)}")
+    if todo:
+        prefix = "all" if cfg.part is None else f"part-{cfg.part:05d}-of-{cfg.num_parts:05d}"
+        writer = store.Writer(folder, prefix, mid, cfg.chunk_images)
+        features.compute(
+            writer,
+            [keys[i] for i in todo],
+            [paths[i] for i in todo],
+            _model(cfg),
+            cfg.image_size,
+            cfg.batch_size,
+            cfg.workers,
         )
-    return out, stats
+    return len(todo)
 
 
 def assign(rows: list[dict], groups: np.ndarray, keep_mislabeled: bool) -> list[dict]:
@@ -145,46 +106,39 @@ def assign(rows: list[dict], groups: np.ndarray, keep_mislabeled: bool) -> list[
 
 
 def dedup(cfg: DedupConfig) -> dict | None:
+    """One step (``--part``, ``--pairs``, ``--verify-part``, ``--merge``), or all in one process;
+    the merge (and the one process) returns the report."""
     start = time.perf_counter()
     rows = manifest.read_manifest(cfg.work)
     ok = manifest.usable(rows)
-    data_dir, out = manifest.data_dir(cfg.work, cfg.data_dir), cfg.work / "dedup"
-    model, model_id = _model(cfg)
-    feats = features.Features.load(out, model_id)
-    if cfg.merge:
-        print(f"dedup: merged {features.merge_parts(out, feats)} parts")
+    data_dir = manifest.data_dir(cfg.work, cfg.data_dir)
     keys = sorted({r["sha256"] for r in ok})
-    path_of = {r["sha256"]: data_dir / r["path"] for r in ok}
-    if cfg.part is not None:
-        keys = keys[cfg.part :: cfg.num_parts]
-    todo = feats.missing(keys)
-    if todo:
-        features.compute(
-            feats,
-            todo,
-            [path_of[k] for k in todo],
-            model,
-            cfg.image_size,
-            cfg.batch_size,
-            cfg.workers,
-            save_to=None if cfg.part is not None else out,
+    mid = model_id(cfg)
+    if mid is None and not (cfg.merge or cfg.verify_part is not None):
+        warnings.warn(
+            "--weights none: CNN detector off, re-photographs are found by hashes only", stacklevel=2
         )
-    if cfg.part is not None:
-        dest = features.part_path(out, cfg.part, cfg.num_parts)
-        features.save_part(dest, feats, keys)
-        print(f"dedup: part {cfg.part}/{cfg.num_parts}: {len(keys)} images -> {dest}")
-        return None
-    if todo or cfg.merge:
-        feats.save(out)
+    whole = cfg.part is None and cfg.verify_part is None and not (cfg.pairs or cfg.merge)
+    if cfg.part is not None or whole:
+        mine = keys if whole else keys[cfg.part :: cfg.num_parts]
+        path_of = {r["sha256"]: data_dir / r["path"] for r in ok}
+        computed = compute_features(cfg, mine, [path_of[k] for k in mine], mid)
+        if not whole:
+            return {"images": len(mine), "computed": computed}
     t_feat = time.perf_counter() - start
-
-    h, hf, thumbs, e = feats.arrays(keys)
-    pairs, verified = find_pairs(h, hf, thumbs, [feats.local[k] for k in keys], e, cfg)
+    if cfg.pairs or whole:
+        candidates.plan(cfg, keys, mid, cfg.num_parts if cfg.pairs else 1)
+    if cfg.verify_part is not None or whole:
+        part, n = (0, 1) if whole else (cfg.verify_part, cfg.num_parts)
+        verified.verify_part(cfg, part, n, mid)
+    if not (cfg.merge or whole):
+        return None
+    pairs, counts, steps = verified.merged(cfg, keys, mid)
     index = {k: i for i, k in enumerate(keys)}
-    unique_groups = connected_groups(len(keys), np.concatenate(list(pairs.values())))
+    unique_groups = connected_groups(len(keys), np.concatenate([p for p, _ in pairs.values()]))
     groups = unique_groups[[index[r["sha256"]] for r in ok]]
     multi = assign(ok, groups, cfg.keep_mislabeled)
-    found = ties(keys, {d: (p, scores(d, p, h, hf, e)) for d, p in pairs.items()})
+    found = ties(keys, pairs)
     for m in multi:
         m["why"], m["pairs"] = explain(m["members"], found)
     for r in rows:
@@ -194,10 +148,11 @@ def dedup(cfg: DedupConfig) -> dict | None:
 
     counts = {
         "exact": len(ok) - len(keys),  # files whose bytes another file already has
-        **{d: len(p) for d, p in pairs.items()},
-        **verified,
+        **{d: len(p) for d, (p, _) in pairs.items()},
+        **counts,
     }
-    return write_outputs(cfg, ok, multi, counts, data_dir, t_feat, start)
+    seconds = {"features": round(t_feat, 2), **steps}
+    return write_outputs(cfg, ok, multi, counts, data_dir, seconds, start)
 
 
 def write_outputs(
@@ -206,19 +161,20 @@ def write_outputs(
     multi: list[dict],
     counts: dict,
     data_dir: Path,
-    t_feat: float,
+    seconds: dict,
     start: float,
 ) -> dict:
     """groups.json, the montages (the largest groups, and those behind each loss warning),
     report.json, the console summary; returns the report. ``start``: the run's
-    ``time.perf_counter()`` at its start; ``t_feat``: seconds its features took."""
+    ``time.perf_counter()`` at its start; ``seconds``: what its steps took (features: in this
+    process; pairs, verify: as their files say, the parts summed)."""
     out = cfg.work / "dedup"
     lost = losses(ok, multi, cfg.max_loss)
     write_json(out / "groups.json", [group_json(m) for m in multi])
     warned = {g for w in lost["warnings"] for g in w["groups"][:SHOWN]} if cfg.montages else set()
     drawn = [m for i, m in enumerate(multi) if i < cfg.montages or m["group"] in warned]  # largest first
     shown = montage.write_montages(drawn, data_dir, out)
-    seconds = {"features": round(t_feat, 2), "total": round(time.perf_counter() - start, 2)}
+    seconds = {**seconds, "total": round(time.perf_counter() - start, 2)}
     report = report_json(cfg, ok, multi, counts, lost, drawn, seconds)
     write_json(out / "report.json", report)
     print_summary(report, shown)

@@ -1,19 +1,25 @@
-"""dedup on the sample set against its planted truth; parts + merge equal one pass; the cache is
-reused; mislabels are kept out; missing weights give the offline error."""
+"""dedup on the sample set against its planted truth; its four steps in parts (killed and rerun)
+equal one pass; the store is reused; steps out of order are clear errors; mislabels are kept out;
+missing weights give the offline error."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from artclf import manifest
-from artclf.dedup import DedupConfig, dedup, features, phash
+from artclf.dedup import DedupConfig, candidates, dedup, features, geometry, phash, store
 from artclf.dedup.report import SHOWN
-from artclf.dedup.stage import find_pairs
+from artclf.errors import ArtclfError
 from artclf.ingest import IngestConfig, ingest
 from bench.dedup_quality import WHOLE_PICTURE, score
 from tests.conftest import assert_figure, run_cli
@@ -83,22 +89,29 @@ def all_drawn(hashes_only, tmp_path_factory):
 
 
 def real_pairs(work, cfg: DedupConfig) -> dict[tuple[str, str], dict[str, float]]:
-    """Reference: the detector pairs of ``work``'s cached features, found again, both ways round,
-    each with its score from the hashes' Hamming distance (mirrored either way) or the cosine."""
+    """Reference: the detector pairs of ``work``'s stored features, found again in one process and
+    in memory (no shares, no verification parts), both ways round, each with its score from the
+    hashes' Hamming distance (mirrored either way) or the cosine."""
     ok = manifest.usable(manifest.read_manifest(work))
     keys = sorted({r["sha256"] for r in ok})
     model_id = _model_id(vars(cfg)) if cfg.use_cnn else None
-    feats = features.Features.load(work / "dedup", model_id)
-    h, hf, t, e = feats.arrays(keys)
-    pairs, _ = find_pairs(h, hf, t, [feats.local[k] for k in keys], e, cfg)
+    ix = store.index(store.folder_of(work), model_id, keys)
+    h, hf, e = store.search_arrays(ix, cfg.use_cnn)
+    _, local = store.read_local(ix.folder, ix.names, ix.chunk, ix.offset, ix.counts)
+    found = {"hash": candidates.hash_pairs(h, hf, cfg.neighbors, cfg.hash_threshold)}
+    if cfg.use_cnn:
+        found["cnn"] = candidates.cnn_candidates(e, cfg.neighbors, cfg.cnn_cut)
     out: dict[tuple[str, str], dict[str, float]] = {}
-    for kind, found in pairs.items():
-        for a, b in found:
+    for kind, pairs in found.items():
+        inliers = geometry.verify(pairs, local, cfg.min_inliers, cfg.min_keypoints)
+        for (a, b), n in zip(pairs.tolist(), inliers.tolist(), strict=True):
+            if n < cfg.min_inliers and (kind == "cnn" or n >= 0):
+                continue  # geometry rejects it (a hash pair without keypoints stands)
             if kind == "hash":
                 bits = min(phash.hamming(h[a], h[b]), phash.hamming(hf[a], h[b]), phash.hamming(h[a], hf[b]))
                 sim = 1 - 2 * bits / phash.BITS
             else:
-                sim = float(e[a] @ e[b])
+                sim = float(e[a].astype(np.float32) @ e[b].astype(np.float32))
             out.setdefault((keys[a], keys[b]), {})[kind] = sim
             out.setdefault((keys[b], keys[a]), {})[kind] = sim
     return out
@@ -167,27 +180,92 @@ def test_mobilenet_features_find_every_kind_of_copy(quality_set, mobilenet, tmp_
     assert_labels_are_real_pairs(tmp_path / "w", DedupConfig(work=tmp_path / "w", workers=2, **flags))
 
 
+def killed_midway(work, args: list, done_glob: str) -> None:
+    """Run ``artclf dedup --work work *args`` in its own process group and SIGKILL the group as
+    soon as its first checkpoint file (``done_glob`` under work/dedup) appears."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "artclf", "dedup", "--work", str(work), *map(str, args)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not list((work / "dedup").glob(done_glob)):
+        assert proc.poll() is None, f"ended before it could be killed: {proc.stderr.read()}"
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+
+
+def _common(mobilenet) -> dict:
+    """A low CNN cut: hundreds of candidates for geometry to verify (and mostly reject)."""
+    return dict(
+        arch="mobilenet_v2", weights=str(mobilenet), workers=0, montages=0, image_size=128, cnn_threshold=0.7
+    )
+
+
 @pytest.mark.slow
-def test_parts_then_merge_equal_one_pass(work, mobilenet, tmp_path):
+def test_parts_killed_and_rerun_then_merge_equal_one_pass(work, mobilenet, tmp_path, capsys):
+    """Features in 2 parts (part 0 SIGKILLed mid-way and rerun), pairs cut into 3 shares
+    (verification part 1 SIGKILLed mid-way and rerun), merge: the one process's result, and each
+    rerun computes only what its killed run had not written."""
     work = fresh_work(work, tmp_path / "w")  # ingested; its hash-only dedup left out
     single = fresh_work(work, tmp_path / "single")
-    common = dict(arch="mobilenet_v2", weights=str(mobilenet), workers=0, montages=0, image_size=128)
+    common = _common(mobilenet)
     dedup(DedupConfig(work=single, **common))
-    for part in range(3):
-        res = run_cli("dedup", "--work", work, "--part", part, "--num-parts", 3, *_flags(common))
-        assert res.returncode == 0, res.stderr
-    dedup(DedupConfig(work=work, merge=True, **common))
+    flags = _flags(common)
+
+    def step(**kw) -> str:  # in this process: what it printed
+        capsys.readouterr()
+        dedup(DedupConfig(work=work, **common, **kw))
+        return capsys.readouterr().out
+
+    keys = sorted({r["sha256"] for r in manifest.usable(manifest.read_manifest(work))})
+    mine, mid = keys[0::2], _model_id(common)
+
+    killed_midway(work, ["--part", 0, "--num-parts", 2, "--chunk-images", 4, *flags], "features/*.npz")
+    have = len(store.done(store.folder_of(work), mid, set(mine)))
+    assert 0 < have < len(mine), (have, len(mine))
+    with capsys.disabled():
+        print(f"killed part 0 after {have} of {len(mine)} images")
+    out = step(part=0, num_parts=2, chunk_images=4)
+    assert f"{len(mine)} images, {have} in the store, computing {len(mine) - have}" in out
+    step(part=1, num_parts=2)
+
+    step(pairs=True, num_parts=3)
+    plan = json.loads((work / "dedup/pairs/plan.json").read_text())
+    shares = [np.load(work / f"dedup/pairs/{plan['id']}/share-{i:05d}-of-00003.npz") for i in range(3)]
+    distinct = [len({(a, b) for a, b in zip(z["a"].tolist(), z["b"].tolist(), strict=True)}) for z in shares]
+    assert sum(distinct) == plan["distinct_pairs"] and max(distinct) - min(distinct) <= 1, distinct
+    step(verify_part=0, num_parts=3)
+    batches = f"pairs/{plan['id']}/verified-00001-of-00003-batches-of-1/*.npy"
+    killed_midway(work, ["--verify-part", 1, "--num-parts", 3, "--verify-batch", 1, *flags], batches)
+    read_back = len(list((work / "dedup").glob(batches)))
+    assert 0 < read_back < distinct[1], (read_back, distinct)
+    with capsys.disabled():
+        print(f"killed verification part 1 after {read_back} of {distinct[1]} pairs")
+    out = step(verify_part=1, num_parts=3, verify_batch=1)
+    assert f"verified {distinct[1] - read_back} now ({read_back} read back)" in out
+    step(verify_part=2, num_parts=3)
+    step(merge=True)
+
     strip = [{k: r.get(k) for k in ("path", "group", "keep")} for r in manifest.read_manifest(work)]
     assert strip == [{k: r.get(k) for k in ("path", "group", "keep")} for r in manifest.read_manifest(single)]
-    a = features.Features.load(work / "dedup", _model_id(common))
-    b = features.Features.load(single / "dedup", _model_id(common))
-    keys = sorted(b.hash)
-    assert sorted(a.hash) == keys
-    for x, y in zip(a.arrays(keys), b.arrays(keys), strict=True):
-        np.testing.assert_allclose(x, y, atol=2e-3)  # fp16 storage
-    for k in keys:  # the keypoints the verification reads were made in the parts
+    assert (work / "dedup/groups.json").read_text() == (single / "dedup/groups.json").read_text()
+    reports = [json.loads((w / "dedup/report.json").read_text()) for w in (work, single)]
+    for r in reports:  # timings differ from run to run
+        del r["seconds"], r["pairs"]["verify_ms_per_pair"]
+    assert reports[0] == reports[1]
+    ix = [store.index(store.folder_of(w), mid, keys) for w in (work, single)]
+    for x, y in zip(*(store.search_arrays(i, True) for i in ix), strict=True):
+        np.testing.assert_array_equal(x, y)  # the features the parts made are the one process's
+    (_, a), (_, b) = (store.read_local(i.folder, i.names, i.chunk, i.offset, i.counts) for i in ix)
+    for x, y in zip(a, b, strict=True):
         for f in ("xy", "desc", "xy_m", "desc_m"):
-            np.testing.assert_array_equal(getattr(a.local[k], f), getattr(b.local[k], f))
+            np.testing.assert_array_equal(getattr(x, f), getattr(y, f))
+    assert_labels_are_real_pairs(work, DedupConfig(work=work, **common))
 
 
 def _flags(common: dict) -> list[str]:
@@ -202,6 +280,7 @@ def _flags(common: dict) -> list[str]:
         "0",
         "--image-size",
         str(common["image_size"]),
+        *(["--cnn-threshold", str(common["cnn_threshold"])] if "cnn_threshold" in common else []),
     ]
 
 
@@ -229,6 +308,32 @@ def test_rerun_reuses_the_cache(work, tmp_path, monkeypatch):
     dedup(DedupConfig(work=copy, weights="none", workers=0, montages=0))
     assert (copy / "dedup/groups.json").read_text() == (work / "dedup/groups.json").read_text()
     assert manifest.read_manifest(copy) == manifest.read_manifest(work)
+
+
+def test_steps_out_of_order_are_clear_errors(work, tmp_path):
+    """Each step names what is missing and the command that makes it."""
+    copy = fresh_work(work, tmp_path / "w")
+    flags = dict(weights="none", workers=0, montages=0)
+    with pytest.raises(ArtclfError, match=r"plan.json: no candidate pairs yet; run `artclf dedup --pairs"):
+        dedup(DedupConfig(work=copy, merge=True, **flags))
+    shutil.copytree(work / "dedup/features", copy / "dedup/features")
+    dedup(DedupConfig(work=copy, pairs=True, num_parts=2, **flags))
+    with pytest.raises(ArtclfError, match=r"cut into 2 shares, not --num-parts 3"):
+        dedup(DedupConfig(work=copy, verify_part=0, num_parts=3, **flags))
+    with pytest.raises(ArtclfError, match=r"other settings \(hash_threshold: \[20\], this run \[12\]\)"):
+        dedup(DedupConfig(work=copy, verify_part=0, num_parts=2, hash_threshold=12, **flags))
+    dedup(DedupConfig(work=copy, verify_part=1, num_parts=2, **flags))
+    with pytest.raises(ArtclfError, match=r"verification part\(s\) \[0\] of 2 not done.*--verify-part i"):
+        dedup(DedupConfig(work=copy, merge=True, **flags))
+    chunk = sorted((copy / "dedup/features").glob("*.npz"))[0]
+    lost = len(np.load(chunk)["keys"])
+    chunk.unlink()
+    with pytest.raises(
+        ArtclfError, match=rf"{lost} of \d+ images have no features .* --part i --num-parts n"
+    ):
+        dedup(DedupConfig(work=copy, pairs=True, num_parts=2, **flags))
+    res = run_cli("dedup", "--work", copy, "--merge", "--pairs")
+    assert res.returncode == 2 and "one per call" in res.stderr
 
 
 def test_cross_artist_groups_are_reported_and_kept_out(quality_set, hashes_only):

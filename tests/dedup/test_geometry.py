@@ -4,7 +4,6 @@ too; the per-artist loss warning fires when it should and names the groups behin
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import shutil
@@ -12,7 +11,6 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from artclf import manifest
 from artclf.dedup import DedupConfig, dedup, geometry
@@ -110,23 +108,6 @@ def test_a_mirrored_copy_passes_only_through_the_mirror_keypoints(lookalike_set,
         assert geometry.inliers(la, unmirrored) < geometry.MIN_INLIERS
 
 
-def test_pack_and_unpack_round_trip(lookalike_set, local_of):
-    _, truth = lookalike_set
-    paths = [g["members"][0]["path"] for g in truth["duplicate_groups"][:5]]
-    local = [local_of(p) for p in paths] + [geometry.local_features(open_rgb(flat_png()))]
-    back = geometry.unpack(geometry.pack(local))
-    assert back[-1].n == 0  # a flat image has no keypoints
-    for x, y in zip(local, back, strict=True):
-        for f in ("xy", "desc", "xy_m", "desc_m"):
-            np.testing.assert_array_equal(getattr(x, f), getattr(y, f))
-
-
-def flat_png() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 48)).save(buf, "PNG")
-    return buf.getvalue()
-
-
 @pytest.mark.slow
 def test_dedup_verifies_hash_pairs_and_keeps_lookalikes_apart(lookalike_set, tmp_path, capsys):
     """Hashes only: template families share a perceptual hash; geometry keeps them apart while
@@ -195,50 +176,14 @@ def _no_keypoints() -> geometry.Local:
 
 
 def test_without_keypoints_a_hash_pair_stands_and_a_cnn_pair_falls():
-    """Images 0-1 share a hash, 2-3 an embedding; none has keypoints: no evidence either way."""
-    from artclf.dedup import phash
-    from artclf.dedup.stage import find_pairs
+    """A hash pair and a CNN candidate of images without keypoints: no evidence either way."""
+    from artclf.dedup.candidates import KINDS
+    from artclf.dedup.verified import verdicts
 
-    rng = np.random.default_rng(1)
-    h = np.where(rng.random((4, phash.BITS)) < 0.5, -1.0, 1.0).astype(np.float32)
-    h[1] = h[0]
-    e = rng.normal(size=(4, 16)).astype(np.float32)
-    e[3] = e[2] + 0.01
-    e /= np.linalg.norm(e, axis=1, keepdims=True)
-    thumbs = np.zeros((4, 48, 48, 3), np.uint8)
-    cfg = DedupConfig(workers=1, neighbors=3)
-    pairs, stats = find_pairs(h, -h, thumbs, [_no_keypoints()] * 4, e, cfg)
-    assert pairs["hash"].tolist() == [[0, 1]]
-    assert len(pairs["cnn"]) == 0 and stats["cnn_candidates"] >= 1
-    assert stats["cnn_few_keypoints"] == stats["cnn_candidates"]
-
-
-def test_a_cache_or_part_without_todays_keypoints(tmp_path):
-    """A cache from before keypoints (or with other keypoint settings) is recomputed; a part file
-    like that is an error naming the file."""
-    from artclf.dedup import features
-    from artclf.errors import ArtclfError
-
-    feats = features.Features(None)
-    keys = ["a", "b"]
-    feats.add(
-        keys,
-        np.ones((2, 128), np.float32),
-        -np.ones((2, 128), np.float32),
-        np.zeros((2, 48, 48, 3), np.uint8),
-        [_no_keypoints()] * 2,
-        None,
-    )
-    feats.save(tmp_path)
-    assert features.Features.load(tmp_path, None).missing(keys) == []
-    z = dict(np.load(tmp_path / "hashes.npz"))
-    z["kp_params"] = np.array(json.dumps({**geometry.PARAMS, "side": 1024}))
-    np.savez(tmp_path / "hashes.npz", **z)
-    assert features.Features.load(tmp_path, None).missing(keys) == keys
-    part = features.part_path(tmp_path, 0, 1)
-    part.parent.mkdir()
-    features.save_part(part, feats, keys)
-    old = {k: v for k, v in np.load(part).items() if not k.startswith("kp_")}
-    np.savez(part, **old)
-    with pytest.raises(ArtclfError, match=f"{part}: no keypoints made with"):
-        features.merge_parts(tmp_path, features.Features(None))
+    cfg = DedupConfig(workers=1)
+    counts = geometry.verify(np.array([[0, 1], [2, 3]]), [_no_keypoints()] * 4)
+    assert counts.tolist() == [-1, -1]
+    kind = np.array([KINDS.index("hash"), KINDS.index("cnn")])
+    ok, stats = verdicts(cfg, kind, counts, cnn=True)
+    assert ok.tolist() == [True, False]
+    assert stats == {"hash_rejected": 0, "cnn_candidates": 1, "cnn_rejected": 1, "cnn_few_keypoints": 1}
