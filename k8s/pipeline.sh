@@ -10,12 +10,14 @@
 #   1 k8s/stages/weights       Job          pretrained weights -> TORCH_HOME (/runs/.torch)
 #   2 k8s/stages/ingest        Job          /data/best-artworks -> /data/work (work volume)
 #   3 k8s/stages/dedup         Indexed Job  features in parts
-#   4 k8s/stages/dedup-merge   Job          groups
-#   5 k8s/stages/split         Job          train/val/test
-#   6 k8s/stages/shard         Indexed Job  shards in parts -> SHARDS (the ConfigMap's)
-#   7 k8s/stages/shard-merge   Job          the index (init container), then verify every shard
-#   8 TRAIN_OVERLAY            TrainJob (or the legacy PyTorchJob, or the Indexed Job) -> RUN/model.pt
-#   9 k8s/stages/evaluate      Job          RUN/eval-test/ (test split)
+#   4 k8s/stages/dedup-pairs   Job          candidate pairs, split into verification parts
+#   5 k8s/stages/dedup-verify  Indexed Job  the candidates verified in parts
+#   6 k8s/stages/dedup-merge   Job          groups
+#   7 k8s/stages/split         Job          train/val/test
+#   8 k8s/stages/shard         Indexed Job  shards in parts -> SHARDS (the ConfigMap's)
+#   9 k8s/stages/shard-merge   Job          the index (init container), then verify every shard
+#  10 TRAIN_OVERLAY            TrainJob (or the legacy PyTorchJob, or the Indexed Job) -> RUN/model.pt
+#  11 k8s/stages/evaluate      Job          RUN/eval-test/ (test split)
 #
 # NAMESPACE (default: the train overlay's) is where every step runs; the stage directories carry
 # no namespace. TIMEOUT (seconds, default 86400) bounds each wait. PENDING_TIMEOUT (seconds,
@@ -100,7 +102,7 @@ stage() { # stage NAME: the Job artclf-NAME of k8s/stages/NAME
 }
 
 apply k8s/base/shared
-for s in weights ingest dedup dedup-merge split shard shard-merge; do
+for s in weights ingest dedup dedup-pairs dedup-verify dedup-merge split shard shard-merge; do
     stage "$s"
 done
 apply "$TRAIN"

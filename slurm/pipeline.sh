@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# The whole pipeline in one submission: ingest -> dedup parts -> dedup merge -> split -> shard
-# parts -> shard merge + verify -> train -> evaluate (test split), each job held by
-# --dependency=afterok on the one before. A stage that fails cancels every job after it
-# (--kill-on-invalid-dep=yes: they never start, their reason is DependencyNeverSatisfied).
+# The whole pipeline in one submission, a job per stage: ingest -> dedup-parts (features, array)
+# -> dedup-pairs -> dedup-verify (array) -> dedup-merge -> split -> shard-parts (array) ->
+# shard-merge (+ verify) -> train -> evaluate (test split), each held by --dependency=afterok on the
+# one before. A stage that fails cancels every job after it (--kill-on-invalid-dep=yes: they never
+# start, their reason is DependencyNeverSatisfied).
 #
 #   slurm/pipeline.sh DATA_DIR WORK SHARDS RUN [--dedup-parts N] [--shard-parts M] [-- TRAIN FLAGS]
 #
 #   DATA_DIR  the Kaggle folder (artists.csv, images/images/<Artist>/...)
 #   WORK      the work folder (manifest, dedup, split); SHARDS a folder or s3://bucket/prefix;
 #             RUN the run folder. All on a file system every node sees.
-#   --dedup-parts N, --shard-parts M   array sizes (default 4 and 8)
+#   --dedup-parts N, --shard-parts M   array sizes (default 4 and 8; N: both dedup arrays)
 #   after --   flags for artclf.train (e.g. --epochs 30 --lr 3e-4)
 #
 # Site settings (environment; sbatch passes the rest of the environment to every job):
@@ -45,6 +46,7 @@ done
 LOG_DIR=${LOG_DIR:-slurm-logs}
 mkdir -p "$LOG_DIR"
 export WORK SHARDS RUN # read by dedup.sbatch, shard.sbatch and train.sbatch
+unset NUM_PARTS        # left from a rerun of some parts, it would override every array's size
 
 read -ra every <<<"${SBATCH_FLAGS:-}"
 read -ra data <<<"${DATA_SBATCH_FLAGS:-}"
@@ -68,8 +70,10 @@ submit() {
 }
 
 submit ingest "${data[@]}" -- slurm/stage.sbatch ingest "$DATA_DIR" --work "$WORK"
-submit dedup-parts "${data[@]}" --array="0-$((DEDUP_PARTS - 1))" -- slurm/dedup.sbatch "${dedup_args[@]}"
-submit dedup-merge "${data[@]}" -- slurm/dedup.sbatch "${dedup_args[@]}"
+submit dedup-parts "${data[@]}" --array="0-$((DEDUP_PARTS - 1))" -- slurm/dedup.sbatch features "${dedup_args[@]}"
+NUM_PARTS=$DEDUP_PARTS submit dedup-pairs "${data[@]}" -- slurm/dedup.sbatch pairs "${dedup_args[@]}"
+submit dedup-verify "${data[@]}" --array="0-$((DEDUP_PARTS - 1))" -- slurm/dedup.sbatch verify "${dedup_args[@]}"
+submit dedup-merge "${data[@]}" -- slurm/dedup.sbatch merge "${dedup_args[@]}"
 submit split "${data[@]}" -- slurm/stage.sbatch split --work "$WORK"
 submit shard-parts "${data[@]}" --array="0-$((SHARD_PARTS - 1))" -- slurm/shard.sbatch "${shard_args[@]}"
 submit shard-merge "${data[@]}" -- slurm/shard.sbatch "${shard_args[@]}"

@@ -241,6 +241,8 @@ def test_layout():
         "k8s/stages/data",
         "k8s/stages/dedup",
         "k8s/stages/dedup-merge",
+        "k8s/stages/dedup-pairs",
+        "k8s/stages/dedup-verify",
         "k8s/stages/evaluate",
         "k8s/stages/ingest",
         "k8s/stages/shard",
@@ -956,21 +958,54 @@ def test_localqueue_check_can_fail():
 # ---- the stages ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stage", ["dedup", "shard"])
-def test_stage_parts_and_merge(stage):
-    parts = first(render(f"k8s/stages/{stage}"), "Job")
-    merge = first(render(f"k8s/stages/{stage}-merge"), "Job")
-    args = parts["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[0] == stage and parts["spec"]["completionMode"] == "Indexed"
-    assert args[args.index("--num-parts") + 1] == str(parts["spec"]["completions"])
-    assert args[args.index("--part") + 1] == "$(PART)"
-    part_env = next(
-        e for e in parts["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "PART"
-    )
-    path = part_env["valueFrom"]["fieldRef"]["fieldPath"]
+def stage_args(stage: str) -> list[str]:
+    """The args of the artclf container of k8s/stages/STAGE (shard-merge: its init container)."""
+    return containers(first(render(f"k8s/stages/{stage}"), "Job")["spec"]["template"]["spec"])[0]["args"]
+
+
+def flag(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+@pytest.mark.parametrize(
+    ("stage", "part"), [("dedup", "--part"), ("dedup-verify", "--verify-part"), ("shard", "--part")]
+)
+def test_parts_are_indexed_jobs(stage, part):
+    """Pod i of the Indexed Job runs part i of --num-parts = completions, and only part i is
+    retried when it fails (parts are resumable)."""
+    job = first(render(f"k8s/stages/{stage}"), "Job")
+    spec, [c] = job["spec"], job["spec"]["template"]["spec"]["containers"]
+    assert c["args"][0] == stage.split("-")[0] and spec["completionMode"] == "Indexed"
+    assert flag(c["args"], "--num-parts") == str(spec["completions"]) == str(spec["parallelism"])
+    assert flag(c["args"], part) == "$(PART)"
+    assert spec["backoffLimitPerIndex"] >= 1 and spec["template"]["spec"]["restartPolicy"] == "Never"
+    path = next(e for e in c["env"] if e["name"] == "PART")["valueFrom"]["fieldRef"]["fieldPath"]
     assert path == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
-    margs = containers(merge["spec"]["template"]["spec"])[0]["args"]  # shard: the init container
-    assert margs[0] == stage and "--merge" in margs and "--part" not in margs
+
+
+STEP_FLAGS = {"--part": 1, "--verify-part": 1, "--num-parts": 1, "--workers": 1, "--pairs": 0, "--merge": 0}
+
+
+def common_flags(args: list[str]) -> list[str]:
+    """ARGS less the step, its part and --workers (threads): what every dedup step must share."""
+    out = list(args)
+    for name, takes in STEP_FLAGS.items():
+        if name in out:
+            del out[out.index(name) : out.index(name) + 1 + takes]
+    return out
+
+
+def test_dedup_steps_chain_their_parts():
+    """Features (parts) -> pairs (split into --num-parts verification parts) -> verify (as many
+    parts) -> merge: one step each, the same other flags in all four (artclf requires it)."""
+    feats, pairs, verify, merge = (
+        stage_args(s) for s in ("dedup", "dedup-pairs", "dedup-verify", "dedup-merge")
+    )
+    assert "--pairs" in pairs and not {"--part", "--verify-part", "--merge"} & set(pairs)
+    assert flag(pairs, "--num-parts") == flag(verify, "--num-parts")  # = dedup-verify's completions
+    assert "--merge" in merge and not {"--part", "--verify-part", "--pairs", "--num-parts"} & set(merge)
+    assert not {"--verify-part", "--pairs", "--merge"} & set(feats)
+    assert common_flags(feats) == common_flags(pairs) == common_flags(verify) == common_flags(merge)
 
 
 def test_shard_merge_verifies_what_it_merged():
@@ -979,6 +1014,7 @@ def test_shard_merge_verifies_what_it_merged():
     pod = first(render("k8s/stages/shard-merge"), "Job")["spec"]["template"]["spec"]
     [merge], [verify] = pod["initContainers"], pod["containers"]
     assert merge["args"][merge["args"].index("--out") + 1] == "$(SHARDS)" and "--merge" in merge["args"]
+    assert merge["args"][0] == "shard" and "--part" not in merge["args"]
     assert verify["args"] == ["shard", "--verify", "$(SHARDS)"]
 
 
@@ -1074,7 +1110,19 @@ def test_driver_minimum_matches_the_pinned_cuda():
 
 # ---- k8s/pipeline.sh against a stand-in kubectl (no cluster here) -------------------------------
 
-STEPS = ["weights", "ingest", "dedup", "dedup-merge", "split", "shard", "shard-merge", "TRAIN", "evaluate"]
+STEPS = [
+    "weights",
+    "ingest",
+    "dedup",
+    "dedup-pairs",
+    "dedup-verify",
+    "dedup-merge",
+    "split",
+    "shard",
+    "shard-merge",
+    "TRAIN",
+    "evaluate",
+]
 PIPELINE = ["k8s/base/shared"] + [f"k8s/stages/{s}" if s != "TRAIN" else "k8s/overlays/prod" for s in STEPS]
 # `kubectl apply -n NS -k DIR` is recorded and DIR rendered by the real kubectl; `kubectl get -n
 # NS KIND/NAME ...` answers the object's true conditions from $STATES ("KIND/NAME CONDITION");

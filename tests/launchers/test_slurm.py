@@ -1,9 +1,9 @@
 """The sbatch scripts users run, on real local SLURMs (slurm/local/up.sh): 2-process DDP training
 to COMPLETED on one node and on two (network namespaces: tests/support/slurmcluster.py), USR1 preemption
 -> save -> requeue -> resume on two nodes and on one (a sweep's array task, beside the other
-tasks), the loss of a node mid-epoch, dedup and shard arrays with their dependent merges
-(checked against the single-process results), a sweep's summary held by afterany, TensorBoard
-on a compute node."""
+tasks), the loss of a node mid-epoch, the whole pipeline (dedup's four steps with two arrays, the
+shard array with its merge, chained with afterok; checked against the single-process results), a
+sweep's summary held by afterany, TensorBoard on a compute node."""
 
 from __future__ import annotations
 
@@ -26,10 +26,8 @@ import torch
 
 from artclf.config import parse
 from artclf.data import read_info
-from artclf.ingest import IngestConfig, ingest
 from artclf.metrics.classification import classification_metrics
 from artclf.model import load_model
-from artclf.split import SplitConfig, split
 from artclf.train.config import TrainConfig
 from tests.conftest import REPO, TINY, expected_batches, history, plain_predictions, run_cli
 from tests.support import procs
@@ -235,32 +233,36 @@ def test_losing_a_node_mid_epoch_fails_the_step_and_a_requeue_resumes(slurm2, sh
     assert recorded == expected_batches(shards, BATCH, epochs)
 
 
-def _array_then_merge(slurm: Slurm, script: str, n: int, out: Path, env: dict, *flags: str) -> None:
+Step = tuple[int, list[str], dict[str, str]]  # array size (0: one job), script + arguments, its env
+
+
+def _chain(slurm: Slurm, out: Path, env: dict, *steps: Step) -> None:
+    """Submits STEPS, each held by afterok on the one before, and checks that every job
+    completed (an array with tasks 0..n-1) and started only after the one before had ended."""
     common = ["--cpus-per-task=1", "--mem-per-cpu=1G", "--time=10", f"--output={out}/%x-%j.out"]
-    array = slurm.sbatch(*common, f"--array=0-{n - 1}", script, *flags, env=env)
-    merge = slurm.sbatch(*common, f"--dependency=afterok:{array}", script, *flags, env=env)
-    tasks = slurm.wait(array, {"COMPLETED"})
-    assert sorted(int(t["ArrayTaskId"]) for t in tasks) == list(range(n))
-    (task,) = slurm.wait(merge, {"COMPLETED"})
-    # afterok held the merge until every part had ended (times: ISO seconds, comparable as text)
-    assert task["StartTime"] >= max(t["EndTime"] for t in tasks), (task, tasks)
+    jobs: list[tuple[int, str]] = []
+    for size, argv, extra in steps:
+        flags = [f"--array=0-{size - 1}"] if size else []
+        if jobs:
+            flags.append(f"--dependency=afterok:{jobs[-1][1]}")
+        jobs.append((size, slurm.sbatch(*common, *flags, *argv, env={**env, **extra})))
+    ended = ""
+    for size, job in jobs:
+        tasks = slurm.wait(job, {"COMPLETED"})
+        if size:
+            assert sorted(int(t["ArrayTaskId"]) for t in tasks) == list(range(size))
+        # afterok held it until the job before had ended (times: ISO seconds, comparable as text)
+        assert min(t["StartTime"] for t in tasks) >= ended, (job, tasks)
+        ended = max(t["EndTime"] for t in tasks)
 
 
-def test_dedup_and_shard_arrays_with_dependent_merge(slurm, sample_dir, work, shards, tmp_path):
+def test_shard_array_with_dependent_merge(slurm, work, shards, tmp_path):
+    """(dedup's arrays run in the pipeline test, checked there against one process.)"""
     w = tmp_path / "work"
-    ingest(IngestConfig(data_dir=sample_dir, work=w, workers=1))
+    shutil.copytree(work, w)  # ingested, deduplicated, split
     env = {"WORK": str(w), "SHARDS": str(tmp_path / "shards")}
-    _array_then_merge(slurm, "slurm/dedup.sbatch", 3, tmp_path, env, "--weights", "none", "--montages", "0")
-    assert len(list((w / "dedup" / "parts").glob("part-*-of-00003.npz"))) == 3
-    # the same groups as one in-process `dedup` over the same images (tests/shard/test_shard.py: work)
-    assert json.loads((w / "dedup/groups.json").read_text()) == json.loads(
-        (work / "dedup/groups.json").read_text()
-    )
-
-    split(SplitConfig(work=w))
-    _array_then_merge(
-        slurm, "slurm/shard.sbatch", 3, tmp_path, env, "--store-size", "96", "--shard-samples", "16"
-    )
+    shard = ["slurm/shard.sbatch", "--store-size", "96", "--shard-samples", "16"]
+    _chain(slurm, tmp_path, env, (3, shard, {}), (0, shard, {}))
     res = run_cli("shard", "--verify", tmp_path / "shards")
     assert res.returncode == 0, res.stdout + res.stderr
     # byte-identical to the single-process shards: same names, same sha256 in every record
@@ -305,13 +307,21 @@ def test_tensorboard_sbatch_serves_the_runs(slurm, train_job, tmp_path):
 
 
 def test_array_that_is_not_0_to_n_minus_1_is_refused(slurm, tmp_path):
+    """An array of parts 1-2 (shard.sbatch, dedup.sbatch verify) and a dedup array step
+    submitted as one job fail with exit 2 and the submission to use, before anything runs."""
     env = {"WORK": str(tmp_path / "work"), "SHARDS": str(tmp_path / "shards")}
     common = ["--cpus-per-task=1", "--mem-per-cpu=1G", "--time=5", f"--output={tmp_path}/%j.out"]
-    job = slurm.sbatch(*common, "--array=1-2", "slurm/shard.sbatch", env=env)
-    tasks = slurm.wait(job, {"FAILED"}, timeout=120)
-    assert {t["ExitCode"] for t in tasks} == {"2:0"}
+    jobs = [
+        slurm.sbatch(*common, "--array=1-2", "slurm/shard.sbatch", env=env),
+        slurm.sbatch(*common, "--array=1-2", "slurm/dedup.sbatch", "verify", env=env),
+        slurm.sbatch(*common, "slurm/dedup.sbatch", "features", env=env),
+    ]
+    tasks = [t for job in jobs for t in slurm.wait(job, {"FAILED"}, timeout=120)]
+    assert [t["ExitCode"] for t in tasks] == ["2:0"] * 5
     logs = " ".join(p.read_text() for p in tmp_path.glob("*.out"))
-    assert "array 1-2 is not 0-(n-1)" in logs and "NUM_PARTS" in logs
+    for script in ("shard", "dedup"):
+        assert f"artclf-{script}: array 1-2 is not 0-(n-1)" in logs and "NUM_PARTS" in logs
+    assert "features is an array step: sbatch --array=0-(n-1) slurm/dedup.sbatch features" in logs
     assert not (tmp_path / "shards").exists()  # nothing packed with a wrong --num-parts
 
 
@@ -463,7 +473,18 @@ def test_usr1_without_a_saved_state_is_not_requeued(tmp_path):
 
 # ---- the whole pipeline in one submission (slurm/pipeline.sh) ---------------------------------
 
-STAGES = ["ingest", "dedup-parts", "dedup-merge", "split", "shard-parts", "shard-merge", "train", "evaluate"]
+STAGES = [
+    "ingest",
+    "dedup-parts",
+    "dedup-pairs",
+    "dedup-verify",
+    "dedup-merge",
+    "split",
+    "shard-parts",
+    "shard-merge",
+    "train",
+    "evaluate",
+]
 
 
 def submit_pipeline(slurm: Slurm, data: Path, d: Path, *train_flags: str) -> tuple[str, dict[str, str]]:
@@ -489,7 +510,7 @@ def submit_pipeline(slurm: Slurm, data: Path, d: Path, *train_flags: str) -> tup
     return out, jobs
 
 
-def test_pipeline_runs_every_stage_in_order(slurm, sample_dir, tmp_path):
+def test_pipeline_runs_every_stage_in_order(slurm, sample_dir, work, tmp_path):
     out, jobs = submit_pipeline(slurm, sample_dir, tmp_path, "--epochs", "1")
     assert f"squeue -j {','.join(jobs.values())}" in out and "sacct -j" in out, out
     assert "tensorboard --logdir" in out, out
@@ -498,7 +519,11 @@ def test_pipeline_runs_every_stage_in_order(slurm, sample_dir, tmp_path):
         tasks = slurm.wait(job, {"COMPLETED"}, timeout=600)
         assert all(t["StartTime"] >= ended for t in tasks), (name, tasks)  # afterok held it
         ended = max(t["EndTime"] for t in tasks)
-    assert len({t["ArrayTaskId"] for t in slurm.job(jobs["dedup-parts"])}) == 2
+    for array in ("dedup-parts", "dedup-verify"):
+        assert len({t["ArrayTaskId"] for t in slurm.job(jobs[array])}) == 2, array
+    # dedup's four steps found the groups one in-process `dedup` finds (conftest's work)
+    groups = [json.loads((w / "dedup/groups.json").read_text()) for w in (tmp_path / "work", work)]
+    assert groups[0] == groups[1] and groups[0]
     run, shards = tmp_path / "runs" / "tiny", tmp_path / "shards"
     assert [r["epoch"] for r in history(run)] == [1]
     # the test split, scored by the chain's last job, as a plain single-process loop scores it
