@@ -62,7 +62,12 @@ $(DEMO)/mobilenet_v2.pt: | $(VENV)/.installed-demo
 demo: $(VENV)/.installed-demo $(DEMO)/data/artists.csv $(DEMO)/mobilenet_v2.pt
 	$(BIN)/artclf ingest $(DEMO)/data --work $(DEMO)/work
 	$(BIN)/artclf eda --work $(DEMO)/work
-	$(BIN)/artclf dedup --work $(DEMO)/work $(DEMO_DEDUP_FLAGS)
+	@echo "dedup: the four steps a cluster runs as jobs (slurm/dedup.sbatch), one after the other, 2 parts"
+	for i in 0 1; do $(BIN)/artclf dedup --work $(DEMO)/work $(DEMO_DEDUP_FLAGS) --part $$i --num-parts 2 || exit 1; done
+	$(BIN)/artclf dedup --work $(DEMO)/work $(DEMO_DEDUP_FLAGS) --pairs --num-parts 2
+	for i in 0 1; do $(BIN)/artclf dedup --work $(DEMO)/work $(DEMO_DEDUP_FLAGS) --verify-part $$i --num-parts 2 \
+	    || exit 1; done
+	$(BIN)/artclf dedup --work $(DEMO)/work $(DEMO_DEDUP_FLAGS) --merge
 	$(BIN)/artclf split --work $(DEMO)/work
 	$(BIN)/artclf shard --work $(DEMO)/work --out $(DEMO)/shards --readers 2 --reader-workers 1
 	$(BIN)/artclf shard --verify $(DEMO)/shards

@@ -9,7 +9,12 @@ look-alike works stay apart. Each group keeps its
 largest image; a group whose members carry different artists is a possible mislabel and is
 kept out of training unless ``--keep-mislabeled``.
 
-Writes ``group`` and ``keep`` into ``WORK/manifest.jsonl`` and ``WORK/dedup/``:
+Four steps, one process or one job each (docs/design.md, "Dedup at scale"): features into the
+store (``--part i --num-parts n``: an array), the candidate search cut into shares (``--pairs
+--num-parts m``), their verification (``--verify-part j --num-parts m``: an array), the merge
+(``--merge``); without those flags one process runs all four.
+
+The merge writes ``group`` and ``keep`` into ``WORK/manifest.jsonl`` and ``WORK/dedup/``:
 ``groups.json`` (members kept first, each with the found pair that ties it in, and every pair),
 ``report.json``, ``group_<id>.png`` montages of the largest groups and of the groups behind
 every artist that loses more than ``--max-loss`` of its images (``report.json``'s ``montages``
@@ -56,6 +61,9 @@ def _model(cfg: DedupConfig) -> torch.nn.Module | None:
 def compute_features(cfg: DedupConfig, keys: list[str], paths: list[Path], mid: dict | None) -> int:
     """Features of the ``keys`` no chunk of the store holds yet; returns how many were computed."""
     folder = store.folder_of(cfg.work)
+    old = [p for p in ("hashes.npz", "embeddings.npy", "parts") if (folder.parent / p).exists()]
+    if old:
+        print(f"dedup: {folder.parent}: {', '.join(old)} (an older artclf's cache) are not read; delete them")
     have = store.done(folder, mid, set(keys))
     todo = [i for i, k in enumerate(keys) if k not in have]
     who = "all" if cfg.part is None else f"part {cfg.part}/{cfg.num_parts}"
