@@ -1,6 +1,7 @@
 """bench/gpu.sh, the one-call GPU check, in its CPU dry run (so it cannot rot between GPU
-sessions), and its guard: a part that fails is reported and the next part still runs; and
-bench/leak.py's own parts (the published protocol, the pairing), without training."""
+sessions), and its guard: a part that fails is reported and the next part still runs;
+bench/leak.py's own parts (the published protocol, the pairing), without training; and
+bench/dedup.py's scale bench at tiny sizes."""
 
 from __future__ import annotations
 
@@ -128,3 +129,40 @@ def test_leak_pairs_the_two_protocols_on_their_shared_test_images(tmp_path):
     )
     assert paired(tmp_path / "honest", tmp_path / "published") == expected
     assert expected["n"] == 25
+
+
+@pytest.mark.slow
+def test_dedup_scale_bench_at_tiny_sizes(tmp_path):
+    """bench/dedup.py end to end at N = 300 with 1 and 2 parts (each step a process of its own:
+    one size keeps it at 8 of them): it exits 0 (the planted
+    copies grouped, the look-alikes not, the same groups.json for every n), the real candidate
+    search finds exactly the planted pairs a plain loop over the layout counts, the feature store
+    is written once (bytes written = the files' sizes, but for the zip headers np.savez rewrites),
+    and it leaves nothing behind."""
+    from bench.dedup import layout
+
+    cmd = [sys.executable, "-m", "bench.dedup", "--sizes", "300", "--parts", "1,2", "--images", "8"]
+    cmd += ["--tmp", str(tmp_path)]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    out = res.stdout
+    assert re.search(r"^features +hashes only +\d+ images +[\d.]+ img/s$", out, re.M), out
+    for n in (300,):
+        lay = layout(n, 0.05, 0.3)  # the bench's defaults
+        root = [int(lay.orig[i]) if lay.orig[i] >= 0 else i for i in range(n)]
+        copy = lay.orig >= 0
+        expected = sum(
+            (root[i] == root[j] and (copy[i] or copy[j]))
+            or (lay.cluster[i] >= 0 and lay.cluster[i] == lay.cluster[j])
+            for i in range(n)
+            for j in range(i + 1, n)
+        )
+        for parts in (1, 2):
+            line = re.search(rf"^ +{n} +{parts} pairs .* (\d+) candidate pairs$", out, re.M)
+            assert line and int(line.group(1)) == expected, out
+            verify = re.search(rf"^ +{n} +{parts} verify +[\d.]+ +[\d.]+ +((?:[\d.]+ )*)", out, re.M)
+            assert verify and len(verify.group(1).split()) == parts, out
+            assert f"N={n} n={parts}: {lay.true_pairs} planted pairs, precision 1.0000, recall 1.0000" in out
+        features = re.search(rf"^ +{n} +features .* ([\d.]+) files ([\d.]+) KiB/img", out, re.M)
+        assert features and float(features.group(1)) == pytest.approx(float(features.group(2)), rel=0.01), out
+    assert not list(tmp_path.iterdir())  # the work folders are removed

@@ -117,16 +117,19 @@ def dedup(cfg: DedupConfig) -> dict | None:
     """One step (``--part``, ``--pairs``, ``--verify-part``, ``--merge``), or all in one process;
     the merge (and the one process) returns the report."""
     start = time.perf_counter()
+    mid = model_id(cfg)
+    if cfg.verify_part is not None:  # its share says everything it needs: no manifest
+        verified.verify_part(cfg, cfg.verify_part, cfg.num_parts, mid)
+        return None
     rows = manifest.read_manifest(cfg.work)
     ok = manifest.usable(rows)
     data_dir = manifest.data_dir(cfg.work, cfg.data_dir)
     keys = sorted({r["sha256"] for r in ok})
-    mid = model_id(cfg)
-    if mid is None and not (cfg.merge or cfg.verify_part is not None):
+    if mid is None and not cfg.merge:
         warnings.warn(
             "--weights none: CNN detector off, re-photographs are found by hashes only", stacklevel=2
         )
-    whole = cfg.part is None and cfg.verify_part is None and not (cfg.pairs or cfg.merge)
+    whole = cfg.part is None and not (cfg.pairs or cfg.merge)
     if cfg.part is not None or whole:
         mine = keys if whole else keys[cfg.part :: cfg.num_parts]
         path_of = {r["sha256"]: data_dir / r["path"] for r in ok}
@@ -136,11 +139,10 @@ def dedup(cfg: DedupConfig) -> dict | None:
     t_feat = time.perf_counter() - start
     if cfg.pairs or whole:
         candidates.plan(cfg, keys, mid, cfg.num_parts if cfg.pairs else 1)
-    if cfg.verify_part is not None or whole:
-        part, n = (0, 1) if whole else (cfg.verify_part, cfg.num_parts)
-        verified.verify_part(cfg, part, n, mid)
-    if not (cfg.merge or whole):
+    if cfg.pairs:
         return None
+    if whole:
+        verified.verify_part(cfg, 0, 1, mid)
     pairs, counts, steps = verified.merged(cfg, keys, mid)
     index = {k: i for i, k in enumerate(keys)}
     unique_groups = connected_groups(len(keys), np.concatenate([p for p, _ in pairs.values()]))
