@@ -82,6 +82,13 @@ def share_path(plan_dir: Path, part: int, n: int, what: str = "share") -> Path:
     return plan_dir / f"{what}-{part:05d}-of-{n:05d}.npz"
 
 
+def distinct(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """For rows sorted by (a, b): True where a row starts a new pair (a, b)."""
+    first = np.ones(len(a), bool)
+    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    return first
+
+
 def read_plan(work: Path) -> tuple[dict, Path]:
     """(plan.json, the plan's folder); a clear error when ``--pairs`` has not run."""
     path = folder_of(work) / "plan.json"
@@ -109,10 +116,10 @@ def plan(cfg: DedupConfig, keys: list[str], model_id: dict | None, n: int) -> di
     pid = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     out = folder_of(cfg.work) / pid
     old = folder_of(cfg.work) / "plan.json"
-    made_before = old.is_file() and json.loads(old.read_text())["id"] == pid
-    if made_before and all(share_path(out, i, n).is_file() for i in range(n)):
+    before = json.loads(old.read_text()) if old.is_file() else {}
+    if before.get("id") == pid and all(share_path(out, i, n).is_file() for i in range(n)):
         print(f"dedup: candidate pairs of plan {pid} already made ({n} shares)")
-        return json.loads(old.read_text())
+        return before
     h, hf, e = store.search_arrays(ix, model_id is not None)
     found = {"hash": hash_pairs(h, hf, cfg.neighbors, cfg.hash_threshold)}
     if e is not None:
@@ -125,11 +132,10 @@ def plan(cfg: DedupConfig, keys: list[str], model_id: dict | None, n: int) -> di
     abk = np.concatenate(rows)
     order = np.lexsort((abk[:, 2], abk[:, 1], abk[:, 0]))
     abk, score = abk[order], score[order]
-    first = np.ones(len(abk), bool)
-    first[1:] = (abk[1:, :2] != abk[:-1, :2]).any(axis=1)
+    first = distinct(abk[:, 0], abk[:, 1])
     pair_id = np.cumsum(first) - 1  # distinct (a, b) per row
-    distinct = int(first.sum())
-    edges = np.searchsorted(pair_id, [i * distinct // n for i in range(n + 1)]).tolist()
+    pairs = int(first.sum())
+    edges = np.searchsorted(pair_id, [i * pairs // n for i in range(n + 1)]).tolist()
     edges[-1] = len(abk)
     for i in range(n):
         _write_share(share_path(out, i, n), abk[edges[i] : edges[i + 1]], score[edges[i] : edges[i + 1]], ix)
@@ -141,7 +147,7 @@ def plan(cfg: DedupConfig, keys: list[str], model_id: dict | None, n: int) -> di
         "settings": made,
         "chunks": ix.names,
         "pairs": {kind: len(p) for kind, p in found.items()},
-        "distinct_pairs": distinct,
+        "distinct_pairs": pairs,
         "seconds": round(time.perf_counter() - start, 2),
     }
     write_json(old, info)  # last: the plan is made

@@ -31,6 +31,7 @@ from artclf.dedup import alignment, geometry, phash
 CHUNK = 256  # images per chunk (default --chunk-images): what a killed writer can lose
 _THUMB_BYTES = alignment.THUMB * alignment.THUMB * 3
 _KP_BYTES = 2 * 2 + 32  # per keypoint: xy float16 + ORB descriptor
+_SEQ = re.compile(r"-(\d{6})\.npz$")  # a chunk's number after its writer's prefix
 
 
 def folder_of(work: Path) -> Path:
@@ -101,9 +102,6 @@ class Writer:
     def close(self) -> None:
         while self.rows:
             self.flush()
-
-
-_SEQ = re.compile(r"-(\d{6})\.npz$")
 
 
 @dataclass(frozen=True)

@@ -23,33 +23,44 @@ import numpy as np
 
 from artclf.atomic import atomic_open
 from artclf.dedup import alignment, geometry, store
-from artclf.dedup.candidates import KINDS, keys_digest, read_plan, settings, share_path
+from artclf.dedup.candidates import (
+    KINDS,
+    distinct,
+    folder_of,
+    keys_digest,
+    read_plan,
+    settings,
+    share_path,
+)
 from artclf.dedup.config import DedupConfig
 from artclf.errors import ArtclfError
 
 
-def check(plan: dict, cfg: DedupConfig, model_id: dict | None, plan_path: Path) -> None:
+def check(plan: dict, cfg: DedupConfig, model_id: dict | None) -> None:
     """The step's settings must be those the plan was made with."""
     mine = settings(cfg, model_id)
     differ = sorted(k for k in mine if mine[k] != plan["settings"].get(k))
     if differ:
         raise ArtclfError(
-            f"{plan_path}: the candidate pairs were made with other settings ({', '.join(differ)}: "
+            f"{_plan_json(cfg)}: the candidate pairs were made with other settings ({', '.join(differ)}: "
             f"{[plan['settings'].get(k) for k in differ]}, this run {[mine[k] for k in differ]}); pass "
             "the same flags to every dedup step, or rerun `artclf dedup --pairs` and the verification parts"
         )
 
 
+def _plan_json(cfg: DedupConfig) -> Path:
+    return folder_of(cfg.work) / "plan.json"
+
+
 def verify_part(cfg: DedupConfig, part: int, n: int, model_id: dict | None) -> dict:
     """Verify share ``part`` of ``n``; returns its counts (and what this run computed)."""
     plan, plan_dir = read_plan(cfg.work)
-    plan_path = plan_dir.parent / "plan.json"
     if plan["num_parts"] != n:
         raise ArtclfError(
-            f"{plan_path}: the pairs were cut into {plan['num_parts']} shares, not --num-parts {n}; "
+            f"{_plan_json(cfg)}: the pairs were cut into {plan['num_parts']} shares, not --num-parts {n}; "
             f"use --num-parts {plan['num_parts']}, or rerun `artclf dedup --pairs --num-parts {n}`"
         )
-    check(plan, cfg, model_id, plan_path)
+    check(plan, cfg, model_id)
     out = share_path(plan_dir, part, n, "verified")
     if out.is_file():
         print(f"dedup: verification part {part}/{n} already done ({out})")
@@ -58,8 +69,7 @@ def verify_part(cfg: DedupConfig, part: int, n: int, model_id: dict | None) -> d
     with np.load(share_path(plan_dir, part, n)) as z:
         share = {k: z[k] for k in z.files}
     a, b, kind = share["a"], share["b"], share["kind"]
-    first = np.ones(len(a), bool)
-    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    first = distinct(a, b)
     pair_of = np.cumsum(first) - 1
     da, db = a[first], b[first]
     verdict = np.ones(len(da), np.int64)
@@ -142,13 +152,12 @@ def merged(
     order; the summed counts (with the verification's ms per pair); the seconds the candidate
     search and the verification parts (summed) took."""
     plan, plan_dir = read_plan(cfg.work)
-    plan_path = plan_dir.parent / "plan.json"
     if plan["keys_sha256"] != keys_digest(keys):
         raise ArtclfError(
-            f"{plan_path}: the pairs were found for another set of images ({plan['images']}, now "
+            f"{_plan_json(cfg)}: the pairs were found for another set of images ({plan['images']}, now "
             f"{len(keys)}: the manifest changed); rerun `artclf dedup --pairs` and the verification parts"
         )
-    check(plan, cfg, model_id, plan_path)
+    check(plan, cfg, model_id)
     n = plan["num_parts"]
     missing = [i for i in range(n) if not share_path(plan_dir, i, n, "verified").is_file()]
     if missing:

@@ -233,27 +233,15 @@ def test_losing_a_node_mid_epoch_fails_the_step_and_a_requeue_resumes(slurm2, sh
     assert recorded == expected_batches(shards, BATCH, epochs)
 
 
-Step = tuple[int, list[str], dict[str, str]]  # array size (0: one job), script + arguments, its env
-
-
-def _chain(slurm: Slurm, out: Path, env: dict, *steps: Step) -> None:
-    """Submits STEPS, each held by afterok on the one before, and checks that every job
-    completed (an array with tasks 0..n-1) and started only after the one before had ended."""
+def _array_then_merge(slurm: Slurm, script: str, n: int, out: Path, env: dict, *flags: str) -> None:
     common = ["--cpus-per-task=1", "--mem-per-cpu=1G", "--time=10", f"--output={out}/%x-%j.out"]
-    jobs: list[tuple[int, str]] = []
-    for size, argv, extra in steps:
-        flags = [f"--array=0-{size - 1}"] if size else []
-        if jobs:
-            flags.append(f"--dependency=afterok:{jobs[-1][1]}")
-        jobs.append((size, slurm.sbatch(*common, *flags, *argv, env={**env, **extra})))
-    ended = ""
-    for size, job in jobs:
-        tasks = slurm.wait(job, {"COMPLETED"})
-        if size:
-            assert sorted(int(t["ArrayTaskId"]) for t in tasks) == list(range(size))
-        # afterok held it until the job before had ended (times: ISO seconds, comparable as text)
-        assert min(t["StartTime"] for t in tasks) >= ended, (job, tasks)
-        ended = max(t["EndTime"] for t in tasks)
+    array = slurm.sbatch(*common, f"--array=0-{n - 1}", script, *flags, env=env)
+    merge = slurm.sbatch(*common, f"--dependency=afterok:{array}", script, *flags, env=env)
+    tasks = slurm.wait(array, {"COMPLETED"})
+    assert sorted(int(t["ArrayTaskId"]) for t in tasks) == list(range(n))
+    (task,) = slurm.wait(merge, {"COMPLETED"})
+    # afterok held the merge until every part had ended (times: ISO seconds, comparable as text)
+    assert task["StartTime"] >= max(t["EndTime"] for t in tasks), (task, tasks)
 
 
 def test_shard_array_with_dependent_merge(slurm, work, shards, tmp_path):
@@ -261,8 +249,9 @@ def test_shard_array_with_dependent_merge(slurm, work, shards, tmp_path):
     w = tmp_path / "work"
     shutil.copytree(work, w)  # ingested, deduplicated, split
     env = {"WORK": str(w), "SHARDS": str(tmp_path / "shards")}
-    shard = ["slurm/shard.sbatch", "--store-size", "96", "--shard-samples", "16"]
-    _chain(slurm, tmp_path, env, (3, shard, {}), (0, shard, {}))
+    _array_then_merge(
+        slurm, "slurm/shard.sbatch", 3, tmp_path, env, "--store-size", "96", "--shard-samples", "16"
+    )
     res = run_cli("shard", "--verify", tmp_path / "shards")
     assert res.returncode == 0, res.stdout + res.stderr
     # byte-identical to the single-process shards: same names, same sha256 in every record
